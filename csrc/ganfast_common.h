@@ -1,0 +1,205 @@
+// ganfast_common.h: host-side argument handling shared by the CPU and CUDA implementations
+// (parsing the string enums, checking tensors, the broadcast map of weight operands), so both
+// backends accept and reject exactly the same inputs with the same messages.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "gan_math.h"
+
+namespace ganfast {
+
+inline Reduction parse_reduction(std::string_view name) {
+  if (name == "mean") return Reduction::Mean;
+  if (name == "sum") return Reduction::Sum;
+  if (name == "none") return Reduction::None;
+  TORCH_CHECK_VALUE(false, "ganfast: reduction must be one of 'none', 'mean', 'sum'; got '",
+                    std::string(name), "'");
+}
+
+inline GanKind parse_gan_kind(std::string_view name) {
+  if (name == "minimax") return GanKind::Minimax;
+  if (name == "nonsaturating") return GanKind::NonSaturating;
+  if (name == "hinge") return GanKind::Hinge;
+  if (name == "wasserstein") return GanKind::Wasserstein;
+  if (name == "least_squares") return GanKind::LeastSquares;
+  TORCH_CHECK_VALUE(false,
+                    "ganfast: kind must be one of 'minimax', 'nonsaturating', 'hinge', "
+                    "'wasserstein', 'least_squares'; got '",
+                    std::string(name), "'");
+}
+
+// Calls f with K as a compile-time constant, so kernels are specialised per objective.
+template <typename F>
+decltype(auto) dispatch_gan_kind(GanKind kind, F&& f) {
+  switch (kind) {
+    case GanKind::Minimax:
+      return f(std::integral_constant<GanKind, GanKind::Minimax>{});
+    case GanKind::NonSaturating:
+      return f(std::integral_constant<GanKind, GanKind::NonSaturating>{});
+    case GanKind::Hinge:
+      return f(std::integral_constant<GanKind, GanKind::Hinge>{});
+    case GanKind::Wasserstein:
+      return f(std::integral_constant<GanKind, GanKind::Wasserstein>{});
+    default:
+      return f(std::integral_constant<GanKind, GanKind::LeastSquares>{});
+  }
+}
+
+inline void check_floating(const at::Tensor& t, const char* op, const char* arg) {
+  TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()), op, ": ", arg,
+                   " must be a floating-point tensor; got ", t.scalar_type());
+}
+
+inline void check_same_device(const at::Tensor& a, const at::Tensor& b, const char* op,
+                              const char* arg_a, const char* arg_b) {
+  TORCH_CHECK(a.device() == b.device(), op, ": ", arg_a, " and ", arg_b,
+              " must be on the same device; got ", a.device(), " and ", b.device());
+}
+
+inline void check_same_shape(const at::Tensor& a, const at::Tensor& b, const char* op,
+                             const char* arg_a, const char* arg_b) {
+  TORCH_CHECK_VALUE(a.sizes() == b.sizes(), op, ": ", arg_b, " size (", b.sizes(),
+                    ") must be the same as ", arg_a, " size (", a.sizes(), ")");
+}
+
+// An operand broadcast against a tensor of shape `shape`, read at flat index i of that tensor as
+// data[(i / inner) % period]. That covers every broadcast whose non-1 dimensions form one
+// contiguous run (a scalar, per-element, last-dim pos_weight, per-sample weight); any other
+// pattern is expanded and materialised once, so the kernels only ever see this form.
+struct Broadcast {
+  at::Tensor data;  // contiguous, in the compute dtype; undefined when the operand is absent
+  int64_t inner = 1;
+  int64_t period = 1;
+  bool present() const { return data.defined(); }
+};
+
+inline Broadcast make_broadcast(const std::optional<at::Tensor>& operand, const at::Tensor& like,
+                                at::ScalarType dtype, const char* op, const char* arg) {
+  Broadcast b;
+  if (!operand.has_value() || !operand->defined()) return b;
+  const at::Tensor& w = *operand;
+  check_same_device(like, w, op, "input", arg);
+  check_floating(w, op, arg);
+  const auto shape = like.sizes();
+  const auto wshape = w.sizes();
+  const int64_t nd = static_cast<int64_t>(shape.size());
+  const int64_t wd = static_cast<int64_t>(wshape.size());
+  TORCH_CHECK_VALUE(wd <= nd, op, ": ", arg, " of shape ", wshape,
+                    " cannot be broadcast to input of shape ", shape);
+  int64_t lo = -1, hi = -1;  // the run of input dims where the operand is not 1
+  bool contiguous_run = true;
+  for (int64_t d = 0; d < nd; ++d) {
+    const int64_t k = d - (nd - wd);
+    const int64_t ws = k >= 0 ? wshape[k] : 1;
+    TORCH_CHECK_VALUE(ws == 1 || ws == shape[d], op, ": ", arg, " of shape ", wshape,
+                      " cannot be broadcast to input of shape ", shape);
+    if (ws != 1) {
+      if (lo < 0) lo = d;
+      else if (hi != d - 1) contiguous_run = false;
+      hi = d;
+    }
+  }
+  if (lo >= 0) {
+    // A size-1 gap inside the run only breaks it if the input is larger than 1 there.
+    for (int64_t d = lo; d <= hi && contiguous_run; ++d) {
+      const int64_t k = d - (nd - wd);
+      const int64_t ws = k >= 0 ? wshape[k] : 1;
+      if (ws == 1 && shape[d] != 1) contiguous_run = false;
+    }
+  }
+  if (!contiguous_run) {
+    b.data = w.expand(shape).to(dtype).contiguous();
+    b.inner = 1;
+    b.period = like.numel();
+    return b;
+  }
+  b.data = w.to(dtype).contiguous();
+  if (lo < 0) return b;  // a single value: inner = period = 1
+  b.inner = 1;
+  for (int64_t d = hi + 1; d < nd; ++d) b.inner *= shape[d];
+  b.period = 1;
+  for (int64_t d = lo; d <= hi; ++d) b.period *= shape[d];
+  return b;
+}
+
+// A gradient that arrives as an expanded scalar (every stride 0, as the backward of .sum() or
+// .mean() produces) is read as one value instead of being materialised.
+inline bool is_expanded_scalar(const at::Tensor& t) {
+  for (auto s : t.strides())
+    if (s != 0) return false;
+  return true;
+}
+
+// Everything a loss kernel needs to know about its operands, checked once for both backends.
+struct LossOperands {
+  at::Tensor input;   // contiguous
+  at::Tensor target;  // contiguous, input's dtype
+  Broadcast weight;
+  Broadcast pos_weight;
+  Reduction reduction;
+};
+
+inline LossOperands prepare_loss_operands(const char* op, const at::Tensor& input,
+                                          const at::Tensor& target,
+                                          const std::optional<at::Tensor>& weight,
+                                          const std::optional<at::Tensor>& pos_weight,
+                                          std::string_view reduction) {
+  check_floating(input, op, "input");
+  check_floating(target, op, "target");
+  check_same_device(input, target, op, "input", "target");
+  check_same_shape(input, target, op, "input", "target");
+  LossOperands o;
+  o.reduction = parse_reduction(reduction);
+  o.input = input.contiguous();
+  o.target = target.to(input.scalar_type()).contiguous();
+  o.weight = make_broadcast(weight, input, input.scalar_type(), op, "weight");
+  o.pos_weight = make_broadcast(pos_weight, input, input.scalar_type(), op, "pos_weight");
+  return o;
+}
+
+// The upstream gradient of a loss: a 0-dim tensor for "mean"/"sum", input's shape for "none".
+inline at::Tensor prepare_loss_grad(const char* op, const at::Tensor& grad,
+                                    const at::Tensor& input, Reduction reduction,
+                                    bool* grad_is_scalar) {
+  check_same_device(input, grad, op, "input", "grad_output");
+  check_floating(grad, op, "grad_output");
+  if (reduction == Reduction::None) {
+    check_same_shape(input, grad, op, "input", "grad_output");
+    *grad_is_scalar = is_expanded_scalar(grad) && grad.numel() > 0;
+    if (*grad_is_scalar) return grad.as_strided({}, {}).to(input.scalar_type());
+    return grad.to(input.scalar_type()).contiguous();
+  }
+  TORCH_CHECK_VALUE(grad.numel() == 1, op, ": grad_output must hold one value for reduction '",
+                    reduction == Reduction::Mean ? "mean" : "sum", "'; got shape ", grad.sizes());
+  *grad_is_scalar = true;
+  return grad.reshape({}).to(input.scalar_type());
+}
+
+}  // namespace ganfast
+
+namespace ganfast {
+
+// Real and fake logits of a GAN loss: floating, same dtype and device; shapes may differ
+// (each half is averaged on its own).
+inline void check_gan_logits(const char* op, const at::Tensor& real, const at::Tensor& fake) {
+  check_floating(real, op, "real_logits");
+  check_floating(fake, op, "fake_logits");
+  check_same_device(real, fake, op, "real_logits", "fake_logits");
+  TORCH_CHECK_TYPE(real.scalar_type() == fake.scalar_type(), op,
+                   ": real_logits and fake_logits must have the same dtype; got ",
+                   real.scalar_type(), " and ", fake.scalar_type());
+}
+
+inline void check_scalar_grad(const char* op, const at::Tensor& grad, const at::Tensor& like) {
+  check_same_device(like, grad, op, "logits", "grad_output");
+  check_floating(grad, op, "grad_output");
+  TORCH_CHECK_VALUE(grad.numel() == 1, op, ": grad_output must hold one value; got shape ",
+                    grad.sizes());
+}
+
+}  // namespace ganfast
