@@ -1,0 +1,26 @@
+"""ganfast: fused Triton and CUDA C++ kernels for GAN training in PyTorch.
+
+    import ganfast
+    loss_d = ganfast.losses.discriminator_loss(d_real, d_fake)       # one kernel
+    loss_g = ganfast.losses.generator_loss(d_fake_for_g)             # one kernel
+    ganfast.available_backends()                                     # what runs here, and why
+"""
+import torch  # noqa: F401  (the C++ library links against it)
+
+from . import _C  # noqa: F401  registers torch.ops.ganfast.*
+from . import backend, losses, ops
+from .backend import (BackendUnavailableError, available_backends, get_backend, set_backend,
+                      use_backend)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendUnavailableError",
+    "available_backends",
+    "backend",
+    "get_backend",
+    "losses",
+    "ops",
+    "set_backend",
+    "use_backend",
+]
