@@ -70,6 +70,13 @@ def extensions():
     # -fno-math-errno / -fno-trapping-math (as torch's own build) let GCC vectorise the
     # branch-free math of csrc/gan_math.h; no -ffast-math: NaN and inf must behave.
     cxx = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-Wall", "-Wno-unused-function"]
+    link = []
+    if sys.platform.startswith("linux"):
+        # at::parallel_for is inline OpenMP in torch's Linux builds: without -fopenmp the CPU
+        # kernels would silently run on one thread. The soname matches torch's bundled
+        # libgomp.so.1, so the one runtime torch already loaded is the one used.
+        cxx.append("-fopenmp")
+        link.append("-fopenmp")
     macros = []
     if with_cuda:
         sources += sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc" / "cuda").glob("*.cu"))
@@ -78,9 +85,9 @@ def extensions():
             nvcc += ["-Xptxas", "-v"]
         macros.append(("GANFAST_WITH_CUDA", None))
         return [CUDAExtension("ganfast._C", sources, define_macros=macros, py_limited_api=True,
-                              extra_compile_args={"cxx": cxx, "nvcc": nvcc})]
+                              extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=link)]
     return [CppExtension("ganfast._C", sources, define_macros=macros, py_limited_api=True,
-                         extra_compile_args={"cxx": cxx})]
+                         extra_compile_args={"cxx": cxx}, extra_link_args=link)]
 
 
 def main():

@@ -200,7 +200,7 @@ GANFAST_HD T gan_d_real_dx(T x, T label) {
   if constexpr (K == GanKind::Minimax || K == GanKind::NonSaturating) {
     return sigmoid(x) - label;
   } else if constexpr (K == GanKind::Hinge) {
-    return keep_nan(x, x > T(1) ? T(0) : T(-1));
+    return keep_nan(x, x < T(1) ? T(-1) : T(0));  // relu'(0) = 0, as torch's
   } else if constexpr (K == GanKind::Wasserstein) {
     return keep_nan(x, T(-1));
   } else {
@@ -228,7 +228,7 @@ GANFAST_HD T gan_d_fake_dx(T x, T label) {
   if constexpr (K == GanKind::Minimax || K == GanKind::NonSaturating) {
     return sigmoid(x) - label;
   } else if constexpr (K == GanKind::Hinge) {
-    return keep_nan(x, x < T(-1) ? T(0) : T(1));
+    return keep_nan(x, x > T(-1) ? T(1) : T(0));
   } else if constexpr (K == GanKind::Wasserstein) {
     return keep_nan(x, T(1));
   } else {
