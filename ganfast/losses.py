@@ -64,6 +64,7 @@ def binary_cross_entropy(input: Tensor, target: Tensor, weight: Optional[Tensor]
 
 
 def _check_labels(kind: str, real_label: float, fake_label: float) -> None:
+    check_kind(kind)
     for name, value in (("real_label", real_label), ("fake_label", fake_label)):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise TypeError(f"ganfast: {name} must be a number; got {type(value).__name__}")
@@ -79,15 +80,16 @@ def discriminator_loss(real_logits: Tensor, fake_logits: Tensor, kind: str = "no
     real_logits and fake_logits may have any (different) shapes, e.g. (B,) or (B, 1) or a
     PatchGAN map; each half is averaged on its own. real_label < 1 is one-sided label smoothing.
     """
-    check_kind(kind)
-    _check_labels(kind, real_label, fake_label)
-    return ops.gan_d_loss(real_logits, fake_logits, kind, float(real_label), float(fake_label))
+    # `kind` is validated by the op itself; labels only matter when they are not the defaults.
+    if real_label != 1.0 or fake_label != 0.0 or type(real_label) is not float or type(fake_label) is not float:
+        _check_labels(kind, real_label, fake_label)
+        real_label, fake_label = float(real_label), float(fake_label)
+    return ops.gan_d_loss(real_logits, fake_logits, kind, real_label, fake_label)
 
 
 def generator_loss(fake_logits: Tensor, kind: str = "nonsaturating") -> Tensor:
     """The generator's loss from the discriminator's raw logits on its samples."""
-    check_kind(kind)
-    return ops.gan_g_loss(fake_logits, kind)
+    return ops.gan_g_loss(fake_logits, kind)  # `kind` is validated by the op itself
 
 
 class BCEWithLogitsLoss(nn.Module):
@@ -127,7 +129,6 @@ class DiscriminatorLoss(nn.Module):
 
     def __init__(self, kind: str = "nonsaturating", real_label: float = 1.0, fake_label: float = 0.0) -> None:
         super().__init__()
-        check_kind(kind)
         _check_labels(kind, real_label, fake_label)
         self.kind, self.real_label, self.fake_label = kind, float(real_label), float(fake_label)
 
