@@ -80,6 +80,7 @@ struct BceWithLogitsBackward : public Node {
     pos_weight.reset();
   }
   variable_list apply(variable_list&& grads) override {
+    if (!grads[0].defined()) return variable_list(2);  // nothing flows back
     static const auto grad_input_op = find_op<BceLogitsBwdSig>("ganfast::bce_with_logits_backward");
     static const auto grad_target_op = find_op<BceLogitsBwdSig>("ganfast::bce_with_logits_target_backward");
     const Tensor x = input.unpack(), t = target.unpack();
@@ -136,6 +137,7 @@ struct BinaryCrossEntropyBackward : public Node {
     weight.reset();
   }
   variable_list apply(variable_list&& grads) override {
+    if (!grads[0].defined()) return variable_list(2);
     static const auto grad_input_op = find_op<BceBwdSig>("ganfast::binary_cross_entropy_backward");
     static const auto grad_target_op = find_op<BceBwdSig>("ganfast::binary_cross_entropy_target_backward");
     const Tensor x = input.unpack(), t = target.unpack();
@@ -186,6 +188,7 @@ struct GanDLossBackward : public Node {
     fake.reset_data();
   }
   variable_list apply(variable_list&& grads) override {
+    if (!grads[0].defined()) return variable_list(2);
     static const auto op = find_op<GanDBwdSig>("ganfast::gan_d_loss_backward");
     // One kernel gives both halves; the one nobody asked for is dropped.
     auto [grad_real, grad_fake] = op.call(grads[0], real.unpack(), fake.unpack(), kind, real_label, fake_label);
@@ -226,6 +229,7 @@ struct GanGLossBackward : public Node {
   std::string name() const override { return "ganfast::GanGLossBackward"; }
   void release_variables() override { fake.reset_data(); }
   variable_list apply(variable_list&& grads) override {
+    if (!grads[0].defined()) return variable_list(1);
     static const auto op = find_op<GanGBwdSig>("ganfast::gan_g_loss_backward");
     return {op.call(grads[0], fake.unpack(), kind)};
   }

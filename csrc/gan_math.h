@@ -158,7 +158,7 @@ GANFAST_HD T bce_prob(T p, T t, T w) {
 
 template <typename T>
 GANFAST_HD T bce_prob_dinput(T p, T t, T w) {
-  return w * (p - t) / std::fmax((T(1) - p) * p, T(1e-12));
+  return w * (p - t) / std::fmax((T(1) - p) * p, T(1e-12f));  // torch's EPSILON is a float
 }
 
 // d l / d t = w * (log(1 - p) - log(p)) = -w * logit(p), unclamped as torch's.

@@ -184,6 +184,11 @@ inline at::Tensor prepare_loss_grad(const char* op, const at::Tensor& grad,
 
 namespace ganfast {
 
+// Logits of the generator's loss.
+inline void check_gan_logits(const char* op, const at::Tensor& fake) {
+  check_floating(fake, op, "fake_logits");
+}
+
 // Real and fake logits of a GAN loss: floating, same dtype and device; shapes may differ
 // (each half is averaged on its own).
 inline void check_gan_logits(const char* op, const at::Tensor& real, const at::Tensor& fake) {

@@ -1,104 +1,212 @@
-"""Argument checks of the Python-side implementations (reference, Triton launchers).
+"""Argument handling of the Python implementations (Triton launchers, reference): the Python
+twin of csrc/ganfast_common.h.
 
-The Python twin of csrc/ganfast_common.h: the same rules, the same messages, the same exception
-types (torch maps TORCH_CHECK_VALUE to ValueError, TORCH_CHECK_TYPE to TypeError and
-TORCH_CHECK to RuntimeError), so every backend rejects the same inputs the same way.
+Same rules, same order of checks, same messages and the exception types torch maps the C++
+checks to (TORCH_CHECK_VALUE -> ValueError, TORCH_CHECK_TYPE -> TypeError, TORCH_CHECK ->
+RuntimeError, AT_DISPATCH's "not implemented for" -> NotImplementedError), so the Triton
+backend accepts and rejects exactly what the CPU and CUDA backends do. `op` is the full op name
+("ganfast::bce_with_logits"). Nothing here reads tensor data: no host synchronisation.
 """
-from __future__ import annotations
+from typing import NamedTuple, Optional, Sequence
 
 import torch
 
 REDUCTIONS = ("none", "mean", "sum")
 GAN_KINDS = ("minimax", "nonsaturating", "hinge", "wasserstein", "least_squares")
 
+# dtypes the kernels are written for (AT_DISPATCH_FLOATING_TYPES_AND2(Half, BFloat16) in C++).
+KERNEL_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+# c10::ScalarType names, as the C++ messages print dtypes.
+_SCALAR_TYPE_NAMES = {
+    torch.uint8: "Byte", torch.int8: "Char", torch.int16: "Short", torch.int32: "Int",
+    torch.int64: "Long", torch.float16: "Half", torch.float32: "Float", torch.float64: "Double",
+    torch.complex32: "ComplexHalf", torch.complex64: "ComplexFloat",
+    torch.complex128: "ComplexDouble", torch.bool: "Bool", torch.bfloat16: "BFloat16",
+    torch.qint8: "QInt8", torch.quint8: "QUInt8", torch.qint32: "QInt32",
+}
+
+
+def scalar_type_name(dtype: torch.dtype) -> str:
+    """The dtype as c10 prints it: Float, Long, BFloat16, Float8_e4m3fn, UInt16, ..."""
+    if dtype in _SCALAR_TYPE_NAMES:
+        return _SCALAR_TYPE_NAMES[dtype]
+    name = str(dtype).removeprefix("torch.")
+    for prefix, cap in (("uint", "UInt"), ("int", "Int"), ("float", "Float"), ("bits", "Bits"),
+                        ("quint", "QUInt"), ("qint", "QInt")):
+        if name.startswith(prefix):
+            return cap + name[len(prefix):]
+    return name[:1].upper() + name[1:]
+
+
+def format_sizes(sizes: Sequence[int]) -> str:
+    """IntArrayRef as c10 prints it: [2, 3], [] for a 0-dim tensor."""
+    return "[" + ", ".join(str(int(s)) for s in sizes) + "]"
+
 
 def _choices(names) -> str:
     return ", ".join(f"'{n}'" for n in names)
 
 
-def check_reduction(reduction: str) -> str:
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"ganfast: reduction must be one of {_choices(REDUCTIONS)}; got '{reduction}'")
-    return reduction
+def parse_reduction(name: str) -> str:
+    if name in REDUCTIONS:
+        return name
+    raise ValueError(f"ganfast: reduction must be one of {_choices(REDUCTIONS)}; got '{name}'")
 
 
-def check_kind(kind: str) -> str:
-    if kind not in GAN_KINDS:
-        raise ValueError(f"ganfast: kind must be one of {_choices(GAN_KINDS)}; got '{kind}'")
-    return kind
+def parse_gan_kind(name: str) -> str:
+    if name in GAN_KINDS:
+        return name
+    raise ValueError(f"ganfast: kind must be one of {_choices(GAN_KINDS)}; got '{name}'")
 
 
 def check_floating(t: torch.Tensor, op: str, arg: str) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"ganfast::{op}: {arg} must be a tensor; got {type(t).__name__}")
     if not t.dtype.is_floating_point:
-        raise TypeError(f"ganfast::{op}: {arg} must be a floating-point tensor; got {t.dtype}")
+        raise TypeError(f"{op}: {arg} must be a floating-point tensor; got {scalar_type_name(t.dtype)}")
 
 
 def check_same_device(a: torch.Tensor, b: torch.Tensor, op: str, arg_a: str, arg_b: str) -> None:
     if a.device != b.device:
-        raise RuntimeError(f"ganfast::{op}: {arg_a} and {arg_b} must be on the same device; "
+        raise RuntimeError(f"{op}: {arg_a} and {arg_b} must be on the same device; "
                            f"got {a.device} and {b.device}")
 
 
 def check_same_shape(a: torch.Tensor, b: torch.Tensor, op: str, arg_a: str, arg_b: str) -> None:
     if a.shape != b.shape:
-        raise ValueError(f"ganfast::{op}: {arg_b} size ({list(b.shape)}) must be the same as "
-                         f"{arg_a} size ({list(a.shape)})")
+        raise ValueError(f"{op}: {arg_b} size ({format_sizes(b.shape)}) must be the same as "
+                         f"{arg_a} size ({format_sizes(a.shape)})")
 
 
-def check_broadcast(w: torch.Tensor | None, like: torch.Tensor, op: str, arg: str) -> None:
-    if w is None:
-        return
+def check_kernel_dtype(dtype: torch.dtype, name: str) -> None:
+    """AT_DISPATCH_FLOATING_TYPES_AND2(Half, BFloat16, ...)'s refusal of other dtypes (float8)."""
+    if dtype not in KERNEL_DTYPES:
+        raise NotImplementedError(f"\"{name}\" not implemented for '{scalar_type_name(dtype)}'")
+
+
+class Broadcast(NamedTuple):
+    """An operand broadcast against a tensor of n elements, read at flat index i as
+    data[(i // inner) % period]; data is None when the operand is absent."""
+    data: Optional[torch.Tensor]
+    inner: int = 1
+    period: int = 1
+
+    def present(self) -> bool:
+        return self.data is not None
+
+
+def make_broadcast(operand: Optional[torch.Tensor], like: torch.Tensor, dtype: torch.dtype,
+                   op: str, arg: str) -> Broadcast:
+    """make_broadcast of ganfast_common.h: a broadcast whose non-1 dimensions form one contiguous
+    run is kept as (data, inner, period); any other pattern is expanded and materialised."""
+    if operand is None:
+        return Broadcast(None)
+    w = operand
     check_same_device(like, w, op, "input", arg)
     check_floating(w, op, arg)
     shape, wshape = list(like.shape), list(w.shape)
-    ok = len(wshape) <= len(shape) and all(
-        ws in (1, s) for ws, s in zip(reversed(wshape), reversed(shape)))
-    if not ok:
-        raise ValueError(f"ganfast::{op}: {arg} of shape {wshape} cannot be broadcast to input "
-                         f"of shape {shape}")
-
-
-def check_loss_operands(op, input, target, weight, pos_weight, reduction) -> None:
-    check_floating(input, op, "input")
-    check_floating(target, op, "target")
-    check_same_device(input, target, op, "input", "target")
-    check_same_shape(input, target, op, "input", "target")
-    check_reduction(reduction)
-    check_broadcast(weight, input, op, "weight")
-    check_broadcast(pos_weight, input, op, "pos_weight")
-
-
-def check_gan_logits(op: str, real: torch.Tensor, fake: torch.Tensor) -> None:
-    check_floating(real, op, "real_logits")
-    check_floating(fake, op, "fake_logits")
-    check_same_device(real, fake, op, "real_logits", "fake_logits")
-    if real.dtype != fake.dtype:
-        raise TypeError(f"ganfast::{op}: real_logits and fake_logits must have the same dtype; "
-                        f"got {real.dtype} and {fake.dtype}")
-
-
-def broadcast_map(w: torch.Tensor | None, like: torch.Tensor, dtype: torch.dtype):
-    """(data, inner, period) with data contiguous, read at flat index i of `like` as
-    data[(i // inner) % period]; (None, 1, 1) when w is None. Mirrors make_broadcast in
-    csrc/ganfast_common.h: a broadcast whose non-1 dims are not one contiguous run is
-    materialised."""
-    if w is None:
-        return None, 1, 1
-    shape = list(like.shape)
-    nd = len(shape)
-    wshape = [1] * (nd - w.dim()) + list(w.shape)
-    dims = [d for d in range(nd) if wshape[d] != 1]
-    if not dims:
-        return w.to(dtype).contiguous(), 1, 1
-    lo, hi = dims[0], dims[-1]
-    if any(wshape[d] == 1 and shape[d] != 1 for d in range(lo, hi + 1)):
-        return w.expand(shape).to(dtype).contiguous(), 1, like.numel()
+    nd, wd = len(shape), len(wshape)
+    cannot = f"{op}: {arg} of shape {format_sizes(wshape)} cannot be broadcast to input of shape {format_sizes(shape)}"
+    if wd > nd:
+        raise ValueError(cannot)
+    lo = hi = -1  # the run of input dims where the operand is not 1
+    contiguous_run = True
+    for d in range(nd):
+        k = d - (nd - wd)
+        ws = wshape[k] if k >= 0 else 1
+        if not (ws == 1 or ws == shape[d]):
+            raise ValueError(cannot)
+        if ws != 1:
+            if lo < 0:
+                lo = d
+            elif hi != d - 1:
+                contiguous_run = False
+            hi = d
+    if lo >= 0 and contiguous_run:
+        # A size-1 gap inside the run only breaks it if the input is larger than 1 there.
+        for d in range(lo, hi + 1):
+            k = d - (nd - wd)
+            ws = wshape[k] if k >= 0 else 1
+            if ws == 1 and shape[d] != 1:
+                contiguous_run = False
+                break
+    if not contiguous_run:
+        return Broadcast(w.expand(shape).to(dtype).contiguous(), 1, like.numel())
+    data = w.to(dtype).contiguous()
+    if lo < 0:
+        return Broadcast(data, 1, 1)  # a single value
     inner = 1
     for d in range(hi + 1, nd):
         inner *= shape[d]
     period = 1
     for d in range(lo, hi + 1):
         period *= shape[d]
-    return w.to(dtype).contiguous(), inner, period
+    return Broadcast(data, inner, period)
+
+
+def is_expanded_scalar(t: torch.Tensor) -> bool:
+    """A gradient that arrives as an expanded scalar (every stride 0)."""
+    return all(s == 0 for s in t.stride())
+
+
+class LossOperands(NamedTuple):
+    input: torch.Tensor   # contiguous
+    target: torch.Tensor  # contiguous, input's dtype
+    weight: Broadcast
+    pos_weight: Broadcast
+    reduction: str
+
+
+def prepare_loss_operands(op: str, input: torch.Tensor, target: torch.Tensor,
+                          weight: Optional[torch.Tensor], pos_weight: Optional[torch.Tensor],
+                          reduction: str) -> LossOperands:
+    check_floating(input, op, "input")
+    check_floating(target, op, "target")
+    check_same_device(input, target, op, "input", "target")
+    check_same_shape(input, target, op, "input", "target")
+    red = parse_reduction(reduction)
+    dtype = input.dtype
+    return LossOperands(
+        input=input.contiguous(),
+        target=target.to(dtype).contiguous(),
+        weight=make_broadcast(weight, input, dtype, op, "weight"),
+        pos_weight=make_broadcast(pos_weight, input, dtype, op, "pos_weight"),
+        reduction=red,
+    )
+
+
+def prepare_loss_grad(op: str, grad: torch.Tensor, input: torch.Tensor, reduction: str):
+    """The upstream gradient of a loss: (tensor, is_scalar). A 0-dim tensor in input's dtype for
+    "mean"/"sum" and for an expanded-scalar "none" gradient, else input's shape, contiguous."""
+    check_same_device(input, grad, op, "input", "grad_output")
+    check_floating(grad, op, "grad_output")
+    if reduction == "none":
+        check_same_shape(input, grad, op, "input", "grad_output")
+        if is_expanded_scalar(grad) and grad.numel() > 0:
+            return grad.as_strided((), ()).to(input.dtype), True
+        return grad.to(input.dtype).contiguous(), False
+    if grad.numel() != 1:
+        raise ValueError(f"{op}: grad_output must hold one value for reduction '{reduction}'; "
+                         f"got shape {format_sizes(grad.shape)}")
+    return grad.reshape(()).to(input.dtype), True
+
+
+def check_gan_logits(op: str, real: torch.Tensor, fake: torch.Tensor) -> None:
+    """Real and fake logits of a GAN loss: floating, same dtype and device; shapes may differ."""
+    check_floating(real, op, "real_logits")
+    check_floating(fake, op, "fake_logits")
+    check_same_device(real, fake, op, "real_logits", "fake_logits")
+    if real.dtype != fake.dtype:
+        raise TypeError(f"{op}: real_logits and fake_logits must have the same dtype; got "
+                        f"{scalar_type_name(real.dtype)} and {scalar_type_name(fake.dtype)}")
+
+
+def check_g_logits(op: str, fake: torch.Tensor) -> None:
+    """Logits of the generator's loss."""
+    check_floating(fake, op, "fake_logits")
+
+
+def check_scalar_grad(op: str, grad: torch.Tensor, like: torch.Tensor) -> None:
+    check_same_device(like, grad, op, "logits", "grad_output")
+    check_floating(grad, op, "grad_output")
+    if grad.numel() != 1:
+        raise ValueError(f"{op}: grad_output must hold one value; got shape {format_sizes(grad.shape)}")

@@ -26,7 +26,7 @@ from typing import Optional
 from torch import Tensor, nn
 
 from . import ops
-from ._args import GAN_KINDS, check_kind
+from ._args import GAN_KINDS, parse_gan_kind
 
 __all__ = [
     "GAN_KINDS",
@@ -64,7 +64,7 @@ def binary_cross_entropy(input: Tensor, target: Tensor, weight: Optional[Tensor]
 
 
 def _check_labels(kind: str, real_label: float, fake_label: float) -> None:
-    check_kind(kind)
+    parse_gan_kind(kind)
     for name, value in (("real_label", real_label), ("fake_label", fake_label)):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise TypeError(f"ganfast: {name} must be a number; got {type(value).__name__}")
@@ -144,7 +144,7 @@ class GeneratorLoss(nn.Module):
 
     def __init__(self, kind: str = "nonsaturating") -> None:
         super().__init__()
-        self.kind = check_kind(kind)
+        self.kind = parse_gan_kind(kind)
 
     def forward(self, fake_logits: Tensor) -> Tensor:
         return ops.gan_g_loss(fake_logits, self.kind)

@@ -154,13 +154,19 @@ Tensor bce_with_logits_target_backward(const Tensor& grad_output, const Tensor& 
 
 // ---- binary cross-entropy on probabilities ----
 
+// torch rejects probabilities (and targets) outside [0, 1], NaN included.
 void check_probabilities(const LossOperands& o) {
   dispatch_loss("ganfast::binary_cross_entropy", o, [&](auto view) {
     using acc_t = typename decltype(view)::acc_t;
-    const double outside = chunked_sum<acc_t>(o.input.numel(), [&](int64_t i) {
+    const int64_t n = o.input.numel();
+    const double bad_input = chunked_sum<acc_t>(n, [&](int64_t i) {
       return math::probability_in_range(static_cast<acc_t>(view.x[i])) ? acc_t(0) : acc_t(1);
     });
-    TORCH_CHECK(outside == 0, "ganfast::binary_cross_entropy: all elements of input should be between 0 and 1");
+    TORCH_CHECK(bad_input == 0, "ganfast::binary_cross_entropy: all elements of input should be between 0 and 1");
+    const double bad_target = chunked_sum<acc_t>(n, [&](int64_t i) {
+      return math::probability_in_range(static_cast<acc_t>(view.t[i])) ? acc_t(0) : acc_t(1);
+    });
+    TORCH_CHECK(bad_target == 0, "ganfast::binary_cross_entropy: all elements of target should be between 0 and 1");
   });
 }
 
@@ -258,7 +264,7 @@ std::tuple<Tensor, Tensor> gan_d_loss_backward(const Tensor& grad_output, const 
 
 Tensor gan_g_loss(const Tensor& fake_logits, c10::string_view kind_name) {
   constexpr const char* op = "ganfast::gan_g_loss";
-  check_gan_logits(op, fake_logits, fake_logits);
+  check_gan_logits(op, fake_logits);
   const GanKind kind = parse_gan_kind(kind_name);
   const Tensor fake = fake_logits.contiguous();
   const int64_t n = fake.numel();
@@ -276,7 +282,7 @@ Tensor gan_g_loss(const Tensor& fake_logits, c10::string_view kind_name) {
 
 Tensor gan_g_loss_backward(const Tensor& grad_output, const Tensor& fake_logits, c10::string_view kind_name) {
   constexpr const char* op = "ganfast::gan_g_loss_backward";
-  check_gan_logits(op, fake_logits, fake_logits);
+  check_gan_logits(op, fake_logits);
   check_scalar_grad(op, grad_output, fake_logits);
   const GanKind kind = parse_gan_kind(kind_name);
   const Tensor fake = fake_logits.contiguous();

@@ -18,36 +18,61 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .. import backend
+from .. import _args, backend
 from ..reference import losses as reference
 
 _C = torch.ops.ganfast
 
 
 # ---- fake (meta) kernels of the C++ ops --------------------------------------------------------
+# They are also the ops' Meta kernels, which the dispatcher picks whenever any argument is a meta
+# tensor: so they check devices as the real kernels do, else a CPU input with a meta target would
+# return an uninitialised CPU tensor instead of an error.
 
 
-def _fake_loss(input, target, weight, pos_weight, reduction):
+def _check_devices(op, first_name, first, **others):
+    for name, t in others.items():
+        if t is not None:
+            _args.check_same_device(first, t, f"ganfast::{op}", first_name, name)
+
+
+def _fake_loss(input, target, weight, pos_weight, reduction, op="bce_with_logits"):
+    _check_devices(op, "input", input, target=target, weight=weight, pos_weight=pos_weight)
     return input.new_empty(input.shape if reduction == "none" else ())
 
 
-def _fake_loss_grad(grad_output, input, target, weight, pos_weight, reduction):
+def _fake_loss_grad(grad_output, input, target, weight, pos_weight, reduction, op="bce_with_logits_backward"):
+    _check_devices(op, "input", input, target=target, weight=weight, pos_weight=pos_weight,
+                   grad_output=grad_output)
     return torch.empty_like(input, memory_format=torch.contiguous_format)
 
 
 def _fake_loss_nopw(input, target, weight, reduction):
-    return _fake_loss(input, target, weight, None, reduction)
+    return _fake_loss(input, target, weight, None, reduction, op="binary_cross_entropy")
 
 
 def _fake_loss_grad_nopw(grad_output, input, target, weight, reduction):
-    return _fake_loss_grad(grad_output, input, target, weight, None, reduction)
+    return _fake_loss_grad(grad_output, input, target, weight, None, reduction, op="binary_cross_entropy_backward")
+
+
+def _fake_loss_target_grad(grad_output, input, target, weight, pos_weight, reduction):
+    return _fake_loss_grad(grad_output, input, target, weight, pos_weight, reduction,
+                           op="bce_with_logits_target_backward")
+
+
+def _fake_loss_target_grad_nopw(grad_output, input, target, weight, reduction):
+    return _fake_loss_grad(grad_output, input, target, weight, None, reduction,
+                           op="binary_cross_entropy_target_backward")
 
 
 def _fake_d_loss(real_logits, fake_logits, kind, real_label, fake_label):
+    _check_devices("gan_d_loss", "real_logits", real_logits, fake_logits=fake_logits)
     return real_logits.new_empty(())
 
 
 def _fake_d_loss_backward(grad_output, real_logits, fake_logits, kind, real_label, fake_label):
+    _check_devices("gan_d_loss_backward", "real_logits", real_logits, fake_logits=fake_logits,
+                   grad_output=grad_output)
     return (torch.empty_like(real_logits, memory_format=torch.contiguous_format),
             torch.empty_like(fake_logits, memory_format=torch.contiguous_format))
 
@@ -57,16 +82,17 @@ def _fake_g_loss(fake_logits, kind):
 
 
 def _fake_g_loss_backward(grad_output, fake_logits, kind):
+    _check_devices("gan_g_loss_backward", "fake_logits", fake_logits, grad_output=grad_output)
     return torch.empty_like(fake_logits, memory_format=torch.contiguous_format)
 
 
 _FAKES = {
     "bce_with_logits": _fake_loss,
     "bce_with_logits_backward": _fake_loss_grad,
-    "bce_with_logits_target_backward": _fake_loss_grad,
+    "bce_with_logits_target_backward": _fake_loss_target_grad,
     "binary_cross_entropy": _fake_loss_nopw,
     "binary_cross_entropy_backward": _fake_loss_grad_nopw,
-    "binary_cross_entropy_target_backward": _fake_loss_grad_nopw,
+    "binary_cross_entropy_target_backward": _fake_loss_target_grad_nopw,
     "gan_d_loss": _fake_d_loss,
     "gan_d_loss_backward": _fake_d_loss_backward,
     "gan_g_loss": _fake_g_loss,

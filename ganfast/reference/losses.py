@@ -31,11 +31,12 @@ def _reduce(loss: torch.Tensor, reduction: str) -> torch.Tensor:
 
 
 def _operand(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | float:
+    # The checks above (prepare_loss_operands) reject what cannot broadcast; torch broadcasts.
     return 1.0 if t is None else t.to(dtype)
 
 
 def bce_with_logits(input, target, weight=None, pos_weight=None, reduction="mean"):
-    _args.check_loss_operands("bce_with_logits", input, target, weight, pos_weight, reduction)
+    _args.prepare_loss_operands("ganfast::bce_with_logits", input, target, weight, pos_weight, reduction)
     dtype = _compute_dtype(input)
     x, t = input.to(dtype), target.to(dtype)
     w, pw = _operand(weight, dtype), _operand(pos_weight, dtype)
@@ -44,14 +45,18 @@ def bce_with_logits(input, target, weight=None, pos_weight=None, reduction="mean
 
 
 def binary_cross_entropy(input, target, weight=None, reduction="mean"):
-    _args.check_loss_operands("binary_cross_entropy", input, target, weight, None, reduction)
+    _args.prepare_loss_operands("ganfast::binary_cross_entropy", input, target, weight, None, reduction)
     dtype = _compute_dtype(input)
     p, t = input.to(dtype), target.to(dtype)
     if not bool(((p >= 0) & (p <= 1)).all()):  # the reference may sync: it is the oracle
         raise RuntimeError("ganfast::binary_cross_entropy: all elements of input should be between 0 and 1")
-    w = _operand(weight, dtype)
-    loss = w * ((t - 1) * torch.log1p(-p).clamp_min(-100) - t * torch.log(p).clamp_min(-100))
-    return _reduce(loss, reduction).to(input.dtype)
+    if not bool(((t >= 0) & (t <= 1)).all()):  # torch checks the target too
+        raise RuntimeError("ganfast::binary_cross_entropy: all elements of target should be between 0 and 1")
+    # torch's own op: each log clamped at -100, and the gradient (p - t) / max(p (1 - p), 1e-12),
+    # which is not the derivative of the clamped formula where p is 0 or 1 (autograd of the
+    # formula gives NaN there); torch differentiates it twice.
+    w = None if weight is None else weight.to(dtype)
+    return F.binary_cross_entropy(p, t, w, reduction=reduction).to(input.dtype)
 
 
 def _d_real(kind: str, x: torch.Tensor, label: float) -> torch.Tensor:
@@ -85,8 +90,8 @@ def _g(kind: str, x: torch.Tensor) -> torch.Tensor:
 
 
 def gan_d_loss(real_logits, fake_logits, kind="nonsaturating", real_label=1.0, fake_label=0.0):
-    _args.check_gan_logits("gan_d_loss", real_logits, fake_logits)
-    kind = _args.check_kind(kind)
+    _args.check_gan_logits("ganfast::gan_d_loss", real_logits, fake_logits)
+    kind = _args.parse_gan_kind(kind)
     dtype = _compute_dtype(real_logits)
     loss = (_d_real(kind, real_logits.to(dtype), real_label).mean()
             + _d_fake(kind, fake_logits.to(dtype), fake_label).mean())
@@ -94,7 +99,7 @@ def gan_d_loss(real_logits, fake_logits, kind="nonsaturating", real_label=1.0, f
 
 
 def gan_g_loss(fake_logits, kind="nonsaturating"):
-    _args.check_gan_logits("gan_g_loss", fake_logits, fake_logits)
-    kind = _args.check_kind(kind)
+    _args.check_g_logits("ganfast::gan_g_loss", fake_logits)
+    kind = _args.parse_gan_kind(kind)
     dtype = _compute_dtype(fake_logits)
     return _g(kind, fake_logits.to(dtype)).mean().to(fake_logits.dtype)

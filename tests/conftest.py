@@ -1,0 +1,153 @@
+"""Shared fixtures of ganfast's tests.
+
+Triton kernels run on CPU tensors through the Triton interpreter, which must be switched on
+before triton is imported. Importing torch does not import triton (checked below), so this file
+imports torch, asks whether a GPU is visible, and sets TRITON_INTERPRET=1 when none is, before
+ganfast (or anything else) can import triton.
+"""
+import os
+
+import torch
+
+# Triton reads TRITON_INTERPRET when a kernel is decorated with @triton.jit, i.e. when
+# ganfast/triton/* is imported; nothing has imported those yet (test_backend.py checks that
+# `import torch` and `import ganfast` leave triton alone).
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+import ganfast  # noqa: E402
+from ganfast import backend as _backend  # noqa: E402
+
+GPU = torch.cuda.is_available()
+
+# Every implementation of an op family, in the order the tests report them.
+IMPLEMENTATIONS = ("reference", "cpu", "triton", "cuda")
+
+
+# ---- which implementations this machine can run -----------------------------------------------
+
+
+def triton_module_path(family: str) -> Path:
+    return Path(ganfast.__file__).parent / "triton" / f"{family}.py"
+
+
+def implementation_device(name: str, family: str = "losses") -> str:
+    """The device that implementation `name` of op family `family` runs its tests on here, or a
+    pytest.skip saying why it cannot run here."""
+    if name == "reference":
+        return "cpu"
+    if name == "cpu":
+        info = ganfast.available_backends()["cpu"]
+        if not info.available:  # the C++ library was built without CPU kernels: a real failure
+            pytest.fail(f"the cpu backend is unavailable: {info.detail}")
+        return "cpu"
+    if name == "cuda":
+        info = ganfast.available_backends()["cuda"]
+        if not info.available:
+            pytest.skip(f"cuda backend: {info.detail}")
+        return "cuda"
+    if name == "triton":
+        if not triton_module_path(family).exists():
+            pytest.skip(f"ganfast/triton/{family}.py is not written yet")
+        info = ganfast.available_backends()["triton"]
+        if not info.available:
+            pytest.skip(f"triton backend: {info.detail}")
+        device = "cuda" if GPU else "cpu"
+        try:
+            _backend._resolve_uncached("triton", device)
+        except ganfast.BackendUnavailableError as exc:
+            pytest.skip(f"triton backend: {exc}")
+        # Present but broken is a failure, not a skip: import it here so the error is named.
+        __import__(f"ganfast.triton.{family}")
+        return device
+    raise ValueError(name)
+
+
+@pytest.fixture(params=IMPLEMENTATIONS)
+def impl(request):
+    """(backend name, device) of every implementation of the losses family, selected for the body
+    of the test; absent ones are skipped with the reason."""
+    name = request.param
+    device = implementation_device(name)
+    with ganfast.use_backend(name):
+        yield name, device
+
+
+@pytest.fixture(params=("cpu", "triton", "cuda"))
+def kernel_impl(request):
+    """Like `impl`, without the reference: the implementations that are compiled kernels."""
+    name = request.param
+    device = implementation_device(name)
+    with ganfast.use_backend(name):
+        yield name, device
+
+
+# ---- random inputs ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def rng():
+    """A torch.Generator seeded per test, so each test's data does not depend on the others."""
+    return torch.Generator().manual_seed(20240607)
+
+
+def randn(shape, dtype=torch.float32, device="cpu", gen=None, scale=1.0, requires_grad=False):
+    t = (torch.randn(shape, generator=gen, dtype=torch.float64) * scale).to(dtype=dtype, device=device)
+    return t.requires_grad_(requires_grad)
+
+
+def rand(shape, dtype=torch.float32, device="cpu", gen=None, low=0.0, high=1.0, requires_grad=False):
+    t = (low + (high - low) * torch.rand(shape, generator=gen, dtype=torch.float64)).to(dtype=dtype, device=device)
+    return t.requires_grad_(requires_grad)
+
+
+# ---- comparison -------------------------------------------------------------------------------
+
+# (atol, rtol) by dtype of the tensor under test. Half-precision results are computed in float32
+# and rounded once, so they are compared with two units in the last place of their format.
+TOLERANCES = {
+    torch.float64: (1e-10, 1e-9),
+    torch.float32: (1e-6, 1e-5),
+    torch.float16: (1e-5, 2e-3),
+    torch.bfloat16: (1e-5, 1.6e-2),
+}
+
+
+def tolerance(dtype):
+    return TOLERANCES[dtype]
+
+
+def assert_close(actual, expected, *, atol=None, rtol=None, equal_nan=True, check_dtype=True,
+                 name="tensor", max_report=10):
+    """torch.isclose with a message naming the mismatching indices and their values.
+
+    `expected` may be a higher-precision oracle: it is compared after rounding to actual's dtype
+    (check_dtype=False skips the dtype check, not the rounding)."""
+    assert isinstance(actual, torch.Tensor), f"{name}: expected a tensor, got {type(actual).__name__}"
+    expected = torch.as_tensor(expected)
+    assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != expected {tuple(expected.shape)}"
+    if check_dtype:
+        assert actual.dtype == expected.dtype, f"{name}: dtype {actual.dtype} != expected {expected.dtype}"
+    d_atol, d_rtol = tolerance(actual.dtype) if actual.dtype in TOLERANCES else (0.0, 0.0)
+    atol = d_atol if atol is None else atol
+    rtol = d_rtol if rtol is None else rtol
+    a = actual.detach().cpu().to(torch.float64)
+    e = expected.detach().cpu().to(actual.dtype).to(torch.float64)
+    close = torch.isclose(a, e, rtol=rtol, atol=atol, equal_nan=equal_nan)
+    if bool(close.all()):
+        return
+    bad = (~close).nonzero()
+    lines = [f"{name}: {bad.shape[0]} of {a.numel()} elements differ (dtype {actual.dtype}, atol={atol}, "
+             f"rtol={rtol})"]
+    for idx in bad[:max_report].tolist():
+        av, ev = a[tuple(idx)].item(), e[tuple(idx)].item()
+        diff = abs(av - ev)
+        rel = diff / abs(ev) if ev not in (0.0,) and ev == ev else float("inf")
+        lines.append(f"  at index {tuple(idx)}: got {av!r}, expected {ev!r} (abs diff {diff:.3g}, rel diff {rel:.3g})")
+    if bad.shape[0] > max_report:
+        lines.append(f"  ... and {bad.shape[0] - max_report} more")
+    raise AssertionError("\n".join(lines))

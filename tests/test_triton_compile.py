@@ -1,0 +1,288 @@
+"""Ahead-of-time GPU compilation of every Triton kernel in ganfast/triton/losses.py.
+
+The Triton interpreter (how the kernels are tested on this GPU-less machine) accepts code that
+the GPU compiler rejects, so every kernel is also compiled with triton.compile(ASTSource(...),
+target=GPUTarget("cuda", cc, 32)) for sm_80 and sm_90, for the constexpr configurations the
+launchers use: each loss / GAN kind, each reduction and upstream-gradient form, each way of
+reading weight and pos_weight, float32 / float16 / bfloat16 / float64, with the specialisations
+Triton's JIT makes at run time (16-byte-aligned pointers, so vector accesses compile; an int
+argument equal to 1 as a constexpr) and without them. PTX and a cubin must come out, without
+register spills; registers, shared memory and spill (local) bytes are read from the cubin with
+the cuobjdump Triton ships, printed with `pytest -s`.
+
+The compilation runs in a subprocess without TRITON_INTERPRET (with it set, triton.jit makes
+interpreter functions that ASTSource cannot compile), with one worker per CPU, and Triton's
+cache makes reruns fast. ptxas is the one Triton ships (triton/backends/nvidia/bin).
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+CCS = (80, 90)
+DTYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float64": "fp64"}
+_RESULT_TAG = "GANFAST_AOT_RESULTS "
+
+
+# ---- the configurations (used in the worker, where triton is imported without the interpreter) --
+
+def configs():
+    """[(kernel name, dtype name, constexprs, int64 indices?, options)]: every value of every
+    constexpr the launchers pass on a GPU, each loss/kind x reduction in float32 and float64 (the
+    two math paths), each kernel in float16 and bfloat16. (CHECK_FLAG=True is the interpreter's
+    alone: the launchers set it for CPU tensors only.)"""
+    import triton.language as tl
+
+    from ganfast import _args
+    from ganfast.triton import losses as L
+
+    def acc(dt):
+        return tl.float64 if dt == "float64" else tl.float32
+
+    out = []
+
+    def fwd(loss, red, dt, w="none", pw="none", iters1=True, i64=False):
+        c = dict(LOSS=loss, REDUCTION=red, W_MODE=w, PW_MODE=pw, CHECK_FLAG=False, ACC=acc(dt),
+                 BLOCK=L.BLOCK, PBLOCK=L.PBLOCK)
+        if iters1:
+            c["iters"] = 1  # the common runtime specialisation (Triton makes an int 1 constexpr)
+        out.append(("_loss_forward_kernel", dt, c, i64, {"debug": loss == "bce_prob"}))
+
+    def bwd(loss, wrt, red, scalar, dt, w="none", pw="none", i64=False):
+        c = dict(LOSS=loss, WRT=wrt, MEAN=red == "mean", GRAD_SCALAR=scalar, W_MODE=w, PW_MODE=pw,
+                 ACC=acc(dt), BLOCK=L.BLOCK)
+        out.append(("_loss_backward_kernel", dt, c, i64, {}))
+
+    losses = ("bce_logits", "bce_prob")
+    # upstream gradient forms: per element ("none"), one value ("none" expanded scalar, "sum"),
+    # one value times 1/n ("mean")
+    grads = (("none", False), ("sum", True), ("mean", True))
+    # every loss x reduction (x gradient form) in float32 and float64 (the two math paths);
+    # float16 and bfloat16 (converting loads and stores, 4 warps) for the main forms
+    for dt in ("float32", "float64"):
+        for loss in losses:
+            for red in _args.REDUCTIONS:
+                fwd(loss, red, dt)
+            for wrt in ("input", "target"):
+                for red, scalar in grads:
+                    bwd(loss, wrt, red, scalar, dt)
+    for loss, dt in (("bce_logits", "float16"), ("bce_prob", "bfloat16")):
+        fwd(loss, "none", dt)
+        fwd(loss, "mean", dt)
+        bwd(loss, "input", "none", False, dt)
+        bwd(loss, "target", "mean", True, dt)
+    # several blocks per program (iters not 1)
+    fwd("bce_logits", "sum", "float32", iters1=False)
+    fwd("bce_prob", "mean", "float32", iters1=False)
+    # weight and pos_weight: every read mode
+    for mode in ("scalar", "full", "bcast32", "bcast64"):
+        i64 = mode == "bcast64"
+        for loss in losses:
+            fwd(loss, "mean", "float32", w=mode, i64=i64)
+            bwd(loss, "input", "none", False, "float32", w=mode, i64=i64)
+        fwd("bce_logits", "none", "float32", w="bcast32", pw=mode, i64=i64)
+        bwd("bce_logits", "target", "mean", True, "float32", w="bcast32", pw=mode, i64=i64)
+    fwd("bce_logits", "sum", "bfloat16", w="bcast32", pw="full")
+    bwd("bce_prob", "input", "none", False, "float16", w="bcast32")
+    fwd("bce_prob", "none", "float64", w="full")
+    bwd("bce_logits", "target", "sum", True, "float64", w="scalar", pw="bcast32")
+
+    def gan(kernel, kind, dt, **extra):
+        c = dict(KIND=kind, ACC=acc(dt), BLOCK=L.BLOCK)
+        if kernel.endswith("forward_kernel"):
+            c["PBLOCK"] = L.PBLOCK
+        c.update(extra)
+        out.append((kernel, dt, c, False, {}))
+
+    # each kind in float32; float64 where its math differs from plain arithmetic (softplus,
+    # sigmoid, the float64 labels); float16 / bfloat16 once per kernel
+    one = {"_gan_d_forward_kernel": dict(iters_r=1, iters_f=1), "_gan_g_forward_kernel": dict(iters=1)}
+    for kernel in ("_gan_d_forward_kernel", "_gan_d_backward_kernel", "_gan_g_forward_kernel",
+                   "_gan_g_backward_kernel"):
+        for kind in _args.GAN_KINDS:
+            gan(kernel, kind, "float32", **one.get(kernel, {}))
+        for kind in ("minimax", "nonsaturating", "least_squares"):
+            gan(kernel, kind, "float64", **one.get(kernel, {}))
+        gan(kernel, "nonsaturating", "float16", **one.get(kernel, {}))
+        gan(kernel, "hinge", "bfloat16", **one.get(kernel, {}))
+    gan("_gan_d_forward_kernel", "least_squares", "float32")
+    gan("_gan_g_forward_kernel", "minimax", "float32")
+
+    # Triton turns an int argument equal to 1 into a constexpr: one-element tensors, inner = 1
+    # (a last-dim pos_weight), period = 1
+    fwd("bce_logits", "mean", "float32", w="bcast32", pw="bcast32")
+    out[-1][2].update(n=1, w_inner=1, pw_period=1)
+    bwd("bce_prob", "input", "mean", True, "float64")
+    out[-1][2].update(n=1)
+    gan("_gan_d_forward_kernel", "minimax", "float64", nr=1, nf=1, iters_r=1, iters_f=1)
+    gan("_gan_d_backward_kernel", "hinge", "float32", nr=1, nf=1)
+    gan("_gan_g_forward_kernel", "nonsaturating", "float32", n=1, iters=1)
+    gan("_gan_g_backward_kernel", "least_squares", "float32", n=1)
+    # pointers not 16-byte aligned (a view at an odd offset): no vector accesses
+    unaligned = len(out)
+    fwd("bce_logits", "none", "float32")
+    bwd("bce_logits", "input", "mean", True, "bfloat16")
+    gan("_gan_d_forward_kernel", "nonsaturating", "float32", iters_r=1, iters_f=1)
+    gan("_gan_g_backward_kernel", "minimax", "float16")
+    for i in range(unaligned, len(out)):
+        out[i][4]["aligned"] = False
+    return out
+
+
+def signature(fn, dtype, constexprs, i64):
+    """The argument types the launchers pass: tensors of the input dtype, partials in the
+    accumulation dtype, int32 counter/flag, the labels as float64, sizes as int32 (int64 where
+    the launcher would see a tensor of 2**31 elements or more)."""
+    ty = DTYPES[dtype]
+    acc = "fp64" if dtype == "float64" else "fp32"
+    sig = {}
+    for name in fn.arg_names:
+        if name in constexprs:
+            sig[name] = "constexpr"
+        elif name == "partial_ptr":
+            sig[name] = "*" + acc
+        elif name in ("counter_ptr", "flag_ptr"):
+            sig[name] = "*i32"
+        elif name.endswith("_ptr"):
+            sig[name] = "*" + ty
+        elif name in ("real_label", "fake_label"):
+            sig[name] = "fp64"
+        else:
+            sig[name] = "i64" if i64 else "i32"
+    return sig
+
+
+def attributes(fn, sig):
+    """Triton's runtime specialisation of the pointers: 16-byte aligned (every tensor the launchers
+    allocate, and contiguous inputs from torch's allocator), so 16-byte vector accesses compile."""
+    return {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names)
+            if sig[name].startswith("*")}
+
+
+def _describe(kernel, dtype, constexprs, options):
+    keys = [f"{k}={getattr(v, 'name', v)}" for k, v in constexprs.items() if k not in ("BLOCK", "PBLOCK", "ACC")]
+    if options.get("debug"):
+        keys.append("debug")
+    if not options.get("aligned", True):
+        keys.append("unaligned pointers")
+    return f"{kernel}[{dtype}]({', '.join(keys)})"
+
+
+def _resource_usage(cubin):
+    """(registers, local bytes, shared bytes) from cuobjdump -res-usage, or None."""
+    import re
+    import tempfile
+
+    import triton
+
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    if not os.path.exists(tool):
+        return None
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        text = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True).stdout
+    m = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", text)
+    if m is None:
+        return None
+    return {"regs": int(m.group(1)), "stack": int(m.group(2)), "shared": int(m.group(3)),
+            "local": int(m.group(4))}
+
+
+def _compile_job(job):
+    index, cc = job
+    import torch
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from ganfast.triton import losses as L
+
+    kernel, dtype, constexprs, i64, options = configs()[index]
+    fn = getattr(L, kernel)
+    result = {"kernel": kernel, "config": _describe(kernel, dtype, constexprs, options), "cc": cc}
+    options = dict(options)
+    aligned = options.pop("aligned", True)
+    try:
+        sig = signature(fn, dtype, constexprs, i64)
+        src = ASTSource(fn=fn, signature=sig, constexprs=constexprs,
+                        attrs=attributes(fn, sig) if aligned else {})
+        compiled = triton.compile(src, target=GPUTarget("cuda", cc, 32),
+                                  options=dict(num_warps=L.num_warps(getattr(torch, dtype)), **options))
+        ptx, cubin = compiled.asm.get("ptx", ""), compiled.asm.get("cubin", b"")
+        result.update(ok=bool(ptx) and f"sm_{cc}" in ptx and len(cubin) > 0,
+                      ptx_bytes=len(ptx), cubin_bytes=len(cubin))
+        result.update(_resource_usage(cubin) or {})
+    except Exception as e:  # reported, the test fails on it
+        result.update(ok=False, error=f"{type(e).__name__}: {e}"[:2000])
+    return result
+
+
+def _worker():
+    """Compiles every configuration for every cc; prints the results as one JSON line."""
+    import concurrent.futures
+    import multiprocessing
+
+    import triton
+
+    from ganfast.triton import losses as L
+
+    kernels = sorted(name for name, v in vars(L).items()
+                     if isinstance(v, triton.runtime.jit.JITFunction) and name.endswith("_kernel"))
+    jobs = [(i, cc) for i in range(len(configs())) for cc in CCS]
+    workers = max(1, min(len(jobs), os.cpu_count() or 1))
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        results = list(pool.map(_compile_job, jobs, chunksize=4))
+    print(_RESULT_TAG + json.dumps({"kernels": kernels, "results": results}), flush=True)
+
+
+def _ptxas():
+    import importlib.util
+
+    spec = importlib.util.find_spec("triton")
+    if spec is None or spec.origin is None:
+        return None
+    path = os.path.join(os.path.dirname(spec.origin), "backends", "nvidia", "bin", "ptxas")
+    return path if os.path.exists(path) else None
+
+
+@pytest.mark.slow
+def test_triton_kernels_compile_for_sm80_and_sm90():
+    pytest.importorskip("triton")
+    if _ptxas() is None and not os.environ.get("TRITON_PTXAS_PATH"):
+        pytest.skip("no ptxas: triton/backends/nvidia/bin/ptxas is missing and TRITON_PTXAS_PATH is unset")
+    env = dict(os.environ)
+    env.pop("TRITON_INTERPRET", None)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker"], env=env, cwd=root,
+                          capture_output=True, text=True, timeout=1800)
+    lines = [l for l in proc.stdout.splitlines() if l.startswith(_RESULT_TAG)]
+    assert proc.returncode == 0 and lines, f"AOT worker failed (rc {proc.returncode}):\n{proc.stderr[-4000:]}"
+    report = json.loads(lines[-1][len(_RESULT_TAG):])
+    results = report["results"]
+
+    failed = [r for r in results if not r["ok"]]
+    assert not failed, "kernels that do not compile for the GPU:\n" + "\n".join(
+        f"  sm_{r['cc']} {r['config']}: {r.get('error', 'no PTX/cubin')}" for r in failed[:20])
+    compiled = {r["kernel"] for r in results}
+    missing = set(report["kernels"]) - compiled
+    assert not missing, f"kernels with no AOT configuration in this test: {sorted(missing)}"
+    spilled = [r for r in results if r.get("local", 0) > 0]
+
+    print(f"\n{len(results)} compilations ({len(results) // len(CCS)} configurations x sm_{'/sm_'.join(map(str, CCS))})")
+    for kernel in report["kernels"]:
+        for cc in CCS:
+            rs = [r for r in results if r["kernel"] == kernel and r["cc"] == cc and "regs" in r]
+            if rs:
+                regs = [r["regs"] for r in rs]
+                print(f"  sm_{cc} {kernel}: {len(rs)} configs, registers {min(regs)}-{max(regs)}, "
+                      f"spill bytes {max(r['local'] for r in rs)}, shared {max(r['shared'] for r in rs)} B")
+    assert not spilled, "register spills:\n" + "\n".join(
+        f"  sm_{r['cc']} {r['config']}: {r['local']} local bytes" for r in spilled[:20])
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--worker"]:
+    _worker()
