@@ -91,10 +91,11 @@ def extensions():
 
 
 def main():
+    ext_modules = extensions()  # first: it sets CUDA_HOME, which cpp_extension reads on import
     from torch.utils.cpp_extension import BuildExtension
 
     setup(
-        ext_modules=extensions(),
+        ext_modules=ext_modules,
         cmdclass={"build_ext": BuildExtension.with_options(no_python_abi_suffix=True)},
         options={"bdist_wheel": {"py_limited_api": "cp39"}},
     )

@@ -19,6 +19,9 @@
 //                   and fake halves of gan_d_loss): every block covers both halves with its own
 //                   accumulator each, so the halves share one launch and one final combine
 //                   (sum_real / N_real + sum_fake / N_fake).
+// Grids: one vector per thread up to one wave (the blocks the GPU holds at once, from the
+// occupancy calculator, cached per kernel and device), grid-stride beyond; a reduction adds a
+// block per kReduceVectorsPerThread vectors a thread.
 // The upstream gradient is read on the device: no host synchronisation anywhere, so a step that
 // calls these ops can be captured in a CUDA graph. Empty inputs launch nothing.
 #include <ATen/ATen.h>
@@ -29,6 +32,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <cstring>
@@ -44,12 +48,12 @@ using at::Tensor;
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-// Elementwise grids stop growing at this many blocks per SM (2048 threads); beyond, grid-stride.
-constexpr int64_t kMapBlocksPerSm = 8;
-// Reductions: a new block only when every thread has this many vectors to read, and at most
-// kReduceBlocksPerSm blocks per SM (so the partials stay few).
+// Grids grow to one vector per thread, up to the blocks the GPU holds at once (one wave, as the
+// occupancy calculator says for each kernel); beyond that the threads loop, grid-stride.
+// Reductions add a block only when each thread has this many vectors to read.
 constexpr int64_t kReduceVectorsPerThread = 4;
-constexpr int64_t kReduceBlocksPerSm = 4;
+// Devices whose properties are cached.
+constexpr int kMaxDevices = 64;
 
 // Elements per 16-byte vector.
 template <typename scalar_t>
@@ -110,16 +114,17 @@ __device__ __forceinline__ void store_vec(T* p, const Vec<T, W>& v) {
   }
 }
 
-// body(integral_constant<int, W>, i) for the elements [i, i + W) of [0, n): whole V-vectors
-// grid-stride over the threads [0, nthreads) of a segment, then the < V tail one element each.
+// body(integral_constant<int, W>, i) for the elements [i, i + W) of [0, n), over the threads
+// [0, nthreads) of a segment: the < V tail elements one each (first, so that nothing but the
+// loop's own state lives across the loop), then whole V-vectors grid-stride.
 template <int V, typename Body>
 __device__ __forceinline__ void vec_loop(int64_t n, int64_t tid, int64_t nthreads, const Body& body) {
   const int64_t nvec = n / V;
-  for (int64_t v = tid; v < nvec; v += nthreads) body(std::integral_constant<int, V>{}, v * V);
   if constexpr (V > 1) {
     const int64_t i = nvec * V + tid;
     if (i < n) body(std::integral_constant<int, 1>{}, i);
   }
+  for (int64_t v = tid; v < nvec; v += nthreads) body(std::integral_constant<int, V>{}, v * V);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -215,57 +220,82 @@ __global__ void __launch_bounds__(kThreads)
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 int multiprocessor_count(c10::DeviceIndex device) {
-  constexpr int kCached = 64;
-  static std::atomic<int> cache[kCached];
-  const bool cacheable = device >= 0 && device < kCached;
+  static std::atomic<int> cache[kMaxDevices];
+  const bool cacheable = device >= 0 && device < kMaxDevices;
   if (cacheable) {
     const int v = cache[device].load(std::memory_order_relaxed);
     if (v > 0) return v;
   }
   int v = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, device));
-  if (v < 1) v = 1;
+  v = std::max(v, 1);
   if (cacheable) cache[device].store(v, std::memory_order_relaxed);
   return v;
 }
 
-bool is_aligned(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
-
-// Blocks of an elementwise segment of n elements in vectors of V: 0 when empty.
-int map_blocks(int64_t n, int v, int sms) {
-  const int64_t blocks = ceil_div(ceil_div(n, v), kThreads);
-  return static_cast<int>(std::min<int64_t>(blocks, kMapBlocksPerSm * sms));
+// The blocks of `kernel` that the current device runs at once (its SMs times the blocks of
+// kThreads one SM holds, given the kernel's registers); cache: one per kernel, per device.
+template <typename Kernel>
+int64_t wave_blocks(Kernel kernel, c10::DeviceIndex device, std::atomic<int> (&cache)[kMaxDevices]) {
+  const bool cacheable = device >= 0 && device < kMaxDevices;
+  int per_sm = cacheable ? cache[device].load(std::memory_order_relaxed) : 0;
+  if (per_sm == 0) {
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, 0));
+    per_sm = std::max(per_sm, 1);
+    if (cacheable) cache[device].store(per_sm, std::memory_order_relaxed);
+  }
+  return static_cast<int64_t>(per_sm) * multiprocessor_count(device);
 }
 
+bool is_aligned(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
+
+// Blocks for one vector per thread over a segment (M::kWidth elements a vector): 0 when empty.
+template <typename M>
+int64_t segment_blocks(const M& m) {
+  if constexpr (kPresent<M>) {
+    return ceil_div(ceil_div(m.n, M::kWidth), kThreads);
+  } else {
+    return 0;
+  }
+}
+
+// One launch of map_kernel over one or two segments, within one wave of blocks (shared by the
+// segments in proportion to their sizes).
 template <typename M0, typename M1>
-void launch_map(const M0& m0, int blocks0, const M1& m1, int blocks1, cudaStream_t stream) {
-  const int blocks = blocks0 + blocks1;
-  if (blocks == 0) return;
-  map_kernel<<<blocks, kThreads, 0, stream>>>(m0, m1, blocks0);
+void launch_map(const M0& m0, const M1& m1, c10::DeviceIndex device, cudaStream_t stream) {
+  static std::atomic<int> resident[kMaxDevices];
+  int64_t b0 = segment_blocks(m0), b1 = segment_blocks(m1);
+  if (b0 + b1 == 0) return;
+  const int64_t wave = wave_blocks(map_kernel<M0, M1>, device, resident);
+  if (b0 + b1 > wave) {
+    const int64_t share0 = std::max<int64_t>(b0 > 0 ? 1 : 0, wave * b0 / (b0 + b1));
+    b1 = std::max<int64_t>(b1 > 0 ? 1 : 0, wave - share0);
+    b0 = share0;
+  }
+  map_kernel<<<static_cast<unsigned int>(b0 + b1), kThreads, 0, stream>>>(m0, m1, static_cast<int>(b0));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// Blocks of a reduction over units vectors (and tail elements) of all its segments together.
-int reduce_blocks(int64_t units, int sms) {
-  const int64_t wanted = ceil_div(units, kThreads * kReduceVectorsPerThread);
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(wanted, kReduceBlocksPerSm * sms)));
-}
-
+// One launch of reduce_kernel over one or two segments of `units` vectors (and tail elements)
+// together, writing the 0-dim `out`.
 template <typename scalar_t, typename S0, typename S1>
-void launch_reduce(const S0& s0, const S1& s1, int blocks, const Tensor& out, cudaStream_t stream) {
+void launch_reduce(const S0& s0, const S1& s1, int64_t units, const Tensor& out, cudaStream_t stream) {
+  static std::atomic<int> resident[kMaxDevices];
+  const int64_t wave = wave_blocks(reduce_kernel<scalar_t, S0, S1>, out.device().index(), resident);
+  const int64_t blocks = std::clamp<int64_t>(ceil_div(units, kThreads * kReduceVectorsPerThread), 1, wave);
   double* partials = nullptr;
   unsigned int* counter = nullptr;
   Tensor workspace;
   if (blocks > 1) {
-    const int64_t nparts = static_cast<int64_t>(blocks) * (kPresent<S1> ? 2 : 1);
+    const int64_t nparts = blocks * (kPresent<S1> ? 2 : 1);
     workspace = at::empty({nparts * static_cast<int64_t>(sizeof(double)) + 16},
                           out.options().dtype(at::kByte));
     partials = reinterpret_cast<double*>(workspace.mutable_data_ptr());
     counter = reinterpret_cast<unsigned int*>(partials + nparts);
     C10_CUDA_CHECK(cudaMemsetAsync(counter, 0, sizeof(unsigned int), stream));
   }
-  reduce_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(s0, s1, partials, counter,
-                                                           out.mutable_data_ptr<scalar_t>());
+  reduce_kernel<scalar_t><<<static_cast<unsigned int>(blocks), kThreads, 0, stream>>>(
+      s0, s1, partials, counter, out.mutable_data_ptr<scalar_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -283,16 +313,18 @@ void dispatch_bool(bool b, F&& f) {
 // ---------------------------------------------------------------------------------------------
 
 // A Broadcast operand on the device: data[(i / inner) % period], or absent (data null: 1).
-// step_rem / step_idx: how the index moves when the element moves by the grid stride
-// (set_stride), so the grid-stride loop never divides.
+// inv_inner / inv_period: the reciprocals, for division without a subroutine call (div_mod).
 template <typename scalar_t>
 struct BcastRef {
   const scalar_t* data = nullptr;
   int64_t inner = 1;
   int64_t period = 1;
-  int64_t step_rem = 0;  // stride % inner
-  int64_t step_idx = 0;  // (stride / inner) % period
+  double inv_inner = 1.0;
+  double inv_period = 1.0;
 };
+
+// Element indices stay below this, so that div_mod's estimate is within one of the quotient.
+constexpr int64_t kMaxBroadcastIndex = int64_t(1) << 52;
 
 template <typename scalar_t>
 BcastRef<scalar_t> bcast_ref(const Broadcast& b) {
@@ -301,35 +333,43 @@ BcastRef<scalar_t> bcast_ref(const Broadcast& b) {
     r.data = b.data.const_data_ptr<scalar_t>();
     r.inner = b.inner;
     r.period = b.period;
+    r.inv_inner = 1.0 / static_cast<double>(b.inner);
+    r.inv_period = 1.0 / static_cast<double>(b.period);
   }
   return r;
 }
 
-template <typename scalar_t>
-void set_stride(BcastRef<scalar_t>& b, int64_t stride) {
-  if (b.data == nullptr) return;
-  const int64_t q = stride / b.inner;
-  b.step_rem = stride - q * b.inner;
-  b.step_idx = q % b.period;
+// q = i / d and r = i % d for 0 <= i < 2^52, d >= 1, inv = 1 / d rounded: the double estimate
+// is within one of q, then one correction. (A 64-bit integer division is a subroutine call on
+// the GPU, and values live across it spill.)
+__device__ __forceinline__ int64_t div_mod(int64_t i, int64_t d, double inv, int64_t& r) {
+  int64_t q = static_cast<int64_t>(static_cast<double>(i) * inv);
+  r = i - q * d;
+  if (r < 0) {
+    --q;
+    r += d;
+  } else if (r >= d) {
+    ++q;
+    r -= d;
+  }
+  return q;
 }
 
 // The position of element i in a broadcast operand: i = q * inner + rem, idx = q % period.
-// Divides once (start); then moves by one element (advance) or by the grid stride (jump) with
-// compares only.
+// Divides once (start), then moves along by one element with compares only (advance).
 struct BcastCursor {
   int64_t rem = 0, idx = 0;
 
   template <typename scalar_t>
   __device__ __forceinline__ void start(const BcastRef<scalar_t>& b, int64_t i) {
     if (b.data == nullptr) return;
-    const int64_t q = b.inner == 1 ? i : i / b.inner;
-    rem = i - q * b.inner;
-    idx = q < b.period ? q : q % b.period;
-  }
-  template <typename scalar_t>
-  __device__ __forceinline__ at::opmath_type<scalar_t> value(const BcastRef<scalar_t>& b) const {
-    using acc_t = at::opmath_type<scalar_t>;
-    return b.data != nullptr ? static_cast<acc_t>(load_ro(b.data + idx)) : acc_t(1);
+    const int64_t q = b.inner == 1 ? i : div_mod(i, b.inner, b.inv_inner, rem);
+    if (b.inner == 1) rem = 0;
+    if (q < b.period) {
+      idx = q;
+    } else {
+      div_mod(q, b.period, b.inv_period, idx);
+    }
   }
   template <typename scalar_t>
   __device__ __forceinline__ void advance(const BcastRef<scalar_t>& b) {
@@ -337,16 +377,6 @@ struct BcastCursor {
       rem = 0;
       if (++idx == b.period) idx = 0;
     }
-  }
-  template <typename scalar_t>
-  __device__ __forceinline__ void jump(const BcastRef<scalar_t>& b) {
-    rem += b.step_rem;
-    if (rem >= b.inner) {
-      rem -= b.inner;
-      ++idx;
-    }
-    idx += b.step_idx;  // < 2 * period
-    if (idx >= b.period) idx -= b.period;
   }
 };
 
@@ -359,82 +389,81 @@ struct LossPtrs {
   BcastRef<scalar_t> pw;
 };
 
-// stride: the elements a segment's grid-stride loop moves by (its threads times V).
 template <typename scalar_t>
-LossPtrs<scalar_t> loss_ptrs(const LossOperands& o, int64_t stride) {
-  LossPtrs<scalar_t> p{o.input.const_data_ptr<scalar_t>(), o.target.const_data_ptr<scalar_t>(),
-                       bcast_ref<scalar_t>(o.weight), bcast_ref<scalar_t>(o.pos_weight)};
-  set_stride(p.w, stride);
-  set_stride(p.pw, stride);
-  return p;
+LossPtrs<scalar_t> loss_ptrs(const LossOperands& o) {
+  TORCH_CHECK(o.input.numel() < kMaxBroadcastIndex, "ganfast: a loss over ", o.input.numel(),
+              " elements is too large for the CUDA kernels");
+  return LossPtrs<scalar_t>{o.input.const_data_ptr<scalar_t>(), o.target.const_data_ptr<scalar_t>(),
+                            bcast_ref<scalar_t>(o.weight), bcast_ref<scalar_t>(o.pos_weight)};
 }
 
-// out[k] = f(x, t, w, pw) at elements i + k, k < W, the weights read from cursors at i.
-// With kWeighted false no weight is read; without F::kPosWeight no pos_weight.
+// The values of a broadcast operand at the elements [i, i + W), 1 where it is absent: gathered
+// before any math, so that no index state lives across the loss computation.
+template <int W, typename scalar_t>
+__device__ __forceinline__ Vec<scalar_t, W> gather(const BcastRef<scalar_t>& b, int64_t i) {
+  Vec<scalar_t, W> r;
+  if (b.data == nullptr) {
+#pragma unroll
+    for (int k = 0; k < W; ++k) r.v[k] = scalar_t(1);
+    return r;
+  }
+  BcastCursor c;
+  c.start(b, i);
+#pragma unroll
+  for (int k = 0; k < W; ++k) {
+    r.v[k] = load_ro(b.data + c.idx);
+    if (k + 1 < W) c.advance(b);
+  }
+  return r;
+}
+
+// out[k] = f(x, t, w, pw) at elements i + k, k < W. With kWeighted false no weight is read;
+// without F::kPosWeight no pos_weight.
 template <int W, bool kWeighted, typename scalar_t, typename F>
 __device__ __forceinline__ void loss_values(const LossPtrs<scalar_t>& p, const F& f, int64_t i,
-                                            BcastCursor w, BcastCursor pw,
                                             at::opmath_type<scalar_t> (&out)[W]) {
   using acc_t = at::opmath_type<scalar_t>;
   const Vec<scalar_t, W> xv = load_vec<W>(p.x + i);
   const Vec<scalar_t, W> tv = load_vec<W>(p.t + i);
+  if constexpr (kWeighted) {
+    const Vec<scalar_t, W> wv = gather<W>(p.w, i);
+    if constexpr (F::kPosWeight) {
+      const Vec<scalar_t, W> pwv = gather<W>(p.pw, i);
 #pragma unroll
-  for (int k = 0; k < W; ++k) {
-    acc_t wk = acc_t(1), pwk = acc_t(1);
-    if constexpr (kWeighted) {
-      wk = w.value(p.w);
-      if constexpr (F::kPosWeight) pwk = pw.value(p.pw);
-      if (k + 1 < W) {
-        w.advance(p.w);
-        if constexpr (F::kPosWeight) pw.advance(p.pw);
-      }
+      for (int k = 0; k < W; ++k)
+        out[k] = f(static_cast<acc_t>(xv.v[k]), static_cast<acc_t>(tv.v[k]), static_cast<acc_t>(wv.v[k]),
+                   static_cast<acc_t>(pwv.v[k]));
+    } else {
+#pragma unroll
+      for (int k = 0; k < W; ++k)
+        out[k] = f(static_cast<acc_t>(xv.v[k]), static_cast<acc_t>(tv.v[k]), static_cast<acc_t>(wv.v[k]), acc_t(1));
     }
-    out[k] = f(static_cast<acc_t>(xv.v[k]), static_cast<acc_t>(tv.v[k]), wk, pwk);
+  } else {
+#pragma unroll
+    for (int k = 0; k < W; ++k)
+      out[k] = f(static_cast<acc_t>(xv.v[k]), static_cast<acc_t>(tv.v[k]), acc_t(1), acc_t(1));
   }
 }
 
-// body(integral_constant<int, W>, i, values[W]) for the loss values of the elements [i, i + W):
-// vec_loop's traversal, with the weight cursors carried along the grid stride.
+// body(integral_constant<int, W>, i, values[W]) for the loss values of the elements [i, i + W),
+// in vec_loop's traversal.
 template <int V, bool kWeighted, typename scalar_t, typename F, typename Body>
 __device__ __forceinline__ void loss_loop(const LossPtrs<scalar_t>& p, const F& f, int64_t n, int64_t tid,
                                           int64_t nthreads, const Body& body) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t nvec = n / V;
-  if (tid < nvec) {
-    BcastCursor w, pw;
-    if constexpr (kWeighted) {
-      w.start(p.w, tid * V);
-      if constexpr (F::kPosWeight) pw.start(p.pw, tid * V);
-    }
-    for (int64_t v = tid; v < nvec; v += nthreads) {
-      acc_t vals[V];
-      loss_values<V, kWeighted>(p, f, v * V, w, pw, vals);
-      body(std::integral_constant<int, V>{}, v * V, vals);
-      if constexpr (kWeighted) {
-        w.jump(p.w);
-        if constexpr (F::kPosWeight) pw.jump(p.pw);
-      }
-    }
-  }
-  if constexpr (V > 1) {
-    const int64_t i = nvec * V + tid;
-    if (i < n) {
-      BcastCursor w, pw;
-      if constexpr (kWeighted) {
-        w.start(p.w, i);
-        if constexpr (F::kPosWeight) pw.start(p.pw, i);
-      }
-      acc_t vals[1];
-      loss_values<1, kWeighted>(p, f, i, w, pw, vals);
-      body(std::integral_constant<int, 1>{}, i, vals);
-    }
-  }
+  vec_loop<V>(n, tid, nthreads, [&](auto width, int64_t i) {
+    constexpr int W = decltype(width)::value;
+    acc_t vals[W];
+    loss_values<W, kWeighted>(p, f, i, vals);
+    body(width, i, vals);
+  });
 }
 
 // Elementwise segment: y_i = f(i) (kNoGrad), g0 * f(i) with g0 = g[0] * gscale (kScalarGrad),
 // or g_i * f(i) (kTensorGrad), as the CPU's loss_forward / loss_backward.
 template <typename scalar_t, int V, bool kWeighted, int kGrad, typename F>
 struct LossMap {
+  static constexpr int kWidth = V;
   using acc_t = at::opmath_type<scalar_t>;
   LossPtrs<scalar_t> p;
   int64_t n;
@@ -507,13 +536,14 @@ struct BceLogitsDTarget {
     return math::bce_logits_dtarget(x, t, w, pw);
   }
 };
-// The forward on probabilities checks its input as torch's CUDA kernel does: a device-side
-// assert (the CPU twin's check_probabilities would need a host sync here).
+// The forward on probabilities checks its input and target as torch's CUDA kernel does: a
+// device-side assert (the CPU twin's check_probabilities would need a host sync here).
 struct BceProbLoss {
   static constexpr bool kPosWeight = false;
   template <typename T>
   __device__ __forceinline__ T operator()(T p, T t, T w, T) const {
     CUDA_KERNEL_ASSERT(math::probability_in_range(p) && "all elements of input should be between 0 and 1");
+    CUDA_KERNEL_ASSERT(math::probability_in_range(t) && "all elements of target should be between 0 and 1");
     return math::bce_prob(p, t, w);
   }
 };
@@ -553,31 +583,26 @@ Tensor loss_forward(const char* op, const LossOperands& o, const Elem& elem) {
   }
   const c10::cuda::CUDAGuard device_guard(o.input.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const int sms = multiprocessor_count(o.input.device().index());
+  const c10::DeviceIndex device = o.input.device().index();
   Tensor out = o.reduction == Reduction::None ? at::empty_like(o.input) : at::empty({}, o.input.options());
   dispatch_loss(op, o, [&](auto tag, auto weighted) {
     using scalar_t = decltype(tag);
     constexpr bool kWeighted = decltype(weighted)::value;
-    const scalar_t* x = o.input.const_data_ptr<scalar_t>();
-    const scalar_t* t = o.target.const_data_ptr<scalar_t>();
+    const LossPtrs<scalar_t> p = loss_ptrs<scalar_t>(o);
     if (o.reduction == Reduction::None) {
       scalar_t* y = out.mutable_data_ptr<scalar_t>();
-      dispatch_bool(is_aligned(x) && is_aligned(t) && is_aligned(y), [&](auto aligned) {
+      dispatch_bool(is_aligned(p.x) && is_aligned(p.t) && is_aligned(y), [&](auto aligned) {
         constexpr int V = decltype(aligned)::value ? kVec<scalar_t> : 1;
         using Map = LossMap<scalar_t, V, kWeighted, kNoGrad, Elem>;
-        const int blocks = map_blocks(n, V, sms);
-        const LossPtrs<scalar_t> p = loss_ptrs<scalar_t>(o, static_cast<int64_t>(blocks) * kThreads * V);
-        launch_map(Map{p, n, elem, nullptr, 1, y}, blocks, NoSeg{}, 0, stream);
+        launch_map(Map{p, n, elem, nullptr, 1, y}, NoSeg{}, device, stream);
       });
       return;
     }
     const double divisor = o.reduction == Reduction::Mean ? static_cast<double>(n) : 1.0;
-    dispatch_bool(is_aligned(x) && is_aligned(t), [&](auto aligned) {
+    dispatch_bool(is_aligned(p.x) && is_aligned(p.t), [&](auto aligned) {
       constexpr int V = decltype(aligned)::value ? kVec<scalar_t> : 1;
       using Sum = LossSum<scalar_t, V, kWeighted, Elem>;
-      const int blocks = reduce_blocks(ceil_div(n, V), sms);
-      const LossPtrs<scalar_t> p = loss_ptrs<scalar_t>(o, static_cast<int64_t>(blocks) * kThreads * V);
-      launch_reduce<scalar_t>(Sum{p, n, elem, divisor}, NoSeg{}, blocks, out, stream);
+      launch_reduce<scalar_t>(Sum{p, n, elem, divisor}, NoSeg{}, ceil_div(n, V), out, stream);
     });
   });
   return out;
@@ -593,27 +618,24 @@ Tensor loss_backward(const char* op, const Tensor& grad_output, const LossOperan
   if (n == 0) return out;
   const c10::cuda::CUDAGuard device_guard(o.input.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const int sms = multiprocessor_count(o.input.device().index());
+  const c10::DeviceIndex device = o.input.device().index();
   dispatch_loss(op, o, [&](auto tag, auto weighted) {
     using scalar_t = decltype(tag);
     using acc_t = at::opmath_type<scalar_t>;
     constexpr bool kWeighted = decltype(weighted)::value;
-    const scalar_t* x = o.input.const_data_ptr<scalar_t>();
-    const scalar_t* t = o.target.const_data_ptr<scalar_t>();
+    const LossPtrs<scalar_t> p = loss_ptrs<scalar_t>(o);
     const scalar_t* g = grad.const_data_ptr<scalar_t>();
     scalar_t* y = out.mutable_data_ptr<scalar_t>();
     const acc_t scale = o.reduction == Reduction::Mean ? acc_t(1) / static_cast<acc_t>(n) : acc_t(1);
-    const bool aligned = is_aligned(x) && is_aligned(t) && is_aligned(y) && (grad_is_scalar || is_aligned(g));
+    const bool aligned = is_aligned(p.x) && is_aligned(p.t) && is_aligned(y) && (grad_is_scalar || is_aligned(g));
     dispatch_bool(aligned, [&](auto aligned_tag) {
       constexpr int V = decltype(aligned_tag)::value ? kVec<scalar_t> : 1;
-      const int blocks = map_blocks(n, V, sms);
-      const LossPtrs<scalar_t> p = loss_ptrs<scalar_t>(o, static_cast<int64_t>(blocks) * kThreads * V);
       if (grad_is_scalar) {
         using Map = LossMap<scalar_t, V, kWeighted, kScalarGrad, DElem>;
-        launch_map(Map{p, n, delem, g, scale, y}, blocks, NoSeg{}, 0, stream);
+        launch_map(Map{p, n, delem, g, scale, y}, NoSeg{}, device, stream);
       } else {
         using Map = LossMap<scalar_t, V, kWeighted, kTensorGrad, DElem>;
-        launch_map(Map{p, n, delem, g, acc_t(1), y}, blocks, NoSeg{}, 0, stream);
+        launch_map(Map{p, n, delem, g, acc_t(1), y}, NoSeg{}, device, stream);
       }
     });
   });
@@ -728,6 +750,7 @@ struct GanSum {
 // Elementwise segment: y_i = (g / n) * f(x_i), g the 0-dim upstream gradient on the device.
 template <typename scalar_t, int V, typename F>
 struct GanMap {
+  static constexpr int kWidth = V;
   using acc_t = at::opmath_type<scalar_t>;
   const scalar_t* x;
   int64_t n;
@@ -768,7 +791,6 @@ Tensor gan_d_loss(const Tensor& real_logits, const Tensor& fake_logits, c10::str
   if (nr == 0 || nf == 0) return at::full({}, std::numeric_limits<double>::quiet_NaN(), real.options());
   const c10::cuda::CUDAGuard device_guard(real.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const int sms = multiprocessor_count(real.device().index());
   Tensor out = at::empty({}, real.options());
   dispatch_gan(op, real, kind, [&](auto tag, auto k) {
     using scalar_t = decltype(tag);
@@ -783,7 +805,7 @@ Tensor gan_d_loss(const Tensor& real_logits, const Tensor& fake_logits, c10::str
       using Fake = GanSum<scalar_t, V, GanDFake<K, acc_t>>;
       launch_reduce<scalar_t>(Real{xr, nr, {a}, static_cast<double>(nr)},
                               Fake{xf, nf, {b}, static_cast<double>(nf)},
-                              reduce_blocks(ceil_div(nr, V) + ceil_div(nf, V), sms), out, stream);
+                              ceil_div(nr, V) + ceil_div(nf, V), out, stream);
     });
   });
   return out;
@@ -803,7 +825,7 @@ std::tuple<Tensor, Tensor> gan_d_loss_backward(const Tensor& grad_output, const 
   if (nr == 0 && nf == 0) return {grad_real, grad_fake};
   const c10::cuda::CUDAGuard device_guard(real.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const int sms = multiprocessor_count(real.device().index());
+  const c10::DeviceIndex device = real.device().index();
   dispatch_gan(op, real, kind, [&](auto tag, auto k) {
     using scalar_t = decltype(tag);
     using acc_t = at::opmath_type<scalar_t>;
@@ -820,8 +842,7 @@ std::tuple<Tensor, Tensor> gan_d_loss_backward(const Tensor& grad_output, const 
       using Real = GanMap<scalar_t, V, GanDRealDx<K, acc_t>>;
       using Fake = GanMap<scalar_t, V, GanDFakeDx<K, acc_t>>;
       // Both gradients in one launch: blocks [0, Br) write grad_real, the rest grad_fake.
-      launch_map(Real{xr, nr, {a}, g, yr}, map_blocks(nr, V, sms), Fake{xf, nf, {b}, g, yf},
-                 map_blocks(nf, V, sms), stream);
+      launch_map(Real{xr, nr, {a}, g, yr}, Fake{xf, nf, {b}, g, yf}, device, stream);
     });
   });
   return {grad_real, grad_fake};
@@ -829,14 +850,13 @@ std::tuple<Tensor, Tensor> gan_d_loss_backward(const Tensor& grad_output, const 
 
 Tensor gan_g_loss(const Tensor& fake_logits, c10::string_view kind_name) {
   constexpr const char* op = "ganfast::gan_g_loss";
-  check_gan_logits(op, fake_logits, fake_logits);
+  check_gan_logits(op, fake_logits);
   const GanKind kind = parse_gan_kind(kind_name);
   const Tensor fake = fake_logits.contiguous();
   const int64_t n = fake.numel();
   if (n == 0) return at::full({}, std::numeric_limits<double>::quiet_NaN(), fake.options());
   const c10::cuda::CUDAGuard device_guard(fake.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const int sms = multiprocessor_count(fake.device().index());
   Tensor out = at::empty({}, fake.options());
   dispatch_gan(op, fake, kind, [&](auto tag, auto k) {
     using scalar_t = decltype(tag);
@@ -846,8 +866,7 @@ Tensor gan_g_loss(const Tensor& fake_logits, c10::string_view kind_name) {
     dispatch_bool(is_aligned(x), [&](auto aligned) {
       constexpr int V = decltype(aligned)::value ? kVec<scalar_t> : 1;
       using Sum = GanSum<scalar_t, V, GanG<K, acc_t>>;
-      launch_reduce<scalar_t>(Sum{x, n, {}, static_cast<double>(n)}, NoSeg{}, reduce_blocks(ceil_div(n, V), sms),
-                              out, stream);
+      launch_reduce<scalar_t>(Sum{x, n, {}, static_cast<double>(n)}, NoSeg{}, ceil_div(n, V), out, stream);
     });
   });
   return out;
@@ -855,7 +874,7 @@ Tensor gan_g_loss(const Tensor& fake_logits, c10::string_view kind_name) {
 
 Tensor gan_g_loss_backward(const Tensor& grad_output, const Tensor& fake_logits, c10::string_view kind_name) {
   constexpr const char* op = "ganfast::gan_g_loss_backward";
-  check_gan_logits(op, fake_logits, fake_logits);
+  check_gan_logits(op, fake_logits);
   check_scalar_grad(op, grad_output, fake_logits);
   const GanKind kind = parse_gan_kind(kind_name);
   const Tensor fake = fake_logits.contiguous();
@@ -865,7 +884,7 @@ Tensor gan_g_loss_backward(const Tensor& grad_output, const Tensor& fake_logits,
   if (n == 0) return grad_fake;
   const c10::cuda::CUDAGuard device_guard(fake.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const int sms = multiprocessor_count(fake.device().index());
+  const c10::DeviceIndex device = fake.device().index();
   dispatch_gan(op, fake, kind, [&](auto tag, auto k) {
     using scalar_t = decltype(tag);
     using acc_t = at::opmath_type<scalar_t>;
@@ -876,7 +895,7 @@ Tensor gan_g_loss_backward(const Tensor& grad_output, const Tensor& fake_logits,
     dispatch_bool(is_aligned(x) && is_aligned(y), [&](auto aligned) {
       constexpr int V = decltype(aligned)::value ? kVec<scalar_t> : 1;
       using Map = GanMap<scalar_t, V, GanGDx<K, acc_t>>;
-      launch_map(Map{x, n, {}, g, y}, map_blocks(n, V, sms), NoSeg{}, 0, stream);
+      launch_map(Map{x, n, {}, g, y}, NoSeg{}, device, stream);
     });
   });
   return grad_fake;
