@@ -66,6 +66,7 @@ def extensions():
     from torch.utils.cpp_extension import CppExtension, CUDAExtension
 
     sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc").glob("*.cpp"))
+    sources += sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc" / "autograd").glob("*.cpp"))
     sources += sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc" / "cpu").glob("*.cpp"))
     # -fno-math-errno / -fno-trapping-math (as torch's own build) let GCC vectorise the
     # branch-free math of csrc/gan_math.h; no -ffast-math: NaN and inf must behave.

@@ -33,6 +33,13 @@ enum class Reduction : int { None, Mean, Sum };
 // The GAN objectives that ganfast.losses implements (see gan_d_real/gan_d_fake/gan_g below).
 enum class GanKind : int { Minimax, NonSaturating, Hinge, Wasserstein, LeastSquares };
 
+// Gradient penalties ("wgan-gp", "one-sided", "r1", "r2"; see penalty_value below).
+enum class PenaltyKind : int { WganGp, OneSided, R1, R2 };
+
+// Activations of bias_act ("linear", "relu", "lrelu", "tanh", "sigmoid", "elu", "selu",
+// "softplus", "swish"; see act_value below).
+enum class ActKind : int { Linear, Relu, Lrelu, Tanh, Sigmoid, Elu, Selu, Softplus, Swish };
+
 namespace math {
 
 // ---------------------------------------------------------------------------------------------
@@ -261,6 +268,197 @@ GANFAST_HD T gan_g_dx(T x) {
   } else {
     return x - T(1);
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Gradient penalties on the per-sample norm n = ||g_b||_2 of D's input gradient, center c:
+//   wgan-gp    phi(n) = (n - c)^2                (Gulrajani et al. 2017)
+//   one-sided  phi(n) = max(0, n - c)^2
+//   r1, r2     phi(n) = n^2  (center unused)      (Mescheder et al. 2018; on real / fake data)
+// The gradient w.r.t. g_b is phi'(n) / n * g_b =: s(n) g_b. At n = 0 the wgan-gp and one-sided
+// s(n) are taken as 0, as torch's norm backward does (its subgradient at 0 is 0).
+// ---------------------------------------------------------------------------------------------
+
+template <PenaltyKind K, typename T>
+GANFAST_HD T penalty_value(T n, T c) {
+  if constexpr (K == PenaltyKind::WganGp) {
+    const T d = n - c;
+    return d * d;
+  } else if constexpr (K == PenaltyKind::OneSided) {
+    const T d = n - c;
+    return d < T(0) ? T(0) : d * d;  // written so a NaN passes through
+  } else {
+    (void)c;
+    return n * n;
+  }
+}
+
+// s(n) = phi'(n) / n
+template <PenaltyKind K, typename T>
+GANFAST_HD T penalty_scale(T n, T c) {
+  if constexpr (K == PenaltyKind::WganGp) {
+    return keep_nan(n, n > T(0) ? T(2) * (n - c) / n : T(0));
+  } else if constexpr (K == PenaltyKind::OneSided) {
+    return keep_nan(n, n > c && n > T(0) ? T(2) * (n - c) / n : T(0));
+  } else {
+    (void)c;
+    return keep_nan(n, T(2));
+  }
+}
+
+// s'(n) / n, the second-order term: d(s(n) g)/dg = s(n) I + s'(n) / n * g g^T.
+template <PenaltyKind K, typename T>
+GANFAST_HD T penalty_scale_dn_over_n(T n, T c) {
+  if constexpr (K == PenaltyKind::WganGp) {
+    return keep_nan(n, n > T(0) ? T(2) * c / (n * n * n) : T(0));
+  } else if constexpr (K == PenaltyKind::OneSided) {
+    return keep_nan(n, n > c && n > T(0) ? T(2) * c / (n * n * n) : T(0));
+  } else {
+    (void)c;
+    return keep_nan(n, T(0));
+  }
+}
+
+// x_hat = eps * real + (1 - eps) * fake, as WGAN-GP writes it.
+template <typename T>
+GANFAST_HD T interpolate(T real, T fake, T eps) {
+  return eps * real + (T(1) - eps) * fake;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Activations of bias_act: f and its derivatives of order 1 to 3 (kMaxActOrder), from x, or from
+// f(x) for the activations whose derivatives f(x) determines (act_derivatives_from_y).
+// alpha: lrelu's negative slope, elu's alpha; selu uses its fixed constants; softplus is exact
+// (no threshold). Piecewise-linear activations have every derivative (zero past the first).
+// ---------------------------------------------------------------------------------------------
+
+constexpr double kSeluLambda = 1.0507009873554804934193349852946;
+constexpr double kSeluAlpha = 1.6732632423543772848170429916717;
+constexpr int kMaxActOrder = 3;
+
+inline constexpr bool act_is_piecewise_linear(ActKind a) {
+  return a == ActKind::Linear || a == ActKind::Relu || a == ActKind::Lrelu;
+}
+
+// Whether f(x) alone gives every derivative (so the backward may keep y instead of x).
+inline constexpr bool act_derivatives_from_y(ActKind a, double alpha) {
+  switch (a) {
+    case ActKind::Softplus:
+    case ActKind::Swish:
+      return false;
+    case ActKind::Lrelu:
+    case ActKind::Elu:
+      return alpha >= 0;  // then f(x) > 0 exactly where x > 0
+    default:
+      return true;
+  }
+}
+
+template <ActKind A, typename T>
+GANFAST_HD T act_value(T x, T alpha) {
+  if constexpr (A == ActKind::Linear) {
+    return x;
+  } else if constexpr (A == ActKind::Relu) {
+    return x < T(0) ? T(0) : x;  // NaN passes, as torch.relu
+  } else if constexpr (A == ActKind::Lrelu) {
+    return x > T(0) ? x : x * alpha;
+  } else if constexpr (A == ActKind::Tanh) {
+    return std::tanh(x);
+  } else if constexpr (A == ActKind::Sigmoid) {
+    return sigmoid(x);
+  } else if constexpr (A == ActKind::Elu) {
+    return x > T(0) ? x : alpha * std::expm1(x);
+  } else if constexpr (A == ActKind::Selu) {
+    return T(kSeluLambda) * (x > T(0) ? x : T(kSeluAlpha) * std::expm1(x));
+  } else if constexpr (A == ActKind::Softplus) {
+    return softplus(x);
+  } else {
+    return x * sigmoid(x);
+  }
+}
+
+// d^order f / dx^order at x; order in [1, kMaxActOrder], any order >= 1 when piecewise linear.
+template <ActKind A, typename T>
+GANFAST_HD T act_derivative(T x, T alpha, int order) {
+  if constexpr (A == ActKind::Linear) {
+    return keep_nan(x, order == 1 ? T(1) : T(0));
+  } else if constexpr (A == ActKind::Relu) {
+    return keep_nan(x, order == 1 && x > T(0) ? T(1) : T(0));  // relu'(0) = 0, as torch's
+  } else if constexpr (A == ActKind::Lrelu) {
+    return keep_nan(x, order == 1 ? (x > T(0) ? T(1) : alpha) : T(0));
+  } else if constexpr (A == ActKind::Tanh) {
+    const T t = std::tanh(x), q = T(1) - t * t;
+    return order == 1 ? q : order == 2 ? T(-2) * t * q : q * (T(6) * t * t - T(2));
+  } else if constexpr (A == ActKind::Sigmoid || A == ActKind::Softplus || A == ActKind::Swish) {
+    // sigmoid: s1 = s (1 - s), s2 = s1 (1 - 2 s), s3 = s1 (1 - 6 s + 6 s^2);
+    // softplus of order k is sigmoid of order k - 1; swish of order k is k s_(k-1) + x s_k.
+    const T s = sigmoid(x), s1 = s * (T(1) - s);
+    const T s2 = s1 * (T(1) - T(2) * s), s3 = s1 * (T(1) - T(6) * s + T(6) * s * s);
+    if constexpr (A == ActKind::Sigmoid) {
+      return order == 1 ? s1 : order == 2 ? s2 : s3;
+    } else if constexpr (A == ActKind::Softplus) {
+      return order == 1 ? s : order == 2 ? s1 : s2;
+    } else {
+      return order == 1 ? s + x * s1 : order == 2 ? T(2) * s1 + x * s2 : T(3) * s2 + x * s3;
+    }
+  } else if constexpr (A == ActKind::Elu) {
+    // x > 0: 1, 0, 0; x <= 0: alpha e^x for every order (torch: elu'(0) = alpha)
+    return x > T(0) ? (order == 1 ? T(1) : T(0)) : alpha * std::exp(x);
+  } else {
+    return x > T(0) ? (order == 1 ? T(kSeluLambda) : T(0)) : T(kSeluLambda * kSeluAlpha) * std::exp(x);
+  }
+}
+
+// The same derivative from f = f(x), for the activations act_derivatives_from_y accepts.
+template <ActKind A, typename T>
+GANFAST_HD T act_derivative_from_y(T f, T alpha, int order) {
+  if constexpr (A == ActKind::Linear) {
+    return keep_nan(f, order == 1 ? T(1) : T(0));
+  } else if constexpr (A == ActKind::Relu) {
+    return keep_nan(f, order == 1 && f > T(0) ? T(1) : T(0));
+  } else if constexpr (A == ActKind::Lrelu) {
+    return keep_nan(f, order == 1 ? (f > T(0) ? T(1) : alpha) : T(0));
+  } else if constexpr (A == ActKind::Tanh) {
+    const T q = T(1) - f * f;
+    return order == 1 ? q : order == 2 ? T(-2) * f * q : q * (T(6) * f * f - T(2));
+  } else if constexpr (A == ActKind::Sigmoid) {
+    const T q = f * (T(1) - f);
+    return order == 1 ? q : order == 2 ? q * (T(1) - T(2) * f) : q * (T(1) - T(6) * f + T(6) * f * f);
+  } else if constexpr (A == ActKind::Elu) {
+    return f > T(0) ? (order == 1 ? T(1) : T(0)) : f + alpha;  // alpha e^x = f + alpha
+  } else if constexpr (A == ActKind::Selu) {
+    return f > T(0) ? (order == 1 ? T(kSeluLambda) : T(0)) : f + T(kSeluLambda * kSeluAlpha);
+  } else {
+    (void)alpha;
+    (void)order;
+    return f;  // unused: softplus and swish always take x (act_derivatives_from_y)
+  }
+}
+
+// bias_act's output from v = x + b: clamp(gain * f(v), -clamp, clamp); clamp < 0: none.
+template <ActKind A, typename T>
+GANFAST_HD T bias_act_value(T v, T alpha, T gain, T clamp) {
+  const T y = gain * act_value<A>(v, alpha);
+  if (clamp < T(0)) return y;
+  return y > clamp ? clamp : y < -clamp ? -clamp : y;  // NaN passes
+}
+
+// d^order y / dv^order from v = x + b: gain * f^(order)(v), 0 where the clamp cuts (torch's
+// clamp passes the gradient on [-clamp, clamp]).
+template <ActKind A, typename T>
+GANFAST_HD T bias_act_derivative(T v, T alpha, T gain, T clamp, int order) {
+  const T d = gain * act_derivative<A>(v, alpha, order);
+  if (clamp < T(0)) return d;
+  const T y = gain * act_value<A>(v, alpha);
+  return y > clamp || y < -clamp ? T(0) : d;
+}
+
+// The same from y (the saved output): f = y / gain; 0 where |y| reached the clamp (at exactly
+// +-clamp this path cannot tell a cut value from an uncut one and takes 0).
+template <ActKind A, typename T>
+GANFAST_HD T bias_act_derivative_from_y(T y, T alpha, T gain, T clamp, int order) {
+  if (clamp >= T(0) && (y >= clamp || y <= -clamp)) return T(0);
+  return gain * act_derivative_from_y<A>(y / gain, alpha, order);
 }
 
 }  // namespace math

@@ -35,6 +35,33 @@ TORCH_LIBRARY(ganfast, m) {
   // The generator's GAN loss: mean over fake of its term. Returns a 0-dim tensor.
   m.def("gan_g_loss(Tensor fake_logits, str kind) -> Tensor");
   m.def("gan_g_loss_backward(Tensor grad_output, Tensor fake_logits, str kind) -> Tensor");
+
+  // ---- penalty family (csrc/cpu/penalty.cpp, csrc/cuda/penalty.cu, ganfast/triton/penalty.py) ----
+  // x_hat[b] = eps[b] * real[b] + (1 - eps[b]) * fake[b]; real and fake of one shape (B, ...),
+  // eps of shape (B,). Linear in (real, fake), so its backward's derivative is itself again.
+  m.def("interpolate(Tensor real, Tensor fake, Tensor eps) -> Tensor");
+  m.def("interpolate_backward(Tensor grad_output, Tensor eps) -> (Tensor, Tensor)");
+  // The penalty on a gradient g of shape (B, ...): mean over b of phi(||g[b]||_2) (kinds in
+  // csrc/gan_math.h). Returns (penalty, norms): the 0-dim penalty in g's dtype, and the B norms
+  // (float32, float64 for float64 g), which the backward ops take as a cache (never
+  // differentiated: their derivatives account for norms = ||g||).
+  m.def("penalty_from_grad(Tensor grad, str kind, float center) -> (Tensor, Tensor)");
+  m.def("penalty_from_grad_backward(Tensor grad_output, Tensor grad, Tensor norms, str kind, "
+        "float center) -> Tensor");
+  // The derivative of penalty_from_grad_backward: given its upstream gradient grad_grad (shaped
+  // like grad), the gradients w.r.t. grad_output (0-dim) and w.r.t. grad.
+  m.def("penalty_from_grad_double_backward(Tensor grad_grad, Tensor grad_output, Tensor grad, "
+        "Tensor norms, str kind, float center) -> (Tensor, Tensor)");
+
+  // ---- bias_act family (csrc/cpu/bias_act.cpp, csrc/cuda/bias_act.cu, ganfast/triton/bias_act.py)
+  // y = clamp(gain * act(x + b), -clamp, clamp), b of shape (x.size(dim),) broadcast along
+  // `dim`; clamp < 0 means no clamp. Activations in csrc/gan_math.h.
+  m.def("bias_act(Tensor x, Tensor? b, int dim, str act, float alpha, float gain, float clamp) -> Tensor");
+  // grad_output * d^order y / dx^order, elementwise (order >= 1), evaluated from x + b where x is
+  // given, else from y (activations whose derivatives y determines; see act_needs_x). The
+  // derivative of order k w.r.t. grad_output is order k itself; w.r.t. x it is order k + 1.
+  m.def("bias_act_backward(Tensor grad_output, Tensor? x, Tensor? b, Tensor y, int dim, str act, "
+        "float alpha, float gain, float clamp, int order) -> Tensor");
 }
 
 // `import ganfast._C` loads this library, whose static initialisers register the ops above and

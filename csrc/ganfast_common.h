@@ -208,3 +208,141 @@ inline void check_scalar_grad(const char* op, const at::Tensor& grad, const at::
 }
 
 }  // namespace ganfast
+
+// ---- penalty family -----------------------------------------------------------------------------
+
+namespace ganfast {
+
+inline PenaltyKind parse_penalty_kind(std::string_view name) {
+  if (name == "wgan-gp") return PenaltyKind::WganGp;
+  if (name == "one-sided") return PenaltyKind::OneSided;
+  if (name == "r1") return PenaltyKind::R1;
+  if (name == "r2") return PenaltyKind::R2;
+  TORCH_CHECK_VALUE(false, "ganfast: kind must be one of 'wgan-gp', 'one-sided', 'r1', 'r2'; got '",
+                    std::string(name), "'");
+}
+
+template <typename F>
+decltype(auto) dispatch_penalty_kind(PenaltyKind kind, F&& f) {
+  switch (kind) {
+    case PenaltyKind::WganGp:
+      return f(std::integral_constant<PenaltyKind, PenaltyKind::WganGp>{});
+    case PenaltyKind::OneSided:
+      return f(std::integral_constant<PenaltyKind, PenaltyKind::OneSided>{});
+    default:  // r1 and r2 are the same function of the gradient
+      return f(std::integral_constant<PenaltyKind, PenaltyKind::R1>{});
+  }
+}
+
+// The gradient a penalty is taken of: floating, with a batch dimension.
+inline void check_penalty_grad(const char* op, const at::Tensor& grad) {
+  check_floating(grad, op, "grad");
+  TORCH_CHECK_VALUE(grad.dim() >= 1, op,
+                    ": grad must have a batch dimension (shape (B, ...)); got a 0-dim tensor");
+}
+
+// The per-sample norms penalty_from_grad returned: (B,) in grad's compute dtype.
+inline void check_penalty_norms(const char* op, const at::Tensor& grad, const at::Tensor& norms) {
+  check_same_device(grad, norms, op, "grad", "norms");
+  const auto compute = grad.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  TORCH_CHECK_VALUE(norms.dim() == 1 && norms.size(0) == grad.size(0), op,
+                    ": norms must have shape (B,) = (", grad.size(0), ",); got ", norms.sizes());
+  TORCH_CHECK_TYPE(norms.scalar_type() == compute, op, ": norms must be ", compute, "; got ",
+                   norms.scalar_type());
+}
+
+// interpolate's operands: real and fake of one shape (B, ...), eps of shape (B,).
+inline void check_interpolate(const char* op, const at::Tensor& real, const at::Tensor& fake,
+                              const at::Tensor& eps) {
+  check_floating(real, op, "real");
+  check_floating(fake, op, "fake");
+  check_floating(eps, op, "eps");
+  check_same_device(real, fake, op, "real", "fake");
+  check_same_device(real, eps, op, "real", "eps");
+  TORCH_CHECK_VALUE(real.dim() >= 1, op, ": real must have a batch dimension (shape (B, ...))");
+  TORCH_CHECK_VALUE(real.sizes() == fake.sizes(), op, ": real and fake must have the same shape; got ",
+                    real.sizes(), " and ", fake.sizes());
+  TORCH_CHECK_TYPE(real.scalar_type() == fake.scalar_type(), op,
+                   ": real and fake must have the same dtype; got ", real.scalar_type(), " and ",
+                   fake.scalar_type());
+  TORCH_CHECK_VALUE(eps.dim() == 1 && eps.size(0) == real.size(0), op, ": eps must have shape (B,) = (",
+                    real.size(0), ",); got ", eps.sizes());
+}
+
+// A tensor whose samples are contiguous blocks of memory (batch outermost, dense): NCHW
+// contiguous and channels_last both are. Kernels of per-sample ops run over such memory as is.
+inline bool samples_are_blocks(const at::Tensor& t) {
+  if (t.dim() == 0 || !t.is_non_overlapping_and_dense()) return false;
+  return t.size(0) <= 1 || t.stride(0) == t.numel() / t.size(0);
+}
+
+// ---- bias_act family ----------------------------------------------------------------------------
+
+inline ActKind parse_act(std::string_view name) {
+  if (name == "linear") return ActKind::Linear;
+  if (name == "relu") return ActKind::Relu;
+  if (name == "lrelu") return ActKind::Lrelu;
+  if (name == "tanh") return ActKind::Tanh;
+  if (name == "sigmoid") return ActKind::Sigmoid;
+  if (name == "elu") return ActKind::Elu;
+  if (name == "selu") return ActKind::Selu;
+  if (name == "softplus") return ActKind::Softplus;
+  if (name == "swish") return ActKind::Swish;
+  TORCH_CHECK_VALUE(false,
+                    "ganfast: act must be one of 'linear', 'relu', 'lrelu', 'tanh', 'sigmoid', 'elu', "
+                    "'selu', 'softplus', 'swish'; got '",
+                    std::string(name), "'");
+}
+
+template <typename F>
+decltype(auto) dispatch_act(ActKind act, F&& f) {
+  switch (act) {
+    case ActKind::Linear:
+      return f(std::integral_constant<ActKind, ActKind::Linear>{});
+    case ActKind::Relu:
+      return f(std::integral_constant<ActKind, ActKind::Relu>{});
+    case ActKind::Lrelu:
+      return f(std::integral_constant<ActKind, ActKind::Lrelu>{});
+    case ActKind::Tanh:
+      return f(std::integral_constant<ActKind, ActKind::Tanh>{});
+    case ActKind::Sigmoid:
+      return f(std::integral_constant<ActKind, ActKind::Sigmoid>{});
+    case ActKind::Elu:
+      return f(std::integral_constant<ActKind, ActKind::Elu>{});
+    case ActKind::Selu:
+      return f(std::integral_constant<ActKind, ActKind::Selu>{});
+    case ActKind::Softplus:
+      return f(std::integral_constant<ActKind, ActKind::Softplus>{});
+    default:
+      return f(std::integral_constant<ActKind, ActKind::Swish>{});
+  }
+}
+
+// bias_act's x and optional bias b of shape (x.size(dim),); returns dim made non-negative.
+inline int64_t check_bias_act(const char* op, const at::Tensor& x, const std::optional<at::Tensor>& b,
+                              int64_t dim) {
+  check_floating(x, op, "x");
+  const int64_t nd = x.dim();
+  if (b.has_value() && b->defined()) {
+    check_floating(*b, op, "b");
+    check_same_device(x, *b, op, "x", "b");
+    TORCH_CHECK_VALUE(nd >= 1 && dim >= -nd && dim < nd, op, ": dim must be in [", -nd, ", ", nd,
+                      ") for x of shape ", x.sizes(), "; got ", dim);
+    const int64_t d = dim < 0 ? dim + nd : dim;
+    TORCH_CHECK_VALUE(b->dim() == 1 && b->size(0) == x.size(d), op, ": b must have shape (",
+                      x.size(d), ",) = (x.size(", dim, "),); got ", b->sizes());
+    return d;
+  }
+  return dim < 0 && nd > 0 ? dim + nd : dim;
+}
+
+// bias_act_backward's order: >= 1; at most kMaxActOrder unless the activation is piecewise linear.
+inline void check_act_order(const char* op, ActKind act, std::string_view name, int64_t order) {
+  TORCH_CHECK_VALUE(order >= 1, op, ": order must be >= 1; got ", order);
+  TORCH_CHECK(math::act_is_piecewise_linear(act) || order <= math::kMaxActOrder, op,
+              ": derivatives of order ", order, " of act '", std::string(name),
+              "' are not implemented (up to ", math::kMaxActOrder,
+              "; linear, relu and lrelu have every order)");
+}
+
+}  // namespace ganfast

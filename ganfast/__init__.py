@@ -8,7 +8,7 @@
 import torch  # noqa: F401  (the C++ library links against it)
 
 from . import _C  # noqa: F401  registers torch.ops.ganfast.*
-from . import backend, losses, ops
+from . import backend, losses, nn, ops, penalty
 from .backend import (BackendUnavailableError, available_backends, get_backend, set_backend,
                       use_backend)
 
@@ -20,7 +20,9 @@ __all__ = [
     "backend",
     "get_backend",
     "losses",
+    "nn",
     "ops",
+    "penalty",
     "set_backend",
     "use_backend",
 ]

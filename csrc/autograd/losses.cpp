@@ -1,64 +1,13 @@
-// autograd.cpp: the derivative of every ganfast op, registered for the Autograd dispatch key.
-//
-// Each op's backward is itself a ganfast op (x_backward), called through the dispatcher so it
-// runs on whichever backend (CPU, CUDA) holds the tensors, and so its own autograd kernel
-// decides what a second derivative does.
-//
-// The autograd formulas live here, in C++, as plain autograd Nodes (the way PyTorch's own ops
-// record their graph), rather than in Python (torch.library.register_autograd): at GAN batch
-// sizes the Python autograd node alone costs more than eager PyTorch's whole BCE, and a
-// torch::autograd::Function costs ~5 us more per call than a Node. See docs/architecture.md.
-// The fake (meta) implementations stay in Python, in ganfast/ops.
+// autograd/losses.cpp: the derivatives of the losses family (see autograd_common.h for how
+// every family's autograd is written, and why in C++).
 //
 // The losses family does not promise double backward: its backward ops are registered with
 // autograd's not-implemented fallback, so differentiating through them raises
 // "derivative for ganfast::..._backward is not implemented" instead of a wrong gradient.
-#include <ATen/core/dispatch/Dispatcher.h>
-#include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
-#include <torch/csrc/autograd/function.h>
-#include <torch/csrc/autograd/functions/utils.h>
-#include <torch/library.h>
-
-#include <optional>
-#include <string>
+#include "autograd_common.h"
 
 namespace ganfast::autograd {
 namespace {
-
-using at::Tensor;
-using torch::autograd::Node;
-using torch::autograd::SavedVariable;
-using torch::autograd::variable_list;
-
-template <typename Signature>
-c10::TypedOperatorHandle<Signature> find_op(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
-}
-
-// Saves an optional operand (weight, pos_weight); unpacks to nullopt when it was absent.
-struct SavedOptional {
-  SavedVariable var;
-  bool present = false;
-  void save(const std::optional<Tensor>& t) {
-    present = t.has_value() && t->defined();
-    if (present) var = SavedVariable(*t, false);
-  }
-  std::optional<Tensor> unpack() const { return present ? std::optional<Tensor>(var.unpack()) : std::nullopt; }
-  void reset() { var.reset_data(); }
-};
-
-// Records `node` as the producer of `out`, its next edges being the op's tensor inputs.
-template <typename NodeT, typename... Inputs>
-void record(const c10::intrusive_ptr<NodeT>& node, const Tensor& out, const Inputs&... inputs) {
-  node->set_next_edges(torch::autograd::collect_next_edges(inputs...));
-  torch::autograd::set_history(out, node);
-}
-
-// Gradients the ops do not provide: asking for them is an error, never a silent None.
-void refuse_gradient(const Node& node, size_t input, const char* op, const char* arg) {
-  TORCH_CHECK(!node.should_compute_output(input), op, ": the gradient with respect to ", arg,
-              " is not supported (torch.nn.functional does not provide it either)");
-}
 
 // ---- binary cross-entropy with logits ----
 

@@ -1,0 +1,159 @@
+// autograd/bias_act.cpp: the derivatives of bias_act, of every order.
+//
+// y = bias_act(x, b). Its backward is bias_act_backward(dy, ..., order 1), whose derivative is
+// the same op again: w.r.t. dy the same order (it is linear in dy), w.r.t. x the next order
+// applied to u * dy. The bias gradient is the x gradient summed over every dim but `dim`.
+//
+// What is saved: activations whose derivatives y determines and whose second derivative is 0
+// (linear, relu, lrelu with alpha >= 0) keep only y, every higher derivative being 0. The
+// others keep x (and b) to evaluate derivatives of any order at x + b, and y for the layout.
+// Smooth activations implement orders up to kMaxActOrder (3): asking for a fourth derivative
+// raises the op's "not implemented" error, never a wrong number.
+#include "autograd_common.h"
+
+#include "../ganfast_common.h"
+
+namespace ganfast::autograd {
+namespace {
+
+using BiasActSig = Tensor(const Tensor&, const std::optional<Tensor>&, int64_t, c10::string_view, double, double,
+                          double);
+using BiasActBwdSig = Tensor(const Tensor&, const std::optional<Tensor>&, const std::optional<Tensor>&,
+                             const Tensor&, int64_t, c10::string_view, double, double, double, int64_t);
+
+struct BiasActParams {
+  int64_t dim = 1;
+  std::string act;
+  double alpha = 0, gain = 1, clamp = -1;
+};
+
+// Whether x must be kept: everything but the piecewise-linear activations y describes.
+bool keeps_x(const std::string& act_name, double alpha) {
+  const ActKind act = parse_act(act_name);
+  return !(math::act_is_piecewise_linear(act) && math::act_derivatives_from_y(act, alpha));
+}
+
+// The gradient of b: dx summed over every dim but `dim`.
+Tensor bias_gradient(const Tensor& dx, int64_t dim) {
+  std::vector<int64_t> dims;
+  for (int64_t d = 0; d < dx.dim(); ++d)
+    if (d != dim) dims.push_back(d);
+  return dims.empty() ? dx : dx.sum(dims);
+}
+
+Tensor call_backward(const Tensor& grad, const std::optional<Tensor>& x, const std::optional<Tensor>& b,
+                     const Tensor& y, const BiasActParams& p, int64_t order) {
+  static const auto op = find_op<BiasActBwdSig>("ganfast::bias_act_backward");
+  return op.call(grad, x, b, y, p.dim, p.act, p.alpha, p.gain, p.clamp, order);
+}
+
+// The derivative of bias_act_backward of order k: inputs (grad_output, x, b).
+struct BiasActBackwardBackward : public Node {
+  SavedVariable grad_output, y;
+  SavedOptional x, b;
+  BiasActParams p;
+  int64_t order = 1;
+  std::string name() const override { return "ganfast::BiasActBackwardBackward"; }
+  void release_variables() override {
+    grad_output.reset_data();
+    y.reset_data();
+    x.reset();
+    b.reset();
+  }
+  variable_list apply(variable_list&& grads) override {
+    variable_list out(3);
+    const Tensor& u = grads[0];
+    if (!u.defined()) return out;
+    const auto xs = x.unpack(), bs = b.unpack();
+    const Tensor ys = y.unpack();
+    if (task_should_compute_output(0)) out[0] = call_backward(u, xs, bs, ys, p, order);
+    // Through x (and b): the next order. Without x the activation is piecewise linear and every
+    // derivative past the first is 0, so nothing flows (an undefined gradient is a zero one).
+    if (xs.has_value() && (task_should_compute_output(1) || task_should_compute_output(2))) {
+      const Tensor dx = call_backward(u * grad_output.unpack(), xs, bs, ys, p, order + 1);
+      if (task_should_compute_output(1)) out[1] = dx;
+      if (task_should_compute_output(2)) out[2] = bias_gradient(dx, p.dim);
+    }
+    return out;
+  }
+};
+
+Tensor bias_act_backward_autograd(const Tensor& grad_output, const std::optional<Tensor>& x,
+                                  const std::optional<Tensor>& b, const Tensor& y, int64_t dim,
+                                  c10::string_view act, double alpha, double gain, double clamp, int64_t order) {
+  static const auto op = find_op<BiasActBwdSig>("ganfast::bias_act_backward");
+  Tensor out;
+  {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    out = op.call(grad_output, x, b, y, dim, act, alpha, gain, clamp, order);
+  }
+  const Tensor x_or_undefined = x.has_value() ? *x : Tensor();
+  const Tensor b_or_undefined = b.has_value() ? *b : Tensor();
+  if (torch::autograd::compute_requires_grad(grad_output, x_or_undefined, b_or_undefined)) {
+    auto node = c10::make_intrusive<BiasActBackwardBackward>();
+    node->grad_output = SavedVariable(grad_output, false);
+    node->y = SavedVariable(y.detach(), false);  // a cache of f(x): never differentiated
+    node->x.save(x);
+    node->b.save(b);
+    node->p = {dim, std::string(act), alpha, gain, clamp};
+    node->order = order;
+    record(node, out, grad_output, x_or_undefined, b_or_undefined);
+  }
+  return out;
+}
+
+struct BiasActBackward : public Node {
+  SavedVariable y;
+  SavedOptional x, b;
+  BiasActParams p;
+  bool has_bias = false;
+  std::string name() const override { return "ganfast::BiasActBackward"; }
+  void release_variables() override {
+    y.reset_data();
+    x.reset();
+    b.reset();
+  }
+  variable_list apply(variable_list&& grads) override {
+    variable_list out(2);
+    if (!grads[0].defined()) return out;
+    // Through the dispatcher with autograd on: when the graph of this backward is kept
+    // (create_graph), bias_act_backward records its own Node, so the next derivative exists.
+    const Tensor dx = call_backward(grads[0], x.unpack(), b.unpack(), y.unpack(c10::intrusive_ptr<Node>::reclaim_copy(this)), p, 1);
+    if (task_should_compute_output(0)) out[0] = dx;
+    if (has_bias && task_should_compute_output(1)) out[1] = bias_gradient(dx, p.dim);
+    return out;
+  }
+};
+
+Tensor bias_act_autograd(const Tensor& x, const std::optional<Tensor>& b, int64_t dim, c10::string_view act,
+                         double alpha, double gain, double clamp) {
+  static const auto op = find_op<BiasActSig>("ganfast::bias_act");
+  Tensor y;
+  {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    y = op.call(x, b, dim, act, alpha, gain, clamp);
+  }
+  const Tensor b_or_undefined = b.has_value() ? *b : Tensor();
+  if (torch::autograd::compute_requires_grad(x, b_or_undefined)) {
+    auto node = c10::make_intrusive<BiasActBackward>();
+    const int64_t d = check_bias_act("ganfast::bias_act", x, b, dim);
+    node->p = {d, std::string(act), alpha, gain, clamp};
+    node->has_bias = b.has_value() && b->defined();
+    if (keeps_x(node->p.act, alpha)) {
+      node->x.save(x);
+      node->b.save(b);
+    }
+    record(node, y, x, b_or_undefined);
+    node->y = SavedVariable(y, true);  // y's own grad_fn is this node: saved as an output
+  }
+  return y;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(ganfast, Autograd, m) {
+  m.impl("bias_act", &bias_act_autograd);
+  m.impl("bias_act_backward", &bias_act_backward_autograd);
+}
+
+}  // namespace ganfast::autograd
