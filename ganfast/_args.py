@@ -210,3 +210,184 @@ def check_scalar_grad(op: str, grad: torch.Tensor, like: torch.Tensor) -> None:
     check_floating(grad, op, "grad_output")
     if grad.numel() != 1:
         raise ValueError(f"{op}: grad_output must hold one value; got shape {format_sizes(grad.shape)}")
+
+
+# =================================================================================================
+# Penalty and bias_act families (issue 3): the twins of ganfast_common.h's penalty and bias_act
+# sections, in the same order with the same messages. Enumerations are returned as their names.
+# =================================================================================================
+
+PENALTY_KINDS = ("wgan-gp", "one-sided", "r1", "r2")
+ACTS = ("linear", "relu", "lrelu", "tanh", "sigmoid", "elu", "selu", "softplus", "swish")
+# gan_math.h: act_is_piecewise_linear, kMaxActOrder
+PIECEWISE_LINEAR_ACTS = ("linear", "relu", "lrelu")
+MAX_ACT_ORDER = 3
+
+
+# ---- penalty family ------------------------------------------------------------------------------
+
+def parse_penalty_kind(name: str) -> str:
+    """The kind's name ("r1" and "r2" are the same function of the gradient)."""
+    if name in PENALTY_KINDS:
+        return name
+    raise ValueError(f"ganfast: kind must be one of {_choices(PENALTY_KINDS)}; got '{name}'")
+
+
+def check_penalty_grad(op: str, grad: torch.Tensor) -> None:
+    """The gradient a penalty is taken of: floating, with a batch dimension."""
+    check_floating(grad, op, "grad")
+    if grad.dim() < 1:
+        raise ValueError(f"{op}: grad must have a batch dimension (shape (B, ...)); got a 0-dim tensor")
+
+
+def penalty_compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of penalty_from_grad's norms: float64 for float64 grads, float32 otherwise."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def check_penalty_norms(op: str, grad: torch.Tensor, norms: torch.Tensor) -> None:
+    """The per-sample norms penalty_from_grad returned: (B,) in grad's compute dtype."""
+    check_same_device(grad, norms, op, "grad", "norms")
+    compute = penalty_compute_dtype(grad.dtype)
+    if not (norms.dim() == 1 and norms.size(0) == grad.size(0)):
+        raise ValueError(f"{op}: norms must have shape (B,) = ({grad.size(0)},); got "
+                         f"{format_sizes(norms.shape)}")
+    if norms.dtype != compute:
+        raise TypeError(f"{op}: norms must be {scalar_type_name(compute)}; got "
+                        f"{scalar_type_name(norms.dtype)}")
+
+
+def check_interpolate(op: str, real: torch.Tensor, fake: torch.Tensor, eps: torch.Tensor) -> None:
+    """interpolate's operands: real and fake of one shape (B, ...), eps of shape (B,)."""
+    check_floating(real, op, "real")
+    check_floating(fake, op, "fake")
+    check_floating(eps, op, "eps")
+    check_same_device(real, fake, op, "real", "fake")
+    check_same_device(real, eps, op, "real", "eps")
+    if real.dim() < 1:
+        raise ValueError(f"{op}: real must have a batch dimension (shape (B, ...))")
+    if real.shape != fake.shape:
+        raise ValueError(f"{op}: real and fake must have the same shape; got "
+                         f"{format_sizes(real.shape)} and {format_sizes(fake.shape)}")
+    if real.dtype != fake.dtype:
+        raise TypeError(f"{op}: real and fake must have the same dtype; got "
+                        f"{scalar_type_name(real.dtype)} and {scalar_type_name(fake.dtype)}")
+    if not (eps.dim() == 1 and eps.size(0) == real.size(0)):
+        raise ValueError(f"{op}: eps must have shape (B,) = ({real.size(0)},); got "
+                         f"{format_sizes(eps.shape)}")
+
+
+def check_interpolate_grad(op: str, grad_output: torch.Tensor, eps: torch.Tensor) -> None:
+    """interpolate_backward's operands: grad_output of shape (B, ...), eps of shape (B,).
+    (No twin in ganfast_common.h yet: the messages follow check_interpolate's.)"""
+    check_floating(grad_output, op, "grad_output")
+    check_floating(eps, op, "eps")
+    check_same_device(grad_output, eps, op, "grad_output", "eps")
+    if grad_output.dim() < 1:
+        raise ValueError(f"{op}: grad_output must have a batch dimension (shape (B, ...))")
+    if not (eps.dim() == 1 and eps.size(0) == grad_output.size(0)):
+        raise ValueError(f"{op}: eps must have shape (B,) = ({grad_output.size(0)},); got "
+                         f"{format_sizes(eps.shape)}")
+
+
+def check_penalty_grad_output(op: str, grad_output: torch.Tensor, grad: torch.Tensor) -> None:
+    """The upstream gradient of the 0-dim penalty: one value on grad's device (read there).
+    (No twin in ganfast_common.h yet: the messages follow check_scalar_grad's.)"""
+    check_same_device(grad, grad_output, op, "grad", "grad_output")
+    check_floating(grad_output, op, "grad_output")
+    if grad_output.numel() != 1:
+        raise ValueError(f"{op}: grad_output must hold one value; got shape {format_sizes(grad_output.shape)}")
+
+
+def is_non_overlapping_and_dense(t: torch.Tensor) -> bool:
+    """c10's TensorImpl::is_non_overlapping_and_dense: the elements fill numel() consecutive
+    memory positions, in some order of the dimensions (an empty tensor counts as dense, as c10's
+    contiguity flags say)."""
+    if t.numel() == 0:
+        return True
+    sizes, strides = t.shape, t.stride()
+    nd = len(sizes)
+    if nd == 1:
+        return sizes[0] < 2 or strides[0] == 1
+    # dimensions of size < 2 last, the others by increasing stride (c10's sort)
+    perm = sorted(range(nd), key=lambda d: (sizes[d] < 2, strides[d] if sizes[d] >= 2 else 0))
+    require = 1
+    for d in perm:
+        if sizes[d] < 2:
+            return True
+        if strides[d] != require:
+            return False
+        require *= sizes[d]
+    return True
+
+
+def samples_are_blocks(t: torch.Tensor) -> bool:
+    """A tensor whose samples are contiguous blocks of memory (batch outermost, dense): NCHW
+    contiguous and channels_last both are. Kernels of per-sample ops run over such memory as is."""
+    if t.dim() == 0 or not is_non_overlapping_and_dense(t):
+        return False
+    return t.size(0) <= 1 or t.stride(0) == t.numel() // t.size(0)
+
+
+# ---- bias_act family -----------------------------------------------------------------------------
+
+def parse_act(name: str) -> str:
+    if name in ACTS:
+        return name
+    raise ValueError(f"ganfast: act must be one of {_choices(ACTS)}; got '{name}'")
+
+
+def check_bias_act(op: str, x: torch.Tensor, b: Optional[torch.Tensor], dim: int) -> int:
+    """bias_act's x and optional bias b of shape (x.size(dim),); returns dim made non-negative."""
+    check_floating(x, op, "x")
+    nd = x.dim()
+    if b is not None:
+        check_floating(b, op, "b")
+        check_same_device(x, b, op, "x", "b")
+        if not (nd >= 1 and -nd <= dim < nd):
+            raise ValueError(f"{op}: dim must be in [{-nd}, {nd}) for x of shape "
+                             f"{format_sizes(x.shape)}; got {dim}")
+        d = dim + nd if dim < 0 else dim
+        if not (b.dim() == 1 and b.size(0) == x.size(d)):
+            raise ValueError(f"{op}: b must have shape ({x.size(d)},) = (x.size({dim}),); got "
+                             f"{format_sizes(b.shape)}")
+        return d
+    return dim + nd if dim < 0 and nd > 0 else dim
+
+
+def act_is_piecewise_linear(act: str) -> bool:
+    return act in PIECEWISE_LINEAR_ACTS
+
+
+def check_act_order(op: str, act: str, order: int) -> None:
+    """bias_act_backward's order: >= 1; at most MAX_ACT_ORDER unless act is piecewise linear."""
+    if order < 1:
+        raise ValueError(f"{op}: order must be >= 1; got {order}")
+    if not (act_is_piecewise_linear(act) or order <= MAX_ACT_ORDER):
+        raise RuntimeError(f"{op}: derivatives of order {order} of act '{act}' are not implemented "
+                           f"(up to {MAX_ACT_ORDER}; linear, relu and lrelu have every order)")
+
+
+def act_derivatives_from_y(act: str, alpha: float) -> bool:
+    """Whether f(x) alone gives every derivative (so the backward may keep y instead of x)."""
+    if act in ("softplus", "swish"):
+        return False
+    if act in ("lrelu", "elu"):
+        return alpha >= 0  # then f(x) > 0 exactly where x > 0
+    return True
+
+
+def check_bias_act_grad(op: str, grad_output: torch.Tensor, x: Optional[torch.Tensor], y: torch.Tensor,
+                        act: str, alpha: float) -> None:
+    """bias_act_backward's x (required unless act_derivatives_from_y), y (x's shape) and grad_output
+    (y's shape). (No twin in ganfast_common.h yet: the messages follow its other checks.)"""
+    if x is None and not act_derivatives_from_y(act, alpha):
+        raise ValueError(f"{op}: x is required for act '{act}' with alpha {alpha:g} (its derivatives "
+                         "are not a function of y)")
+    check_floating(y, op, "y")
+    if x is not None:
+        check_same_device(x, y, op, "x", "y")
+        check_same_shape(x, y, op, "x", "y")
+    check_floating(grad_output, op, "grad_output")
+    check_same_device(y, grad_output, op, "y", "grad_output")
+    check_same_shape(y, grad_output, op, "y", "grad_output")
