@@ -277,9 +277,9 @@ def check_interpolate(op: str, real: torch.Tensor, fake: torch.Tensor, eps: torc
                          f"{format_sizes(eps.shape)}")
 
 
-def check_interpolate_grad(op: str, grad_output: torch.Tensor, eps: torch.Tensor) -> None:
+def check_interpolate_backward(op: str, grad_output: torch.Tensor, eps: torch.Tensor) -> None:
     """interpolate_backward's operands: grad_output of shape (B, ...), eps of shape (B,).
-    (No twin in ganfast_common.h yet: the messages follow check_interpolate's.)"""
+    (The twin of csrc/cpu/penalty.cpp's check_interpolate_backward, not in ganfast_common.h yet.)"""
     check_floating(grad_output, op, "grad_output")
     check_floating(eps, op, "eps")
     check_same_device(grad_output, eps, op, "grad_output", "eps")
@@ -292,11 +292,19 @@ def check_interpolate_grad(op: str, grad_output: torch.Tensor, eps: torch.Tensor
 
 def check_penalty_grad_output(op: str, grad_output: torch.Tensor, grad: torch.Tensor) -> None:
     """The upstream gradient of the 0-dim penalty: one value on grad's device (read there).
-    (No twin in ganfast_common.h yet: the messages follow check_scalar_grad's.)"""
+    (The checks of csrc/cpu/penalty.cpp's prepare_penalty_grad_output, not in ganfast_common.h yet.)"""
     check_same_device(grad, grad_output, op, "grad", "grad_output")
     check_floating(grad_output, op, "grad_output")
     if grad_output.numel() != 1:
         raise ValueError(f"{op}: grad_output must hold one value; got shape {format_sizes(grad_output.shape)}")
+
+
+def check_penalty_grad_grad(op: str, grad_grad: torch.Tensor, grad: torch.Tensor) -> None:
+    """The upstream gradient of penalty_from_grad_backward: grad's shape (possibly expanded).
+    (The twin of csrc/cpu/penalty.cpp's check_penalty_grad_grad, not in ganfast_common.h yet.)"""
+    check_same_device(grad, grad_grad, op, "grad", "grad_grad")
+    check_floating(grad_grad, op, "grad_grad")
+    check_same_shape(grad, grad_grad, op, "grad", "grad_grad")
 
 
 def is_non_overlapping_and_dense(t: torch.Tensor) -> bool:
@@ -310,7 +318,7 @@ def is_non_overlapping_and_dense(t: torch.Tensor) -> bool:
     if nd == 1:
         return sizes[0] < 2 or strides[0] == 1
     # dimensions of size < 2 last, the others by increasing stride (c10's sort)
-    perm = sorted(range(nd), key=lambda d: (sizes[d] < 2, strides[d] if sizes[d] >= 2 else 0))
+    perm = sorted(range(nd), key=lambda d: (bool(sizes[d] < 2), strides[d] if sizes[d] >= 2 else 0))  # bool: SymBools do not order
     require = 1
     for d in perm:
         if sizes[d] < 2:
@@ -377,17 +385,29 @@ def act_derivatives_from_y(act: str, alpha: float) -> bool:
     return True
 
 
-def check_bias_act_grad(op: str, grad_output: torch.Tensor, x: Optional[torch.Tensor], y: torch.Tensor,
-                        act: str, alpha: float) -> None:
-    """bias_act_backward's x (required unless act_derivatives_from_y), y (x's shape) and grad_output
-    (y's shape). (No twin in ganfast_common.h yet: the messages follow its other checks.)"""
-    if x is None and not act_derivatives_from_y(act, alpha):
-        raise ValueError(f"{op}: x is required for act '{act}' with alpha {alpha:g} (its derivatives "
-                         "are not a function of y)")
+def check_bias_act_backward(op: str, grad_output: torch.Tensor, x: Optional[torch.Tensor],
+                            b: Optional[torch.Tensor], y: torch.Tensor, dim: int, act: str, alpha: float,
+                            order: int) -> int:
+    """bias_act_backward's operands, in this order: act and order, then x (with b and dim, as
+    bias_act checks them) or, x absent, whether y alone gives the derivative; y; grad_output.
+    Returns dim made non-negative. act is the parsed name. (The twin of csrc/cpu/bias_act.cpp's
+    check_bias_act_backward, not in ganfast_common.h yet.)"""
+    check_act_order(op, act, order)
+    d = dim + y.dim() if dim < 0 and y.dim() > 0 else dim
+    if x is not None:
+        d = check_bias_act(op, x, b, dim)
+    elif not act_derivatives_from_y(act, alpha):
+        # alpha as C++ streams a double (6 significant digits)
+        raise ValueError(f"{op}: x is required for act '{act}' with alpha {alpha:g} (y does not "
+                         "determine its derivatives)")
     check_floating(y, op, "y")
     if x is not None:
         check_same_device(x, y, op, "x", "y")
         check_same_shape(x, y, op, "x", "y")
+        if x.dtype != y.dtype:
+            raise TypeError(f"{op}: x and y must have the same dtype; got {scalar_type_name(x.dtype)} "
+                            f"and {scalar_type_name(y.dtype)}")
     check_floating(grad_output, op, "grad_output")
     check_same_device(y, grad_output, op, "y", "grad_output")
     check_same_shape(y, grad_output, op, "y", "grad_output")
+    return d

@@ -35,20 +35,37 @@ def triton_module_path(family: str) -> Path:
     return Path(ganfast.__file__).parent / "triton" / f"{family}.py"
 
 
-def implementation_device(name: str, family: str = "losses") -> str:
-    """The device that implementation `name` of op family `family` runs its tests on here, or a
-    pytest.skip saying why it cannot run here."""
+# One op of each family: whether the C++ library registers the family's kernels for a dispatch key.
+FAMILY_OPS = {"losses": "gan_d_loss", "penalty": "penalty_from_grad", "bias_act": "bias_act"}
+
+
+def cpp_family_registered(family: str, dispatch_key: str) -> bool:
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"ganfast::{FAMILY_OPS[family]}", dispatch_key)
+
+
+def implementation_device(name: str, family="losses") -> str:
+    """The device that implementation `name` of op family `family` (or of every family of a
+    tuple of them) runs its tests on here, or a pytest.skip saying why it cannot run here."""
+    if not isinstance(family, str):
+        devices = [implementation_device(name, f) for f in family]
+        return devices[0]
     if name == "reference":
         return "cpu"
     if name == "cpu":
         info = ganfast.available_backends()["cpu"]
         if not info.available:  # the C++ library was built without CPU kernels: a real failure
             pytest.fail(f"the cpu backend is unavailable: {info.detail}")
+        if family != "losses" and not cpp_family_registered(family, "CPU"):
+            # every family's CPU kernels are always built: a missing one is a broken install
+            pytest.fail(f"cpu backend: ganfast::{FAMILY_OPS[family]} has no CPU kernel in this build "
+                        f"(csrc/cpu/{family}.cpp not built)")
         return "cpu"
     if name == "cuda":
         info = ganfast.available_backends()["cuda"]
         if not info.available:
             pytest.skip(f"cuda backend: {info.detail}")
+        if family != "losses" and not cpp_family_registered(family, "CUDA"):
+            pytest.skip(f"cuda backend: ganfast::{FAMILY_OPS[family]} has no CUDA kernel in this build")
         return "cuda"
     if name == "triton":
         if not triton_module_path(family).exists():
@@ -84,6 +101,27 @@ def kernel_impl(request):
     device = implementation_device(name)
     with ganfast.use_backend(name):
         yield name, device
+
+
+def family_fixtures(*families, names=("impl", "kernel_impl")):
+    """(impl, kernel_impl) fixtures for a test module of op families other than the losses:
+    `impl, kernel_impl = family_fixtures("penalty")` at module level (`names` renames them). An
+    implementation whose kernels of any of `families` are absent from this build is skipped with
+    the reason."""
+
+    @pytest.fixture(params=IMPLEMENTATIONS, name=names[0])
+    def _impl(request):
+        device = implementation_device(request.param, families)
+        with ganfast.use_backend(request.param):
+            yield request.param, device
+
+    @pytest.fixture(params=("cpu", "triton", "cuda"), name=names[1])
+    def _kernel_impl(request):
+        device = implementation_device(request.param, families)
+        with ganfast.use_backend(request.param):
+            yield request.param, device
+
+    return _impl, _kernel_impl
 
 
 # ---- random inputs ----------------------------------------------------------------------------

@@ -1,12 +1,15 @@
-"""Ahead-of-time GPU compilation of every Triton kernel in ganfast/triton/losses.py.
+"""Ahead-of-time GPU compilation of every Triton kernel in ganfast/triton (MODULES: losses.py,
+penalty.py, bias_act.py).
 
 The Triton interpreter (how the kernels are tested on this GPU-less machine) accepts code that
 the GPU compiler rejects, so every kernel is also compiled with triton.compile(ASTSource(...),
 target=GPUTarget("cuda", cc, 32)) for sm_80 and sm_90, for the constexpr configurations the
 launchers use: each loss / GAN kind, each reduction and upstream-gradient form, each way of
-reading weight and pos_weight, float32 / float16 / bfloat16 / float64, with the specialisations
-Triton's JIT makes at run time (16-byte-aligned pointers, so vector accesses compile; an int
-argument equal to 1 as a constexpr) and without them. PTX and a cubin must come out, without
+reading weight and pos_weight; each penalty kind, per-sample indexing and reduction tile; each
+activation with each derivative order, from x or from y, clamp, bias map and upstream-gradient
+form; float32 / float16 / bfloat16 / float64, with the specialisations Triton's JIT makes at run
+time (16-byte-aligned pointers, so vector accesses compile; an int argument equal to 1 as a
+constexpr; int arguments divisible by 16) and without them. PTX and a cubin must come out, without
 register spills; registers, shared memory and spill (local) bytes are read from the cubin with
 the cuobjdump Triton ships, printed with `pytest -s`.
 
@@ -22,13 +25,14 @@ import sys
 import pytest
 
 CCS = (80, 90)
+MODULES = ("losses", "penalty", "bias_act")
 DTYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float64": "fp64"}
 _RESULT_TAG = "GANFAST_AOT_RESULTS "
 
 
 # ---- the configurations (used in the worker, where triton is imported without the interpreter) --
 
-def configs():
+def loss_configs():
     """[(kernel name, dtype name, constexprs, int64 indices?, options)]: every value of every
     constexpr the launchers pass on a GPU, each loss/kind x reduction in float32 and float64 (the
     two math paths), each kernel in float16 and bfloat16. (CHECK_FLAG=True is the interpreter's
@@ -131,34 +135,191 @@ def configs():
     return out
 
 
+def penalty_configs():
+    """The kernels of ganfast/triton/penalty.py: the elementwise kernels with each per-sample
+    indexing (SEG) and each penalty kind (r2 runs r1's kernel); the reduction with each tile shape
+    the launcher picks (RB = BLOCK / CB, CB a power of two up to BLOCK) and each PK of the final
+    sum, each kind and WHAT, with its common runtime specialisations (one split, one block per
+    program, one-element samples, one sample)."""
+    import triton.language as tl
+
+    from ganfast.triton import penalty as P
+
+    def acc(dt):
+        return tl.float64 if dt == "float64" else tl.float32
+
+    out = []
+
+    def add(kernel, dt, options=None, i64=False, **c):
+        c.setdefault("ACC", acc(dt))
+        if kernel == "_penalty_reduce_kernel":
+            c.setdefault("PBLOCK", P.PBLOCK)
+            c.setdefault("PK", 1)
+        else:
+            c.setdefault("BLOCK", P.BLOCK)
+        out.append(("penalty", kernel, dt, c, i64, dict(options or {})))
+
+    kinds = ("wgan-gp", "one-sided", "r1")
+    for seg in ("wide", "narrow"):
+        for dt in DTYPES:
+            add("_interpolate_kernel", dt, SEG=seg)
+            add("_interpolate_backward_kernel", dt, SEG=seg)
+        for kernel in ("_penalty_backward_kernel", "_penalty_double_backward_kernel"):
+            for kind in kinds:
+                for dt in ("float32", "float64"):
+                    add(kernel, dt, KIND=kind, SEG=seg)
+            add(kernel, "float16", KIND="wgan-gp", SEG=seg)
+            add(kernel, "bfloat16", KIND="r1", SEG=seg)
+    # int args divisible by 16 (typical image shapes), one-element samples (L = 1), one sample
+    add("_interpolate_kernel", "float32", {"int_div16": ("n", "L")}, SEG="wide")
+    add("_penalty_backward_kernel", "float32", {"int_div16": ("n", "L")}, KIND="wgan-gp", SEG="wide")
+    add("_penalty_double_backward_kernel", "float64", {"int_div16": ("n", "L")}, KIND="one-sided", SEG="narrow")
+    add("_interpolate_backward_kernel", "float32", SEG="narrow", L=1)
+    add("_penalty_backward_kernel", "bfloat16", KIND="wgan-gp", SEG="wide", B=1)
+    add("_penalty_double_backward_kernel", "float32", KIND="wgan-gp", SEG="narrow", L=1)
+    # int64 sizes (a tensor of 2**31 elements or more)
+    add("_interpolate_kernel", "float16", i64=True, SEG="wide")
+    add("_penalty_double_backward_kernel", "float32", i64=True, KIND="wgan-gp", SEG="wide")
+
+    def red(dt, kind, what, cb, pk=1, options=None, i64=False, **extra):
+        add("_penalty_reduce_kernel", dt, options, i64, KIND=kind, WHAT=what, RB=P.BLOCK // cb, CB=cb, PK=pk,
+            **extra)
+
+    # every tile shape, norm (the forward) in float32: narrow tiles have one split of one block
+    # (Triton makes the 1s constexprs); BLOCK-wide tiles with one split, or several with each PK
+    cb = 1
+    while cb < P.BLOCK:
+        red("float32", "wgan-gp", "norm", cb, splits=1, iters=1, **({"L": 1} if cb == 1 else {}))
+        cb *= 2
+    red("float32", "wgan-gp", "norm", P.BLOCK, splits=1)
+    pk = 2
+    while pk <= P.PBLOCK:
+        red("float32", "wgan-gp", "norm", P.BLOCK, pk)
+        pk *= 2
+    # each kind and WHAT, wide (several splits) and narrow tiles, float32 and float64
+    for dt in ("float32", "float64"):
+        for kind in kinds:
+            for what in ("norm", "dot"):
+                red(dt, kind, what, P.BLOCK, 16)
+                red(dt, kind, what, P.BLOCK, splits=1)
+                red(dt, kind, what, 16, splits=1, iters=1)
+    for dt in ("float16", "bfloat16"):
+        red(dt, "wgan-gp", "norm", P.BLOCK, 4)
+        red(dt, "r1", "dot", 64, splits=1, iters=1)
+    red("float32", "one-sided", "dot", 1, splits=1, iters=1, L=1)
+    red("float32", "wgan-gp", "norm", P.BLOCK, options={"int_div16": ("L",)}, splits=1)
+    red("float32", "wgan-gp", "dot", P.BLOCK, 1024, B=1)
+    red("float64", "wgan-gp", "dot", P.BLOCK, 2, i64=True)
+    return out
+
+
+def bias_act_configs():
+    """The kernels of ganfast/triton/bias_act.py: every activation with each derivative order the
+    launcher passes (1..3; 1..2 for linear, relu, lrelu, elu, selu), from x and (where the
+    activation allows) from y, in float32; the transcendental ones in float64; each bias map
+    (BIAS), clamp and upstream-gradient form; float16 / bfloat16; inner = 1 (channels_last or the
+    last dim) as the constexpr Triton makes of it."""
+    import triton.language as tl
+
+    from ganfast import _args
+    from ganfast.triton import bias_act as BA
+
+    def acc(dt):
+        return tl.float64 if dt == "float64" else tl.float32
+
+    out = []
+
+    def fwd(dt, act, clamp=True, bias="narrow", options=None, i64=False, **extra):
+        c = dict(ACT=act, CLAMP=clamp, BIAS=bias, ACC=acc(dt), BLOCK=BA.BLOCK, **extra)
+        out.append(("bias_act", "_bias_act_kernel", dt, c, i64, dict(options or {})))
+
+    def bwd(dt, act, order, from_y=False, clamp=True, bias="narrow", scalar=False, options=None,
+            i64=False, **extra):
+        c = dict(ACT=act, ORDER=order, FROM_Y=from_y, CLAMP=clamp, BIAS="none" if from_y else bias,
+                 GRAD_SCALAR=scalar, ACC=acc(dt), BLOCK=BA.BLOCK, **extra)
+        out.append(("bias_act", "_bias_act_backward_kernel", dt, c, i64, dict(options or {})))
+
+    transcendental = ("tanh", "sigmoid", "elu", "selu", "softplus", "swish")
+    for act in _args.ACTS:
+        orders = sorted({BA.kernel_order(act, k) for k in range(1, _args.MAX_ACT_ORDER + 1)})
+        fwd("float32", act)
+        fwd("float32", act, clamp=False, bias="none")
+        if act in transcendental:
+            fwd("float64", act)
+        for k in orders:
+            bwd("float32", act, k)
+            if _args.act_derivatives_from_y(act, 0.2):
+                bwd("float32", act, k, from_y=True)
+            if act in transcendental:
+                bwd("float64", act, k)
+        bwd("float32", act, 1, clamp=False, bias="none", scalar=True)
+        if _args.act_derivatives_from_y(act, 0.2):
+            bwd("float64", act, orders[-1], from_y=True, clamp=False)
+    for bias in ("none", "wide", "narrow"):
+        fwd("float32", "lrelu", bias=bias)
+        bwd("float32", "lrelu", 1, bias=bias)
+        bwd("float32", "swish", 3, bias=bias, clamp=False)
+    for dt in ("float16", "bfloat16"):
+        fwd(dt, "lrelu")
+        fwd(dt, "swish", bias="wide", clamp=False)
+        bwd(dt, "lrelu", 1)
+        bwd(dt, "lrelu", 1, from_y=True, scalar=True)
+        bwd(dt, "softplus", 2, bias="wide")
+        bwd(dt, "tanh", 3, from_y=True)
+    # inner = 1 (channels_last, or the bias along the last dim), C = 1; int args divisible by 16;
+    # int64 sizes
+    fwd("float32", "lrelu", inner=1)
+    fwd("float16", "relu", clamp=False, inner=1, options={"int_div16": ("n", "C")})
+    bwd("float32", "lrelu", 1, inner=1)
+    bwd("bfloat16", "sigmoid", 2, inner=1, C=1)
+    fwd("float32", "tanh", bias="wide", options={"int_div16": ("n", "inner", "C")})
+    bwd("float32", "elu", 1, bias="wide", options={"int_div16": ("n", "inner", "C")})
+    fwd("float32", "selu", bias="wide", i64=True)
+    bwd("float64", "swish", 2, bias="narrow", i64=True)
+    return out
+
+
+def configs():
+    """[(module, kernel name, dtype name, constexprs, int64 indices?, options)] of every module."""
+    return ([("losses",) + c for c in loss_configs()] + penalty_configs() + bias_act_configs())
+
+
+# Pointers in the accumulation dtype (partials, per-sample norms and dots) and the float arguments
+# (passed as Python floats, typed tl.float64 in the kernels).
+_ACC_POINTERS = ("partial_ptr", "norms_ptr", "vec_ptr", "dots_ptr")
+_FLOAT_ARGS = ("real_label", "fake_label", "center", "alpha", "gain", "clamp")
+
+
 def signature(fn, dtype, constexprs, i64):
-    """The argument types the launchers pass: tensors of the input dtype, partials in the
-    accumulation dtype, int32 counter/flag, the labels as float64, sizes as int32 (int64 where
-    the launcher would see a tensor of 2**31 elements or more)."""
+    """The argument types the launchers pass: tensors of the input dtype, partials, norms and dots
+    in the accumulation dtype, int32 counter/flag, float arguments as float64, sizes as int32
+    (int64 where the launcher would see a tensor of 2**31 elements or more)."""
     ty = DTYPES[dtype]
     acc = "fp64" if dtype == "float64" else "fp32"
     sig = {}
     for name in fn.arg_names:
         if name in constexprs:
             sig[name] = "constexpr"
-        elif name == "partial_ptr":
+        elif name in _ACC_POINTERS:
             sig[name] = "*" + acc
         elif name in ("counter_ptr", "flag_ptr"):
             sig[name] = "*i32"
         elif name.endswith("_ptr"):
             sig[name] = "*" + ty
-        elif name in ("real_label", "fake_label"):
+        elif name in _FLOAT_ARGS:
             sig[name] = "fp64"
         else:
             sig[name] = "i64" if i64 else "i32"
     return sig
 
 
-def attributes(fn, sig):
+def attributes(fn, sig, int_div16=()):
     """Triton's runtime specialisation of the pointers: 16-byte aligned (every tensor the launchers
-    allocate, and contiguous inputs from torch's allocator), so 16-byte vector accesses compile."""
+    allocate, and contiguous inputs from torch's allocator), so 16-byte vector accesses compile;
+    and of the int arguments named in int_div16: divisible by 16, as Triton marks them when they
+    are."""
     return {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names)
-            if sig[name].startswith("*")}
+            if sig[name].startswith("*") or (name in int_div16 and sig[name] != "constexpr")}
 
 
 def _describe(kernel, dtype, constexprs, options):
@@ -167,6 +328,8 @@ def _describe(kernel, dtype, constexprs, options):
         keys.append("debug")
     if not options.get("aligned", True):
         keys.append("unaligned pointers")
+    if options.get("int_div16"):
+        keys.append("int args divisible by 16: " + "/".join(options["int_div16"]))
     return f"{kernel}[{dtype}]({', '.join(keys)})"
 
 
@@ -193,6 +356,8 @@ def _resource_usage(cubin):
 
 def _compile_job(job):
     index, cc = job
+    import importlib
+
     import torch
     import triton
     from triton.backends.compiler import GPUTarget
@@ -200,15 +365,17 @@ def _compile_job(job):
 
     from ganfast.triton import losses as L
 
-    kernel, dtype, constexprs, i64, options = configs()[index]
-    fn = getattr(L, kernel)
-    result = {"kernel": kernel, "config": _describe(kernel, dtype, constexprs, options), "cc": cc}
+    module, kernel, dtype, constexprs, i64, options = configs()[index]
+    fn = getattr(importlib.import_module(f"ganfast.triton.{module}"), kernel)
+    name = f"{module}.{kernel}"
+    result = {"kernel": name, "config": _describe(name, dtype, constexprs, options), "cc": cc}
     options = dict(options)
     aligned = options.pop("aligned", True)
+    int_div16 = options.pop("int_div16", ())
     try:
         sig = signature(fn, dtype, constexprs, i64)
         src = ASTSource(fn=fn, signature=sig, constexprs=constexprs,
-                        attrs=attributes(fn, sig) if aligned else {})
+                        attrs=attributes(fn, sig, int_div16) if aligned else {})
         compiled = triton.compile(src, target=GPUTarget("cuda", cc, 32),
                                   options=dict(num_warps=L.num_warps(getattr(torch, dtype)), **options))
         ptx, cubin = compiled.asm.get("ptx", ""), compiled.asm.get("cubin", b"")
@@ -225,12 +392,15 @@ def _worker():
     import concurrent.futures
     import multiprocessing
 
+    import importlib
+
     import triton
 
-    from ganfast.triton import losses as L
-
-    kernels = sorted(name for name, v in vars(L).items()
-                     if isinstance(v, triton.runtime.jit.JITFunction) and name.endswith("_kernel"))
+    kernels = []
+    for module in MODULES:
+        m = importlib.import_module(f"ganfast.triton.{module}")
+        kernels += sorted(f"{module}.{name}" for name, v in vars(m).items()
+                          if isinstance(v, triton.runtime.jit.JITFunction) and name.endswith("_kernel"))
     jobs = [(i, cc) for i in range(len(configs())) for cc in CCS]
     workers = max(1, min(len(jobs), os.cpu_count() or 1))
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:

@@ -61,9 +61,13 @@ struct BiasActBackwardBackward : public Node {
     b.reset();
   }
   variable_list apply(variable_list&& grads) override {
-    variable_list out(3);
+    variable_list out(4);
     const Tensor& u = grads[0];
     if (!u.defined()) return out;
+    // Input 3 is y, recorded only when x was not kept (a piecewise-linear activation): the
+    // derivative through it is exactly 0, made explicit as eager PyTorch does, so x.grad becomes
+    // zeros rather than staying None.
+    if (task_should_compute_output(3)) out[3] = at::zeros_like(y.unpack());
     const auto xs = x.unpack(), bs = b.unpack();
     const Tensor ys = y.unpack();
     if (task_should_compute_output(0)) out[0] = call_backward(u, xs, bs, ys, p, order);
@@ -89,7 +93,10 @@ Tensor bias_act_backward_autograd(const Tensor& grad_output, const std::optional
   }
   const Tensor x_or_undefined = x.has_value() ? *x : Tensor();
   const Tensor b_or_undefined = b.has_value() ? *b : Tensor();
-  if (torch::autograd::compute_requires_grad(grad_output, x_or_undefined, b_or_undefined)) {
+  // Without x the result still depends on x, through y (its slope pattern), with derivative 0:
+  // record y so the result is part of the graph, as eager's leaky_relu_backward is.
+  const Tensor y_edge = x.has_value() ? Tensor() : y;
+  if (torch::autograd::compute_requires_grad(grad_output, x_or_undefined, b_or_undefined, y_edge)) {
     auto node = c10::make_intrusive<BiasActBackwardBackward>();
     node->grad_output = SavedVariable(grad_output, false);
     node->y = SavedVariable(y.detach(), false);  // a cache of f(x): never differentiated
@@ -97,7 +104,7 @@ Tensor bias_act_backward_autograd(const Tensor& grad_output, const std::optional
     node->b.save(b);
     node->p = {dim, std::string(act), alpha, gain, clamp};
     node->order = order;
-    record(node, out, grad_output, x_or_undefined, b_or_undefined);
+    record(node, out, grad_output, x_or_undefined, b_or_undefined, y_edge);
   }
   return out;
 }

@@ -120,7 +120,10 @@ def _backward_bias_act_backward(ctx, u):
         dx = d if ctx.needs_input_grad[1] else None
         db = bias_gradient(d, _args.check_bias_act("ganfast::bias_act", x, b, ctx.params[0])) \
             if ctx.needs_input_grad[2] else None
-    return d_grad, dx, db, None, None, None, None, None, None, None
+    # Without x, the dependence on x runs through y with derivative exactly 0 (piecewise linear):
+    # made explicit, as eager PyTorch does, so x.grad becomes zeros rather than staying None.
+    dy = torch.zeros_like(y) if x is None and ctx.needs_input_grad[3] else None
+    return d_grad, dx, db, dy, None, None, None, None, None, None
 
 
 _t_bias_act.register_autograd(_backward_bias_act, setup_context=_setup_bias_act)

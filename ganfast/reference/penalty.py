@@ -6,6 +6,8 @@ reference the fused double backward is tested against).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -29,13 +31,17 @@ def penalty_from_grad(grad, kind="wgan-gp", center=1.0):
     _args.check_penalty_grad("ganfast::penalty_from_grad", grad)
     kind = _args.parse_penalty_kind(kind)
     dtype = _compute_dtype(grad)
-    g = grad.to(dtype).reshape(grad.shape[0], -1)
+    g = grad.to(dtype).reshape(grad.shape[0], math.prod(grad.shape[1:]))  # (-1 is ambiguous when B = 0)
     if kind in ("r1", "r2"):
         norms_sq = (g * g).sum(dim=1)
         phi = norms_sq
         norms = norms_sq.detach().sqrt()
     else:
-        norms = torch.linalg.vector_norm(g, dim=1)  # its subgradient at 0 is 0, as the kernels'
+        # ||g|| with every derivative 0 where g = 0, as the kernels' (torch's vector_norm gives a
+        # first derivative 0 there but a NaN second derivative)
+        norms_sq = (g * g).sum(dim=1)
+        nonzero = norms_sq > 0
+        norms = torch.where(nonzero, torch.where(nonzero, norms_sq, 1.0).sqrt(), 0.0)
         d = norms - center
         phi = d * d if kind == "wgan-gp" else F.relu(d) ** 2
         norms = norms.detach()
