@@ -346,3 +346,65 @@ inline void check_act_order(const char* op, ActKind act, std::string_view name, 
 }
 
 }  // namespace ganfast
+
+// ---- penalty family: the derivatives' operands ------------------------------------------------
+
+namespace ganfast {
+
+// interpolate_backward's operands: grad_output (B, ...) floating, eps (B,) on its device.
+inline void check_interpolate_backward(const char* op, const at::Tensor& grad_output, const at::Tensor& eps) {
+  check_floating(grad_output, op, "grad_output");
+  check_floating(eps, op, "eps");
+  check_same_device(grad_output, eps, op, "grad_output", "eps");
+  TORCH_CHECK_VALUE(grad_output.dim() >= 1, op, ": grad_output must have a batch dimension (shape (B, ...))");
+  TORCH_CHECK_VALUE(eps.dim() == 1 && eps.size(0) == grad_output.size(0), op, ": eps must have shape (B,) = (",
+                    grad_output.size(0), ",); got ", eps.sizes());
+}
+
+// The upstream gradient of the 0-dim penalty: one value, floating, on grad's device.
+inline void check_penalty_grad_output(const char* op, const at::Tensor& grad_output, const at::Tensor& grad) {
+  check_same_device(grad, grad_output, op, "grad", "grad_output");
+  check_floating(grad_output, op, "grad_output");
+  TORCH_CHECK_VALUE(grad_output.numel() == 1, op, ": grad_output must hold one value; got shape ",
+                    grad_output.sizes());
+}
+
+// The upstream gradient of penalty_from_grad_backward: grad's shape (possibly expanded).
+inline void check_penalty_grad_grad(const char* op, const at::Tensor& grad_grad, const at::Tensor& grad) {
+  check_same_device(grad, grad_grad, op, "grad", "grad_grad");
+  check_floating(grad_grad, op, "grad_grad");
+  check_same_shape(grad, grad_grad, op, "grad", "grad_grad");
+}
+
+}  // namespace ganfast
+
+namespace ganfast {
+// bias_act_backward's operands, in this order: act and order, then x (with b and dim, as
+// bias_act checks them) or, x absent, whether y alone gives the derivative; y; grad_output.
+// Returns dim made non-negative. (Python twin: ganfast/_args.py's check_bias_act_backward.)
+inline int64_t check_bias_act_backward(const char* op, const at::Tensor& grad_output, const std::optional<at::Tensor>& x,
+                                const std::optional<at::Tensor>& b, const at::Tensor& y, int64_t dim, ActKind act,
+                                c10::string_view act_name, double alpha, int64_t order) {
+  check_act_order(op, act, act_name, order);
+  int64_t d = dim < 0 && y.dim() > 0 ? dim + y.dim() : dim;
+  if (x.has_value() && x->defined()) {
+    d = check_bias_act(op, *x, b, dim);
+  } else {
+    TORCH_CHECK_VALUE(math::act_derivatives_from_y(act, static_cast<double>(alpha)), op,
+                      ": x is required for act '", std::string(act_name), "' with alpha ", alpha,
+                      " (y does not determine its derivatives)");
+  }
+  check_floating(y, op, "y");
+  if (x.has_value() && x->defined()) {
+    check_same_device(*x, y, op, "x", "y");
+    check_same_shape(*x, y, op, "x", "y");
+    TORCH_CHECK_TYPE(x->scalar_type() == y.scalar_type(), op, ": x and y must have the same dtype; got ",
+                     x->scalar_type(), " and ", y.scalar_type());
+  }
+  check_floating(grad_output, op, "grad_output");
+  check_same_device(y, grad_output, op, "y", "grad_output");
+  check_same_shape(y, grad_output, op, "y", "grad_output");
+  return d;
+}
+
+}  // namespace ganfast

@@ -147,33 +147,6 @@ Tensor bias_act(const Tensor& x, const std::optional<Tensor>& b, int64_t dim, c1
   return y;
 }
 
-// bias_act_backward's operands, in this order: act and order, then x (with b and dim, as
-// bias_act checks them) or, x absent, whether y alone gives the derivative; y; grad_output.
-// Returns dim made non-negative. (Not in ganfast_common.h yet; see the report of issue 3.)
-int64_t check_bias_act_backward(const char* op, const Tensor& grad_output, const std::optional<Tensor>& x,
-                                const std::optional<Tensor>& b, const Tensor& y, int64_t dim, ActKind act,
-                                c10::string_view act_name, double alpha, int64_t order) {
-  check_act_order(op, act, act_name, order);
-  int64_t d = dim < 0 && y.dim() > 0 ? dim + y.dim() : dim;
-  if (x.has_value() && x->defined()) {
-    d = check_bias_act(op, *x, b, dim);
-  } else {
-    TORCH_CHECK_VALUE(math::act_derivatives_from_y(act, static_cast<double>(alpha)), op,
-                      ": x is required for act '", std::string(act_name), "' with alpha ", alpha,
-                      " (y does not determine its derivatives)");
-  }
-  check_floating(y, op, "y");
-  if (x.has_value() && x->defined()) {
-    check_same_device(*x, y, op, "x", "y");
-    check_same_shape(*x, y, op, "x", "y");
-    TORCH_CHECK_TYPE(x->scalar_type() == y.scalar_type(), op, ": x and y must have the same dtype; got ",
-                     x->scalar_type(), " and ", y.scalar_type());
-  }
-  check_floating(grad_output, op, "grad_output");
-  check_same_device(y, grad_output, op, "y", "grad_output");
-  check_same_shape(y, grad_output, op, "y", "grad_output");
-  return d;
-}
 
 Tensor bias_act_backward(const Tensor& grad_output, const std::optional<Tensor>& x, const std::optional<Tensor>& b,
                          const Tensor& y, int64_t dim, c10::string_view act_name, double alpha, double gain,

@@ -32,12 +32,8 @@ Tensor like_layout(const Tensor& t, const Tensor& like) {
 }
 
 // The upstream gradient of the penalty: one value, read as a 0-dim tensor in grad's dtype.
-// (Not in ganfast_common.h yet; see the report of issue 3.)
 Tensor prepare_penalty_grad_output(const char* op, const Tensor& grad_output, const Tensor& grad) {
-  check_same_device(grad, grad_output, op, "grad", "grad_output");
-  check_floating(grad_output, op, "grad_output");
-  TORCH_CHECK_VALUE(grad_output.numel() == 1, op, ": grad_output must hold one value; got shape ",
-                    grad_output.sizes());
+  check_penalty_grad_output(op, grad_output, grad);
   return grad_output.reshape({}).to(grad.scalar_type());
 }
 
@@ -75,16 +71,6 @@ Tensor interpolate(const Tensor& real, const Tensor& fake, const Tensor& eps) {
   return out;
 }
 
-// interpolate_backward's operands: grad_output (B, ...) and eps (B,).
-// (Not in ganfast_common.h yet; see the report of issue 3.)
-void check_interpolate_backward(const char* op, const Tensor& grad_output, const Tensor& eps) {
-  check_floating(grad_output, op, "grad_output");
-  check_floating(eps, op, "eps");
-  check_same_device(grad_output, eps, op, "grad_output", "eps");
-  TORCH_CHECK_VALUE(grad_output.dim() >= 1, op, ": grad_output must have a batch dimension (shape (B, ...))");
-  TORCH_CHECK_VALUE(eps.dim() == 1 && eps.size(0) == grad_output.size(0), op, ": eps must have shape (B,) = (",
-                    grad_output.size(0), ",); got ", eps.sizes());
-}
 
 std::tuple<Tensor, Tensor> interpolate_backward(const Tensor& grad_output, const Tensor& eps) {
   constexpr const char* op = "ganfast::interpolate_backward";
@@ -175,13 +161,6 @@ Tensor penalty_from_grad_backward(const Tensor& grad_output, const Tensor& grad,
 
 // ---- penalty_from_grad_double_backward ----
 
-// The upstream gradient of penalty_from_grad_backward: grad's shape (possibly expanded).
-// (Not in ganfast_common.h yet; see the report of issue 3.)
-void check_penalty_grad_grad(const char* op, const Tensor& grad_grad, const Tensor& grad) {
-  check_same_device(grad, grad_grad, op, "grad", "grad_grad");
-  check_floating(grad_grad, op, "grad_grad");
-  check_same_shape(grad, grad_grad, op, "grad", "grad_grad");
-}
 
 std::tuple<Tensor, Tensor> penalty_from_grad_double_backward(const Tensor& grad_grad, const Tensor& grad_output,
                                                              const Tensor& grad, const Tensor& norms,

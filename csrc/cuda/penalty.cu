@@ -47,42 +47,6 @@
 #include "../ganfast_common.h"
 #include "cuda_utils.cuh"
 
-// ---- argument checks the shared header does not have yet (candidates for ganfast_common.h) ----
-// The same checks, in the same order and with the same messages, as csrc/cpu/penalty.cpp's
-// check_interpolate_backward, prepare_penalty_grad_output and check_penalty_grad_grad, and as
-// ganfast/_args.py's twins.
-
-namespace ganfast {
-namespace {  // (this file's own copies until ganfast_common.h has them)
-
-// interpolate_backward's operands: grad_output (B, ...) floating, eps (B,) on its device.
-void check_interpolate_backward(const char* op, const at::Tensor& grad_output, const at::Tensor& eps) {
-  check_floating(grad_output, op, "grad_output");
-  check_floating(eps, op, "eps");
-  check_same_device(grad_output, eps, op, "grad_output", "eps");
-  TORCH_CHECK_VALUE(grad_output.dim() >= 1, op, ": grad_output must have a batch dimension (shape (B, ...))");
-  TORCH_CHECK_VALUE(eps.dim() == 1 && eps.size(0) == grad_output.size(0), op, ": eps must have shape (B,) = (",
-                    grad_output.size(0), ",); got ", eps.sizes());
-}
-
-// The upstream gradient of the 0-dim penalty: one value, floating, on grad's device.
-void check_penalty_grad_output(const char* op, const at::Tensor& grad_output, const at::Tensor& grad) {
-  check_same_device(grad, grad_output, op, "grad", "grad_output");
-  check_floating(grad_output, op, "grad_output");
-  TORCH_CHECK_VALUE(grad_output.numel() == 1, op, ": grad_output must hold one value; got shape ",
-                    grad_output.sizes());
-}
-
-// The upstream gradient of penalty_from_grad_backward: grad's shape (possibly expanded).
-void check_penalty_grad_grad(const char* op, const at::Tensor& grad_grad, const at::Tensor& grad) {
-  check_same_device(grad, grad_grad, op, "grad", "grad_grad");
-  check_floating(grad_grad, op, "grad_grad");
-  check_same_shape(grad, grad_grad, op, "grad", "grad_grad");
-}
-
-}  // namespace
-}  // namespace ganfast
-
 namespace ganfast::cuda {
 namespace {
 
