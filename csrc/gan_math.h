@@ -402,10 +402,13 @@ GANFAST_HD T act_derivative(T x, T alpha, int order) {
       return order == 1 ? s + x * s1 : order == 2 ? T(2) * s1 + x * s2 : T(3) * s2 + x * s3;
     }
   } else if constexpr (A == ActKind::Elu) {
-    // x > 0: 1, 0, 0; x <= 0: alpha e^x for every order (torch: elu'(0) = alpha)
-    return x > T(0) ? (order == 1 ? T(1) : T(0)) : alpha * std::exp(x);
+    // order 1: x > 0: 1, else alpha e^x (torch: elu'(0) = alpha); order >= 2: x < 0: alpha e^x,
+    // else 0 (torch's elu double backward masks with x < 0). NaN takes the exp branch: NaN.
+    if (order == 1) return x > T(0) ? T(1) : alpha * std::exp(x);
+    return x >= T(0) ? T(0) : alpha * std::exp(x);
   } else {
-    return x > T(0) ? (order == 1 ? T(kSeluLambda) : T(0)) : T(kSeluLambda * kSeluAlpha) * std::exp(x);
+    if (order == 1) return x > T(0) ? T(kSeluLambda) : T(kSeluLambda * kSeluAlpha) * std::exp(x);
+    return x >= T(0) ? T(0) : T(kSeluLambda * kSeluAlpha) * std::exp(x);
   }
 }
 
@@ -425,9 +428,12 @@ GANFAST_HD T act_derivative_from_y(T f, T alpha, int order) {
     const T q = f * (T(1) - f);
     return order == 1 ? q : order == 2 ? q * (T(1) - T(2) * f) : q * (T(1) - T(6) * f + T(6) * f * f);
   } else if constexpr (A == ActKind::Elu) {
-    return f > T(0) ? (order == 1 ? T(1) : T(0)) : f + alpha;  // alpha e^x = f + alpha
+    // alpha e^x = f + alpha; f >= 0 exactly where x >= 0 (orders >= 2: 0 at x = 0, as above)
+    if (order == 1) return f > T(0) ? T(1) : f + alpha;
+    return f >= T(0) ? T(0) : f + alpha;
   } else if constexpr (A == ActKind::Selu) {
-    return f > T(0) ? (order == 1 ? T(kSeluLambda) : T(0)) : f + T(kSeluLambda * kSeluAlpha);
+    if (order == 1) return f > T(0) ? T(kSeluLambda) : f + T(kSeluLambda * kSeluAlpha);
+    return f >= T(0) ? T(0) : f + T(kSeluLambda * kSeluAlpha);
   } else {
     (void)alpha;
     (void)order;

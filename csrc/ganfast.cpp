@@ -58,7 +58,7 @@ TORCH_LIBRARY(ganfast, m) {
   // `dim`; clamp < 0 means no clamp. Activations in csrc/gan_math.h.
   m.def("bias_act(Tensor x, Tensor? b, int dim, str act, float alpha, float gain, float clamp) -> Tensor");
   // grad_output * d^order y / dx^order, elementwise (order >= 1), evaluated from x + b where x is
-  // given, else from y (activations whose derivatives y determines; see act_needs_x). The
+  // given, else from y (activations whose derivatives y determines; see act_derivatives_from_y). The
   // derivative of order k w.r.t. grad_output is order k itself; w.r.t. x it is order k + 1.
   m.def("bias_act_backward(Tensor grad_output, Tensor? x, Tensor? b, Tensor y, int dim, str act, "
         "float alpha, float gain, float clamp, int order) -> Tensor");

@@ -184,6 +184,21 @@ def test_bias_act_third_derivative_smooth(impl, act, with_b, rng):
         assert_close(g, e, atol=1e-9, rtol=1e-8, name=f"{act}: third derivative w.r.t. {name}")
 
 
+@pytest.mark.parametrize("act", ACTS)
+def test_bias_act_derivatives_at_zero_match_torch(impl, act, rng):
+    """At exactly x + b = 0 (a kink for relu, lrelu, elu and selu) every implemented order matches
+    torch's autograd: elu'(0) = alpha but elu''(0) = 0, relu'(0) = 0. x from y as well (no bias)."""
+    _, device = impl
+    x = torch.tensor([[0.0, -0.5, 0.0], [0.7, 0.0, -1.2]], dtype=torch.float64, device=device, requires_grad=True)
+    dirs = [randn((2, 3), torch.float64, device, rng) for _ in range(3)]
+    alpha = ALPHA.get(act, 0.0)
+    orders = (1, 2, 3) if act in SMOOTH else (1, 2)
+    for order in orders:
+        got = _derivatives(lambda x, b: ops.bias_act(x, b, 1, act, alpha, 1.0, None), x, None, dirs, order)
+        expected = _derivatives(lambda x, b: formula(x, b, 1, act, alpha, 1.0, None), _f64(x), None, dirs, order)
+        assert_close(got[0], expected[0], atol=1e-12, rtol=1e-10, name=f"{act}: order {order} at 0")
+
+
 @pytest.mark.parametrize("act", SMOOTH)
 def test_bias_act_fourth_derivative_smooth_is_an_error(impl, act, rng):
     name, device = impl

@@ -15,6 +15,7 @@
 #include <torch/library.h>
 
 #include "../ganfast_common.h"
+#include "cpu_alloc.h"
 #include "cpu_loops.h"
 
 namespace ganfast::cpu {
@@ -94,7 +95,7 @@ void for_each_biased(const ChannelWalk& w, const std::vector<acc_t>& bias, const
 // already is (an expanded grad_output is materialised once).
 Tensor like_layout(const Tensor& t, const Tensor& like) {
   if (t.scalar_type() == like.scalar_type() && t.strides() == like.strides()) return t;
-  return at::empty_like(like).copy_(t);
+  return empty_output_like(like).copy_(t);
 }
 
 // Calls f with the derivative order: a compile-time constant for the smooth activations (whose
@@ -129,7 +130,7 @@ Tensor bias_act(const Tensor& x, const std::optional<Tensor>& b, int64_t dim, c1
   const ActKind act = parse_act(act_name);
   const bool has_bias = b.has_value() && b->defined();
   const Tensor xw = walkable(x, d) ? x : x.contiguous();
-  Tensor y = at::empty_like(xw);
+  Tensor y = empty_output_like(xw);
   const ChannelWalk w = make_walk(xw, has_bias, d);
   if (w.n == 0) return y;
   dispatch_bias_act(xw, act, [&](auto tag, auto a) {
@@ -158,7 +159,7 @@ Tensor bias_act_backward(const Tensor& grad_output, const std::optional<Tensor>&
   const bool has_bias = has_x && b.has_value() && b->defined();
   // y's layout rules (x and grad_output are brought to it); the bias walk is y's.
   const Tensor yw = walkable(y, d) ? y : y.contiguous();
-  Tensor out = at::empty_like(yw);
+  Tensor out = empty_output_like(yw);
   const ChannelWalk w = make_walk(yw, has_bias, d);
   if (w.n == 0) return out;
   const Tensor gw = like_layout(grad_output, yw);

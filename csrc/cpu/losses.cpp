@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include "../ganfast_common.h"
+#include "cpu_alloc.h"
 #include "cpu_loops.h"
 
 namespace ganfast::cpu {
@@ -68,7 +69,7 @@ void dispatch_loss(const char* op, const LossOperands& o, F&& f) {
 template <typename Elem>
 Tensor loss_forward(const char* op, const LossOperands& o, const Elem& elem) {
   const int64_t n = o.input.numel();
-  Tensor out = o.reduction == Reduction::None ? at::empty_like(o.input) : at::empty({}, o.input.options());
+  Tensor out = o.reduction == Reduction::None ? empty_output_like(o.input) : at::empty({}, o.input.options());
   dispatch_loss(op, o, [&](auto view) {
     using View = decltype(view);
     using scalar_t = std::remove_const_t<std::remove_pointer_t<decltype(view.x)>>;
@@ -93,7 +94,7 @@ Tensor loss_backward(const char* op, const Tensor& grad_output, const LossOperan
   bool grad_is_scalar = false;
   const Tensor grad = prepare_loss_grad(op, grad_output, o.input, o.reduction, &grad_is_scalar);
   const int64_t n = o.input.numel();
-  Tensor out = at::empty_like(o.input);
+  Tensor out = empty_output_like(o.input);
   dispatch_loss(op, o, [&](auto view) {
     using View = decltype(view);
     using scalar_t = std::remove_const_t<std::remove_pointer_t<decltype(view.x)>>;
@@ -243,7 +244,7 @@ std::tuple<Tensor, Tensor> gan_d_loss_backward(const Tensor& grad_output, const 
   const GanKind kind = parse_gan_kind(kind_name);
   const Tensor real = real_logits.contiguous(), fake = fake_logits.contiguous();
   const int64_t nr = real.numel(), nf = fake.numel();
-  Tensor grad_real = at::empty_like(real), grad_fake = at::empty_like(fake);
+  Tensor grad_real = empty_output_like(real), grad_fake = empty_output_like(fake);
   const Tensor grad = grad_output.reshape({}).to(real.scalar_type());
   dispatch_gan(op, real, kind, [&](auto tag, auto k) {
     using scalar_t = decltype(tag);
@@ -287,7 +288,7 @@ Tensor gan_g_loss_backward(const Tensor& grad_output, const Tensor& fake_logits,
   const GanKind kind = parse_gan_kind(kind_name);
   const Tensor fake = fake_logits.contiguous();
   const int64_t n = fake.numel();
-  Tensor grad_fake = at::empty_like(fake);
+  Tensor grad_fake = empty_output_like(fake);
   const Tensor grad = grad_output.reshape({}).to(fake.scalar_type());
   dispatch_gan(op, fake, kind, [&](auto tag, auto k) {
     using scalar_t = decltype(tag);

@@ -13,6 +13,7 @@
 #include <torch/library.h>
 
 #include "../ganfast_common.h"
+#include "cpu_alloc.h"
 #include "cpu_loops.h"
 
 namespace ganfast::cpu {
@@ -28,7 +29,7 @@ Tensor as_sample_blocks(const Tensor& t) { return samples_are_blocks(t) ? t : t.
 // already is (an expanded or otherwise strided t is materialised once).
 Tensor like_layout(const Tensor& t, const Tensor& like) {
   if (t.scalar_type() == like.scalar_type() && t.strides() == like.strides()) return t;
-  return at::empty_like(like).copy_(t);
+  return empty_output_like(like).copy_(t);
 }
 
 // The upstream gradient of the penalty: one value, read as a 0-dim tensor in grad's dtype.
@@ -52,7 +53,7 @@ Tensor interpolate(const Tensor& real, const Tensor& fake, const Tensor& eps) {
   const bool as_is = samples_are_blocks(real) && fake.strides() == real.strides();
   const Tensor r = as_is ? real : real.contiguous();
   const Tensor f = as_is ? fake : fake.contiguous();
-  Tensor out = at::empty_like(r);
+  Tensor out = empty_output_like(r);
   const int64_t n = r.numel(), batch = r.size(0);
   if (n == 0) return out;
   const Tensor e = eps.to(r.scalar_type()).contiguous();
@@ -76,7 +77,7 @@ std::tuple<Tensor, Tensor> interpolate_backward(const Tensor& grad_output, const
   constexpr const char* op = "ganfast::interpolate_backward";
   check_interpolate_backward(op, grad_output, eps);
   const Tensor g = as_sample_blocks(grad_output);
-  Tensor grad_real = at::empty_like(g), grad_fake = at::empty_like(g);
+  Tensor grad_real = empty_output_like(g), grad_fake = empty_output_like(g);
   const int64_t n = g.numel(), batch = g.size(0);
   if (n == 0) return {grad_real, grad_fake};
   const Tensor e = eps.to(g.scalar_type()).contiguous();
@@ -139,7 +140,7 @@ Tensor penalty_from_grad_backward(const Tensor& grad_output, const Tensor& grad,
   const Tensor gamma = prepare_penalty_grad_output(op, grad_output, grad);
   const PenaltyKind kind = parse_penalty_kind(kind_name);
   const Tensor g = as_sample_blocks(grad);
-  Tensor out = at::empty_like(g);
+  Tensor out = empty_output_like(g);
   const int64_t n = g.numel(), batch = g.size(0);
   if (n == 0) return out;
   const Tensor nrm = norms.contiguous();
@@ -173,7 +174,7 @@ std::tuple<Tensor, Tensor> penalty_from_grad_double_backward(const Tensor& grad_
   const PenaltyKind kind = parse_penalty_kind(kind_name);
   const Tensor g = as_sample_blocks(grad);
   const Tensor v = like_layout(grad_grad, g);
-  Tensor d_grad = at::empty_like(g);
+  Tensor d_grad = empty_output_like(g);
   Tensor d_grad_output = at::empty({}, g.options());
   const int64_t n = g.numel(), batch = g.size(0);
   const int64_t len = batch == 0 ? 0 : n / batch;

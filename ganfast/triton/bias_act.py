@@ -183,16 +183,17 @@ def _act_derivative(x, alpha, ACT: tl.constexpr, ORDER: tl.constexpr):
             else:
                 d = 3.0 * (s1 * (1.0 - 2.0 * s)) + x * (s1 * (1.0 - 6.0 * s + 6.0 * s * s))
     elif ACT == "elu":
-        # x > 0: 1, 0, 0; x <= 0: alpha e^x for every order (torch: elu'(0) = alpha)
+        # order 1: x > 0: 1, else alpha e^x (torch: elu'(0) = alpha); order >= 2: x < 0: alpha
+        # e^x, else 0 (torch's double backward masks with x < 0); NaN takes the exp branch
         if ORDER == 1:
             d = tl.where(x > 0.0, 1.0, alpha * _exp_nonpos(_nonpos(x)))
         else:
-            d = tl.where(x > 0.0, 0.0, alpha * _exp_nonpos(_nonpos(x)))
+            d = tl.where(x >= 0.0, 0.0, alpha * _exp_nonpos(_nonpos(x)))
     else:  # selu
         if ORDER == 1:
             d = tl.where(x > 0.0, _SELU_L, _SELU_LA * _exp_nonpos(_nonpos(x)))
         else:
-            d = tl.where(x > 0.0, 0.0, _SELU_LA * _exp_nonpos(_nonpos(x)))
+            d = tl.where(x >= 0.0, 0.0, _SELU_LA * _exp_nonpos(_nonpos(x)))
     return d
 
 
@@ -234,12 +235,12 @@ def _act_derivative_from_y(f, alpha, ACT: tl.constexpr, ORDER: tl.constexpr):
         if ORDER == 1:
             d = tl.where(f > 0.0, 1.0, f + alpha)  # alpha e^x = f + alpha
         else:
-            d = tl.where(f > 0.0, 0.0, f + alpha)
+            d = tl.where(f >= 0.0, 0.0, f + alpha)  # 0 at x = 0, as above
     elif ACT == "selu":
         if ORDER == 1:
             d = tl.where(f > 0.0, _SELU_L, f + _SELU_LA)
         else:
-            d = tl.where(f > 0.0, 0.0, f + _SELU_LA)
+            d = tl.where(f >= 0.0, 0.0, f + _SELU_LA)
     else:
         d = f  # unused: softplus and swish always take x (act_derivatives_from_y)
     return d
