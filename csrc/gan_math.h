@@ -467,5 +467,30 @@ GANFAST_HD T bias_act_derivative_from_y(T y, T alpha, T gain, T clamp, int order
   return gain * act_derivative_from_y<A>(y / gain, alpha, order);
 }
 
+// ---------------------------------------------------------------------------------------------
+// batch_norm_act: out = f(z), z = w (x - mean) invstd + b, written per channel as
+// z = x * scale + shift (scale = w invstd, shift = b - mean scale: one multiply-add per element).
+// The backward with dz = dy f'(z) (act_derivative, order 1) and a = w invstd:
+//   training  dx = a (dz - mean(dz) - (x - mean) k),  k = invstd^2 mean(dz (x - mean))
+//   eval      dx = a dz                               (mean_dz = k = 0)
+// (x - mean) rather than x: no cancellation where |mean| is large against the spread.
+// ---------------------------------------------------------------------------------------------
+
+template <ActKind A, typename T>
+GANFAST_HD T batch_norm_act_value(T x, T scale, T shift, T alpha) {
+  return act_value<A>(x * scale + shift, alpha);
+}
+
+// dz = dy f'(z) at z = x * scale + shift.
+template <ActKind A, typename T>
+GANFAST_HD T batch_norm_act_dz(T dy, T x, T scale, T shift, T alpha) {
+  return dy * act_derivative<A>(x * scale + shift, alpha, 1);
+}
+
+template <typename T>
+GANFAST_HD T batch_norm_grad_input(T dz, T x, T mean, T a, T mean_dz, T k) {
+  return a * (dz - mean_dz - (x - mean) * k);
+}
+
 }  // namespace math
 }  // namespace ganfast

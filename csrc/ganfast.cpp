@@ -62,6 +62,23 @@ TORCH_LIBRARY(ganfast, m) {
   // derivative of order k w.r.t. grad_output is order k itself; w.r.t. x it is order k + 1.
   m.def("bias_act_backward(Tensor grad_output, Tensor? x, Tensor? b, Tensor y, int dim, str act, "
         "float alpha, float gain, float clamp, int order) -> Tensor");
+
+  // ---- batch_norm_act family (csrc/cpu/batch_norm_act.cpp, csrc/cuda/batch_norm_act.cu,
+  // ganfast/triton/batch_norm_act.py)
+  // out = act(weight[c] * (x - mean[c]) * invstd[c] + bias[c]) over input (N, C, *), c = index
+  // along dim 1; weight None = 1, bias None = 0; act and alpha as bias_act's (gain 1, no clamp).
+  // training: mean and biased variance over every dim but 1, and running_mean / running_var (when
+  // given) updated in place: r = (1 - momentum) r + momentum stat, the variance unbiased. Eval:
+  // the running statistics, nothing mutated. Returns (out, save_mean, save_invstd): the mean and
+  // 1 / sqrt(var + eps) used, shape (C,), float32 (float64 for float64 input): the backward's cache.
+  m.def("batch_norm_act(Tensor input, Tensor? weight, Tensor? bias, Tensor(a!)? running_mean, "
+        "Tensor(b!)? running_var, bool training, float momentum, float eps, str act, float alpha) "
+        "-> (Tensor out, Tensor save_mean, Tensor save_invstd)");
+  // The gradients w.r.t. input, weight and bias (the last two (C,), in weight's dtype, input's
+  // without weight; always defined). Not differentiable itself: double backward is an error.
+  m.def("batch_norm_act_backward(Tensor grad_output, Tensor input, Tensor? weight, Tensor? bias, "
+        "Tensor save_mean, Tensor save_invstd, bool training, str act, float alpha) "
+        "-> (Tensor grad_input, Tensor grad_weight, Tensor grad_bias)");
 }
 
 // `import ganfast._C` loads this library, whose static initialisers register the ops above and

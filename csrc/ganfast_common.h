@@ -408,3 +408,98 @@ inline int64_t check_bias_act_backward(const char* op, const at::Tensor& grad_ou
 }
 
 }  // namespace ganfast
+
+// ---- batch_norm_act family ----------------------------------------------------------------------
+
+namespace ganfast {
+
+// The compute dtype of batch_norm_act (its save_mean / save_invstd): float64 for float64 input,
+// float32 otherwise.
+inline at::ScalarType batch_norm_compute_dtype(at::ScalarType input) {
+  return input == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// Values per channel, M = N * prod(sizes[2:]) of an (N, C, *) input (0 when any of them is 0).
+inline int64_t batch_norm_values_per_channel(const at::Tensor& input) {
+  int64_t m = 1;
+  for (int64_t d = 0; d < input.dim(); ++d)
+    if (d != 1) m *= input.size(d);
+  return m;
+}
+
+inline void check_input_nc(const char* op, const at::Tensor& input) {
+  check_floating(input, op, "input");
+  TORCH_CHECK_VALUE(input.dim() >= 2, op, ": input must have shape (N, C, *) (at least 2 dims); got shape ",
+                    input.sizes());
+}
+
+// A per-channel operand (weight, bias, running_mean, ...): absent, or floating of shape (C,) on
+// input's device.
+inline void check_channel_vector(const char* op, const at::Tensor& input, const std::optional<at::Tensor>& t,
+                                 const char* arg) {
+  if (!t.has_value() || !t->defined()) return;
+  check_floating(*t, op, arg);
+  check_same_device(input, *t, op, "input", arg);
+  const int64_t c = input.size(1);
+  TORCH_CHECK_VALUE(t->dim() == 1 && t->size(0) == c, op, ": ", arg, " must have shape (C,) = (", c,
+                    ",) (input.size(1)); got ", t->sizes());
+}
+
+// batch_norm_act's operands, in this order: input; weight, bias, running_mean, running_var; the
+// running statistics given together and of one dtype; more than one value per channel when
+// training, the running statistics when not. Returns M, the values per channel.
+// (Python twin: ganfast/_args.py's check_batch_norm_act.)
+inline int64_t check_batch_norm_act(const char* op, const at::Tensor& input, const std::optional<at::Tensor>& weight,
+                                    const std::optional<at::Tensor>& bias,
+                                    const std::optional<at::Tensor>& running_mean,
+                                    const std::optional<at::Tensor>& running_var, bool training) {
+  check_input_nc(op, input);
+  check_channel_vector(op, input, weight, "weight");
+  check_channel_vector(op, input, bias, "bias");
+  check_channel_vector(op, input, running_mean, "running_mean");
+  check_channel_vector(op, input, running_var, "running_var");
+  const bool has_rm = running_mean.has_value() && running_mean->defined();
+  const bool has_rv = running_var.has_value() && running_var->defined();
+  TORCH_CHECK_VALUE(has_rm == has_rv, op, ": running_mean and running_var must be given together (both or neither)");
+  if (has_rm) {
+    TORCH_CHECK_TYPE(running_mean->scalar_type() == running_var->scalar_type(), op,
+                     ": running_mean and running_var must have the same dtype; got ", running_mean->scalar_type(),
+                     " and ", running_var->scalar_type());
+  }
+  const int64_t m = batch_norm_values_per_channel(input);
+  if (training) {
+    TORCH_CHECK_VALUE(m != 1, op, ": expected more than 1 value per channel when training; got input of shape ",
+                      input.sizes());
+  } else {
+    TORCH_CHECK_VALUE(has_rm, op, ": running_mean and running_var are required when training is False "
+                      "(eval normalises with the running statistics)");
+  }
+  return m;
+}
+
+// batch_norm_act_backward's operands: input, weight, bias as batch_norm_act checks them;
+// grad_output floating of input's shape on its device; save_mean and save_invstd of shape (C,)
+// in the compute dtype. Returns M. (Python twin: ganfast/_args.py's check_batch_norm_act_backward.)
+inline int64_t check_batch_norm_act_backward(const char* op, const at::Tensor& grad_output, const at::Tensor& input,
+                                             const std::optional<at::Tensor>& weight,
+                                             const std::optional<at::Tensor>& bias, const at::Tensor& save_mean,
+                                             const at::Tensor& save_invstd) {
+  check_input_nc(op, input);
+  check_channel_vector(op, input, weight, "weight");
+  check_channel_vector(op, input, bias, "bias");
+  check_floating(grad_output, op, "grad_output");
+  check_same_device(input, grad_output, op, "input", "grad_output");
+  check_same_shape(input, grad_output, op, "input", "grad_output");
+  const auto compute = batch_norm_compute_dtype(input.scalar_type());
+  for (const auto& [t, arg] : {std::pair<const at::Tensor&, const char*>{save_mean, "save_mean"},
+                               std::pair<const at::Tensor&, const char*>{save_invstd, "save_invstd"}}) {
+    check_same_device(input, t, op, "input", arg);
+    TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == input.size(1), op, ": ", arg, " must have shape (C,) = (",
+                      input.size(1), ",) (input.size(1)); got ", t.sizes());
+    TORCH_CHECK_TYPE(t.scalar_type() == compute, op, ": ", arg, " must be ", compute, " (the compute dtype of ",
+                     input.scalar_type(), " input); got ", t.scalar_type());
+  }
+  return batch_norm_values_per_channel(input);
+}
+
+}  // namespace ganfast

@@ -411,3 +411,86 @@ def check_bias_act_backward(op: str, grad_output: torch.Tensor, x: Optional[torc
     check_same_device(y, grad_output, op, "y", "grad_output")
     check_same_shape(y, grad_output, op, "y", "grad_output")
     return d
+
+
+# ---- batch_norm_act family -----------------------------------------------------------------------
+
+def batch_norm_compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of batch_norm_act's save_mean / save_invstd: float64 for float64 input, else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def batch_norm_values_per_channel(input: torch.Tensor) -> int:
+    """M = N * prod(sizes[2:]) of an (N, C, *) input."""
+    m = 1
+    for d, s in enumerate(input.shape):
+        if d != 1:
+            m *= int(s)
+    return m
+
+
+def _check_input_nc(op: str, input: torch.Tensor) -> None:
+    check_floating(input, op, "input")
+    if input.dim() < 2:
+        raise ValueError(f"{op}: input must have shape (N, C, *) (at least 2 dims); got shape "
+                         f"{format_sizes(input.shape)}")
+
+
+def _check_channel_vector(op: str, input: torch.Tensor, t: Optional[torch.Tensor], arg: str) -> None:
+    if t is None:
+        return
+    check_floating(t, op, arg)
+    check_same_device(input, t, op, "input", arg)
+    c = input.size(1)
+    if not (t.dim() == 1 and t.size(0) == c):
+        raise ValueError(f"{op}: {arg} must have shape (C,) = ({c},) (input.size(1)); got {format_sizes(t.shape)}")
+
+
+def check_batch_norm_act(op: str, input: torch.Tensor, weight: Optional[torch.Tensor],
+                         bias: Optional[torch.Tensor], running_mean: Optional[torch.Tensor],
+                         running_var: Optional[torch.Tensor], training: bool) -> int:
+    """batch_norm_act's operands, in this order: input; weight, bias, running_mean, running_var;
+    the running statistics given together and of one dtype; more than one value per channel when
+    training, the running statistics when not. Returns M, the values per channel. (The twin of
+    csrc/ganfast_common.h's check_batch_norm_act.)"""
+    _check_input_nc(op, input)
+    for t, arg in ((weight, "weight"), (bias, "bias"), (running_mean, "running_mean"), (running_var, "running_var")):
+        _check_channel_vector(op, input, t, arg)
+    if (running_mean is None) != (running_var is None):
+        raise ValueError(f"{op}: running_mean and running_var must be given together (both or neither)")
+    if running_mean is not None and running_mean.dtype != running_var.dtype:
+        raise TypeError(f"{op}: running_mean and running_var must have the same dtype; got "
+                        f"{scalar_type_name(running_mean.dtype)} and {scalar_type_name(running_var.dtype)}")
+    m = batch_norm_values_per_channel(input)
+    if training:
+        if m == 1:
+            raise ValueError(f"{op}: expected more than 1 value per channel when training; got input of shape "
+                             f"{format_sizes(input.shape)}")
+    elif running_mean is None:
+        raise ValueError(f"{op}: running_mean and running_var are required when training is False "
+                         "(eval normalises with the running statistics)")
+    return m
+
+
+def check_batch_norm_act_backward(op: str, grad_output: torch.Tensor, input: torch.Tensor,
+                                  weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+                                  save_mean: torch.Tensor, save_invstd: torch.Tensor) -> int:
+    """batch_norm_act_backward's operands: input, weight, bias as batch_norm_act checks them;
+    grad_output floating of input's shape on its device; save_mean and save_invstd of shape (C,) in
+    the compute dtype. Returns M. (The twin of csrc/ganfast_common.h's.)"""
+    _check_input_nc(op, input)
+    _check_channel_vector(op, input, weight, "weight")
+    _check_channel_vector(op, input, bias, "bias")
+    check_floating(grad_output, op, "grad_output")
+    check_same_device(input, grad_output, op, "input", "grad_output")
+    check_same_shape(input, grad_output, op, "input", "grad_output")
+    compute = batch_norm_compute_dtype(input.dtype)
+    for t, arg in ((save_mean, "save_mean"), (save_invstd, "save_invstd")):
+        check_same_device(input, t, op, "input", arg)
+        if not (t.dim() == 1 and t.size(0) == input.size(1)):
+            raise ValueError(f"{op}: {arg} must have shape (C,) = ({input.size(1)},) (input.size(1)); got "
+                             f"{format_sizes(t.shape)}")
+        if t.dtype != compute:
+            raise TypeError(f"{op}: {arg} must be {scalar_type_name(compute)} (the compute dtype of "
+                            f"{scalar_type_name(input.dtype)} input); got {scalar_type_name(t.dtype)}")
+    return batch_norm_values_per_channel(input)

@@ -1,0 +1,669 @@
+// CUDA kernels of the batch_norm_act family: the twin of csrc/cpu/batch_norm_act.cpp, with the
+// same functions, names and semantics. The math is csrc/gan_math.h's (batch_norm_act_value,
+// batch_norm_act_dz, batch_norm_grad_input); the argument checks csrc/ganfast_common.h's.
+//
+// Layouts (as the CPU kernels): Rows = NCHW contiguous with inner = prod(sizes[2:]) > 1, channel c's
+// values are N rows of `inner`; Cyclic = the channel is the fastest dimension (channels_last, a
+// contiguous (N, C)), c = i % C; anything else is made contiguous. The output is empty_like of
+// what runs.
+//
+// Launches, none of which waits for the host (no host synchronisation anywhere):
+//   forward, training  reduce (per channel, per piece: sum (x - K), sum (x - K)^2, K = the
+//                      channel's first value, which keeps E[x^2] - E[x]^2 from cancelling where
+//                      |mean| >> std) -> finalize (one block per channel adds its pieces in order:
+//                      mean, invstd, running-statistics update, scale / shift) -> map (the
+//                      elementwise pass).
+//   forward, eval      finalize_eval (one thread per channel) -> map.
+//   backward           reduce (sum dz, sum dz (x - mean)) -> finalize_backward (grad_weight,
+//                      grad_bias, the grad_input coefficients) -> map (grad_input).
+// Reductions are deterministic: each piece is one block's fixed-order tree (block_sum, or a fixed
+// shared-memory fold), stored; the pieces of a channel are added by one block in a fixed order.
+// Reduce kernels, Rows: one block per (channel, piece of kPieceVectors vectors of the channel),
+// the row of a vector found by one division-free div_mod. Cyclic: one block per (tile of 32 vector
+// columns of channels, piece of kPiecePositions positions); a warp reads 32 consecutive 16-byte
+// vectors; the 8 warps' partial sums are folded in shared memory in warp order. (Few channels
+// leave most of a Cyclic tile idle: C < 32 V uses C / V of its 32 columns.)
+// Accumulation in opmath (float for float, half, bfloat16; double for double), int64 indexing,
+// 16-byte vectors where the pointers are 16-byte aligned (and rows / channel counts are multiples
+// of the vector width), a scalar instantiation otherwise.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <limits>
+#include <optional>
+#include <tuple>
+
+#include "../ganfast_common.h"
+#include "cuda_utils.cuh"
+
+namespace ganfast::cuda {
+namespace {
+
+using at::Tensor;
+
+// Rows: vectors of one channel per reduce block (4 per thread).
+constexpr int64_t kPieceVectors = int64_t(kThreads) * 4;
+// Cyclic: positions per reduce block (8 per warp).
+constexpr int64_t kPiecePositions = int64_t(kWarps) * 8;
+constexpr int kTileColumns = 32;
+// Every kernel here is declared __launch_bounds__(kThreads, 1): with the thread count alone, ptxas
+// (CUDA 13) trims registers to an occupancy step of its choosing (32, 40, 64) and spills a few cold
+// values to local memory to stay there (seen on several reduce and elementwise instantiations);
+// a minimum of one resident block lets it allocate what the code needs (at most ~95 here), and
+// these kernels are bandwidth-bound with enough blocks in flight either way.
+
+// ---------------------------------------------------------------------------------------------
+// Per-channel operands on the device (compute dtype, contiguous; null: absent)
+// ---------------------------------------------------------------------------------------------
+
+template <typename acc_t>
+struct ChannelIn {
+  const acc_t* weight = nullptr;  // null: 1
+  const acc_t* bias = nullptr;    // null: 0
+  const acc_t* mean = nullptr;
+  const acc_t* invstd = nullptr;
+
+  __device__ __forceinline__ void affine(int64_t c, acc_t& scale, acc_t& shift, acc_t& mean_c) const {
+    const acc_t w = weight != nullptr ? load_ro(weight + c) : acc_t(1);
+    const acc_t b = bias != nullptr ? load_ro(bias + c) : acc_t(0);
+    mean_c = load_ro(mean + c);
+    scale = w * load_ro(invstd + c);
+    shift = b - mean_c * scale;
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+// Reduction terms: param(c) once per channel, add(param, x, g, a, b) per element.
+// ---------------------------------------------------------------------------------------------
+
+// (x - K, (x - K)^2), K = x[c * k_stride], the channel's first value.
+template <typename scalar_t_>
+struct StatsTerm {
+  using scalar_t = scalar_t_;
+  using acc_t = at::opmath_type<scalar_t>;
+  static constexpr bool kGrad = false;
+  const scalar_t* x;
+  const scalar_t* g;  // unused
+  int64_t k_stride;
+  struct Param {
+    acc_t k;
+  };
+  __device__ __forceinline__ Param param(int64_t c) const { return {static_cast<acc_t>(load_ro(x + c * k_stride))}; }
+  __device__ __forceinline__ void add(const Param& p, acc_t xv, acc_t, acc_t& a, acc_t& b) const {
+    const acc_t d = xv - p.k;
+    a += d;
+    b += d * d;
+  }
+};
+
+// (dz, dz (x - mean)), dz = g f'(x * scale + shift).
+template <typename scalar_t_, ActKind A>
+struct DzTerm {
+  using scalar_t = scalar_t_;
+  using acc_t = at::opmath_type<scalar_t>;
+  static constexpr bool kGrad = true;
+  const scalar_t* x;
+  const scalar_t* g;
+  ChannelIn<acc_t> ch;
+  acc_t alpha;
+  struct Param {
+    acc_t scale, shift, mean;
+  };
+  __device__ __forceinline__ Param param(int64_t c) const {
+    Param p;
+    ch.affine(c, p.scale, p.shift, p.mean);
+    return p;
+  }
+  __device__ __forceinline__ void add(const Param& p, acc_t xv, acc_t gv, acc_t& a, acc_t& b) const {
+    const acc_t dz = math::batch_norm_act_dz<A>(gv, xv, p.scale, p.shift, alpha);
+    a += dz;
+    b += dz * (xv - p.mean);
+  }
+};
+
+// partial: [2][C][P] (the two sums of piece p of channel c at [k][c][p]).
+template <int V, typename Term>
+__global__ void __launch_bounds__(kThreads, 1)
+    rows_reduce_kernel(const Term t, const int64_t C, const int64_t inner, const double inv_inner, const int64_t M,
+                       const int64_t P, typename Term::acc_t* __restrict__ partial) {
+  using scalar_t = typename Term::scalar_t;
+  using acc_t = typename Term::acc_t;
+  // 32-bit division: blocks < 2^31 (check_launch); a 64-bit one is a subroutine call.
+  const uint32_t block = blockIdx.x;
+  const int64_t c = block / static_cast<uint32_t>(P), p = block - c * P;
+  const typename Term::Param prm = t.param(c);
+  const int64_t nvec = M / V;
+  const int64_t q1 = std::min(nvec, (p + 1) * kPieceVectors);
+  acc_t a = 0, b = 0;
+  for (int64_t q = p * kPieceVectors + threadIdx.x; q < q1; q += kThreads) {
+    int64_t r;
+    const int64_t n = div_mod(q * V, inner, inv_inner, r);
+    const int64_t off = (n * C + c) * inner + r;
+    const Vec<scalar_t, V> xv = load_vec<V>(t.x + off);
+    Vec<scalar_t, V> gv;
+    if constexpr (Term::kGrad) gv = load_vec<V>(t.g + off);
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+      acc_t gk = acc_t(0);
+      if constexpr (Term::kGrad) gk = static_cast<acc_t>(gv.v[k]);
+      t.add(prm, static_cast<acc_t>(xv.v[k]), gk, a, b);
+    }
+  }
+  a = block_sum(a);
+  b = block_sum(b);
+  if (threadIdx.x == 0) {
+    partial[c * P + p] = a;
+    partial[(C + c) * P + p] = b;
+  }
+}
+
+// positions: M (each a run of C contiguous values); tiles: column tiles of kTileColumns vectors.
+template <int V, typename Term>
+__global__ void __launch_bounds__(kThreads, 1)
+    cyclic_reduce_kernel(const Term t, const int64_t C, const int64_t M, const int64_t P, const int64_t tiles,
+                         typename Term::acc_t* __restrict__ partial) {
+  using scalar_t = typename Term::scalar_t;
+  using acc_t = typename Term::acc_t;
+  __shared__ acc_t folds[2][kWarps][kTileColumns * V];
+  const uint32_t block = blockIdx.x;  // 32-bit division, as in rows_reduce_kernel
+  const int64_t p = block / static_cast<uint32_t>(tiles), tile = block - p * tiles;
+  const int tx = threadIdx.x % kTileColumns, ty = threadIdx.x / kTileColumns;
+  const int64_t c0 = (tile * kTileColumns + tx) * V;  // this thread's first channel
+  const bool valid = c0 < C;
+  acc_t a[V], b[V];
+#pragma unroll
+  for (int k = 0; k < V; ++k) a[k] = b[k] = acc_t(0);
+  if (valid) {
+    typename Term::Param prm[V];
+#pragma unroll
+    for (int k = 0; k < V; ++k) prm[k] = t.param(c0 + k);
+    const int64_t pos1 = std::min(M, (p + 1) * kPiecePositions);
+    for (int64_t pos = p * kPiecePositions + ty; pos < pos1; pos += kWarps) {
+      const int64_t off = pos * C + c0;
+      const Vec<scalar_t, V> xv = load_vec<V>(t.x + off);
+      Vec<scalar_t, V> gv;
+      if constexpr (Term::kGrad) gv = load_vec<V>(t.g + off);
+#pragma unroll
+      for (int k = 0; k < V; ++k) {
+        acc_t gk = acc_t(0);
+        if constexpr (Term::kGrad) gk = static_cast<acc_t>(gv.v[k]);
+        t.add(prm[k], static_cast<acc_t>(xv.v[k]), gk, a[k], b[k]);
+      }
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < V; ++k) {
+    folds[0][ty][tx * V + k] = a[k];
+    folds[1][ty][tx * V + k] = b[k];
+  }
+  __syncthreads();
+  if (ty == 0 && valid) {
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+      acc_t sa = 0, sb = 0;
+      for (int w = 0; w < kWarps; ++w) {
+        sa += folds[0][w][tx * V + k];
+        sb += folds[1][w][tx * V + k];
+      }
+      partial[(c0 + k) * P + p] = sa;
+      partial[(C + c0 + k) * P + p] = sb;
+    }
+  }
+}
+
+// The two sums of channel c's P pieces, in a fixed order, valid in thread 0.
+template <typename acc_t>
+__device__ __forceinline__ void channel_totals(const acc_t* partial, int64_t C, int64_t P, int64_t c, acc_t& s1,
+                                               acc_t& s2) {
+  acc_t a = 0, b = 0;
+  for (int64_t i = threadIdx.x; i < P; i += kThreads) {
+    a += partial[c * P + i];
+    b += partial[(C + c) * P + i];
+  }
+  s1 = block_sum(a);
+  s2 = block_sum(b);
+}
+
+template <typename acc_t>
+struct RunningStats {
+  acc_t* mean = nullptr;  // null: not updated
+  acc_t* var = nullptr;
+  acc_t momentum = 0;
+};
+
+// One block per channel: mean, invstd, the running statistics, scale / shift (coef [2][C]).
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads, 1)
+    finalize_stats_kernel(const acc_t* __restrict__ partial, const int64_t C, const int64_t P, const int64_t M,
+                          const scalar_t* __restrict__ x, const int64_t k_stride, const acc_t* __restrict__ weight,
+                          const acc_t* __restrict__ bias, const RunningStats<acc_t> running, const acc_t eps,
+                          acc_t* __restrict__ save_mean, acc_t* __restrict__ save_invstd, acc_t* __restrict__ coef) {
+  const int64_t c = blockIdx.x;
+  acc_t s1, s2;
+  channel_totals(partial, C, P, c, s1, s2);
+  if (threadIdx.x != 0) return;
+  acc_t mean = 0, var = 0;
+  if (M > 0) {
+    const acc_t d = s1 / static_cast<acc_t>(M);
+    mean = static_cast<acc_t>(load_ro(x + c * k_stride)) + d;
+    var = std::max(s2 / static_cast<acc_t>(M) - d * d, acc_t(0));
+    if (running.mean != nullptr) {  // training guarantees M > 1
+      const acc_t m = running.momentum;
+      running.mean[c] = (acc_t(1) - m) * running.mean[c] + m * mean;
+      running.var[c] = (acc_t(1) - m) * running.var[c] + m * var * static_cast<acc_t>(M) / static_cast<acc_t>(M - 1);
+    }
+  }
+  const acc_t invstd = acc_t(1) / std::sqrt(var + eps);
+  const acc_t scale = (weight != nullptr ? weight[c] : acc_t(1)) * invstd;
+  save_mean[c] = mean;
+  save_invstd[c] = invstd;
+  coef[c] = scale;
+  coef[C + c] = (bias != nullptr ? bias[c] : acc_t(0)) - mean * scale;
+}
+
+// One thread per channel: the running statistics as the batch's.
+template <typename acc_t>
+__global__ void __launch_bounds__(kThreads, 1)
+    finalize_eval_kernel(const int64_t C, const acc_t* __restrict__ running_mean, const acc_t* __restrict__ running_var,
+                         const acc_t* __restrict__ weight, const acc_t* __restrict__ bias, const acc_t eps,
+                         acc_t* __restrict__ save_mean, acc_t* __restrict__ save_invstd, acc_t* __restrict__ coef) {
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  if (c >= C) return;
+  const acc_t mean = running_mean[c];
+  const acc_t invstd = acc_t(1) / std::sqrt(running_var[c] + eps);
+  const acc_t scale = (weight != nullptr ? weight[c] : acc_t(1)) * invstd;
+  save_mean[c] = mean;
+  save_invstd[c] = invstd;
+  coef[c] = scale;
+  coef[C + c] = (bias != nullptr ? bias[c] : acc_t(0)) - mean * scale;
+}
+
+// One block per channel: grad_bias = sum dz, grad_weight = invstd sum dz (x - mean), and grad_input's
+// coefficients coef [6][C] = scale, shift, mean, a, mean_dz, k (gan_math.h's batch_norm_grad_input).
+template <typename acc_t>
+__global__ void __launch_bounds__(kThreads, 1)
+    finalize_backward_kernel(const acc_t* __restrict__ partial, const int64_t C, const int64_t P, const int64_t M,
+                             const ChannelIn<acc_t> ch, const bool training, acc_t* __restrict__ grad_weight,
+                             acc_t* __restrict__ grad_bias, acc_t* __restrict__ coef) {
+  const int64_t c = blockIdx.x;
+  acc_t s1, s2;
+  channel_totals(partial, C, P, c, s1, s2);
+  if (threadIdx.x != 0) return;
+  acc_t scale, shift, mean;
+  ch.affine(c, scale, shift, mean);
+  const acc_t invstd = ch.invstd[c];
+  grad_bias[c] = s1;
+  grad_weight[c] = s2 * invstd;
+  const bool centre = training && M > 0;
+  coef[c] = scale;
+  coef[C + c] = shift;
+  coef[2 * C + c] = mean;
+  coef[3 * C + c] = scale;  // a = weight * invstd
+  coef[4 * C + c] = centre ? s1 / static_cast<acc_t>(M) : acc_t(0);
+  coef[5 * C + c] = centre ? invstd * invstd * s2 / static_cast<acc_t>(M) : acc_t(0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Elementwise passes (elementwise_kernel below, map_kernel's shape): the channel of element i by BcastCursor
+// (inner = Rows' inner or 1, period = C), the per-channel coefficients read from coef.
+// ---------------------------------------------------------------------------------------------
+
+template <typename scalar_t, int V, ActKind A>
+struct ForwardMap {
+  static constexpr int kWidth = V;
+  using acc_t = at::opmath_type<scalar_t>;
+  const scalar_t* x;
+  scalar_t* out;
+  BcastRef<acc_t> ch;  // data: coef [2][C]
+  int64_t n;
+  acc_t alpha;
+
+  __device__ __forceinline__ void run(int64_t tid, int64_t nthreads) const {
+    const int64_t C = ch.period;
+    vec_loop<V>(n, tid, nthreads, [&](auto width, int64_t i) {
+      constexpr int W = decltype(width)::value;
+      BcastCursor cur;
+      cur.start(ch, i);
+      const Vec<scalar_t, W> xv = load_vec<W>(x + i);
+      Vec<scalar_t, W> o;
+#pragma unroll
+      for (int k = 0; k < W; ++k) {
+        const acc_t scale = load_ro(ch.data + cur.idx), shift = load_ro(ch.data + C + cur.idx);
+        o.v[k] = static_cast<scalar_t>(math::batch_norm_act_value<A>(static_cast<acc_t>(xv.v[k]), scale, shift, alpha));
+        if (k + 1 < W) cur.advance(ch);
+      }
+      store_vec<W>(out + i, o);
+    });
+  }
+};
+
+template <typename scalar_t, int V, ActKind A>
+struct GradInputMap {
+  static constexpr int kWidth = V;
+  using acc_t = at::opmath_type<scalar_t>;
+  const scalar_t* g;
+  const scalar_t* x;
+  scalar_t* out;
+  BcastRef<acc_t> ch;  // data: coef [6][C]
+  int64_t n;
+  acc_t alpha;
+
+  __device__ __forceinline__ void run(int64_t tid, int64_t nthreads) const {
+    const int64_t C = ch.period;
+    vec_loop<V>(n, tid, nthreads, [&](auto width, int64_t i) {
+      constexpr int W = decltype(width)::value;
+      BcastCursor cur;
+      cur.start(ch, i);
+      const Vec<scalar_t, W> xv = load_vec<W>(x + i);
+      const Vec<scalar_t, W> gv = load_vec<W>(g + i);
+      acc_t r[W];
+#pragma unroll
+      for (int k = 0; k < W; ++k) {
+        const acc_t* cf = ch.data + cur.idx;
+        const acc_t xk = static_cast<acc_t>(xv.v[k]);
+        const acc_t dz = math::batch_norm_act_dz<A>(static_cast<acc_t>(gv.v[k]), xk, load_ro(cf), load_ro(cf + C), alpha);
+        r[k] = math::batch_norm_grad_input(dz, xk, load_ro(cf + 2 * C), load_ro(cf + 3 * C), load_ro(cf + 4 * C),
+                                           load_ro(cf + 5 * C));
+        if (k + 1 < W) cur.advance(ch);
+      }
+      Vec<scalar_t, W> o;
+#pragma unroll
+      for (int k = 0; k < W; ++k) o.v[k] = static_cast<scalar_t>(r[k]);
+      store_vec<W>(out + i, o);
+    });
+  }
+};
+
+// map_kernel of cuda_utils.cuh with one segment and __launch_bounds__(kThreads, 1) (see above).
+template <typename M>
+__global__ void __launch_bounds__(kThreads, 1) elementwise_kernel(const M m) {
+  m.run(static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x, static_cast<int64_t>(gridDim.x) * kThreads);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Host helpers
+// ---------------------------------------------------------------------------------------------
+
+// One launch of elementwise_kernel: a vector per thread, at most one wave (then grid-stride).
+template <typename M>
+void launch_elementwise(const M& m, c10::DeviceIndex device, cudaStream_t stream) {
+  static std::atomic<int> resident[kMaxDevices];
+  int64_t blocks = segment_blocks(m);
+  if (blocks == 0) return;
+  blocks = std::min(blocks, wave_blocks(elementwise_kernel<M>, device, resident));
+  elementwise_kernel<M><<<static_cast<unsigned int>(blocks), kThreads, 0, stream>>>(m);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// Whether every element (n, c, s) of t sits at ((n * S) + s) * C + c from its first.
+bool channels_fastest(const Tensor& t) {
+  int64_t expected = 1;
+  auto ok = [&](int64_t d) {
+    if (t.size(d) != 1 && t.stride(d) != expected) return false;
+    expected *= t.size(d);
+    return true;
+  };
+  if (!ok(1)) return false;
+  for (int64_t d = t.dim() - 1; d >= 2; --d)
+    if (!ok(d)) return false;
+  return ok(0);
+}
+
+Tensor walkable(const Tensor& t) { return t.is_contiguous() || channels_fastest(t) ? t : t.contiguous(); }
+
+struct Geometry {
+  bool rows = true;  // Rows (else Cyclic)
+  int64_t n = 0, C = 0, M = 0;
+  int64_t inner = 1;  // Rows: prod(sizes[2:]); Cyclic: 1
+};
+
+Geometry geometry(const Tensor& x, int64_t M) {
+  Geometry g;
+  g.n = x.numel();
+  g.C = x.size(1);
+  g.M = M;
+  int64_t inner = 1;
+  for (int64_t d = 2; d < x.dim(); ++d) inner *= x.size(d);
+  g.rows = x.is_contiguous() && inner > 1;
+  g.inner = g.rows ? inner : 1;
+  return g;
+}
+
+// t in like's dtype and strides (like is dense, of t's shape): t itself where it already is.
+Tensor to_layout_of(const Tensor& t, const Tensor& like) {
+  if (t.scalar_type() == like.scalar_type() && t.strides() == like.strides()) return t;
+  Tensor r = at::empty_like(like);
+  r.copy_(t);
+  return r;
+}
+
+// A per-channel operand in the compute dtype, contiguous (undefined where absent).
+Tensor channel_operand(const std::optional<Tensor>& t, at::ScalarType compute) {
+  if (!t.has_value() || !t->defined()) return Tensor();
+  return t->to(compute).contiguous();
+}
+
+template <typename T>
+const T* ptr_or_null(const Tensor& t) {
+  return t.defined() ? t.const_data_ptr<T>() : nullptr;
+}
+
+void check_launch(const char* op, int64_t n, int64_t blocks) {
+  TORCH_CHECK(n < kMaxBroadcastIndex && blocks <= std::numeric_limits<int32_t>::max(), op, ": a tensor of ", n,
+              " elements is too large for the CUDA kernels");
+}
+
+// The reduce launch of a term over geometry g: partial [2][C][P] in the compute dtype.
+template <typename Term>
+Tensor launch_reduce(const char* op, const Term& t, const Geometry& g, bool aligned, const Tensor& like,
+                     cudaStream_t stream, int64_t* pieces) {
+  using scalar_t = typename Term::scalar_t;
+  using acc_t = typename Term::acc_t;
+  constexpr int VV = kVec<scalar_t>;
+  const auto opts = like.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
+  if (g.rows) {
+    const bool vec = aligned && g.inner % VV == 0;
+    const int64_t P = ceil_div(g.M / (vec ? VV : 1), kPieceVectors);
+    *pieces = P;
+    Tensor partial = at::empty({2, g.C, P}, opts);
+    const int64_t blocks = g.C * P;
+    check_launch(op, g.n, blocks);
+    if (blocks == 0) return partial;
+    const double inv_inner = 1.0 / static_cast<double>(g.inner);
+    dispatch_bool(vec, [&](auto v) {
+      constexpr int V = decltype(v)::value ? VV : 1;
+      rows_reduce_kernel<V, Term><<<static_cast<unsigned int>(blocks), kThreads, 0, stream>>>(
+          t, g.C, g.inner, inv_inner, g.M, P, partial.mutable_data_ptr<acc_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+    return partial;
+  }
+  const bool vec = aligned && g.C % VV == 0;
+  const int64_t P = ceil_div(g.M, kPiecePositions);
+  *pieces = P;
+  Tensor partial = at::empty({2, g.C, P}, opts);
+  dispatch_bool(vec, [&](auto v) {
+    constexpr int V = decltype(v)::value ? VV : 1;
+    const int64_t tiles = ceil_div(ceil_div(g.C, V), kTileColumns);
+    const int64_t blocks = tiles * P;
+    check_launch(op, g.n, blocks);
+    if (blocks == 0) return;
+    cyclic_reduce_kernel<V, Term><<<static_cast<unsigned int>(blocks), kThreads, 0, stream>>>(
+        t, g.C, g.M, P, tiles, partial.mutable_data_ptr<acc_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return partial;
+}
+
+template <typename acc_t>
+BcastRef<acc_t> channel_ref(const Tensor& coef, const Geometry& g) {
+  BcastRef<acc_t> r;
+  r.data = coef.const_data_ptr<acc_t>();
+  r.inner = g.inner;
+  r.period = g.C;
+  r.inv_inner = 1.0 / static_cast<double>(g.inner);
+  r.inv_period = 1.0 / static_cast<double>(g.C);
+  return r;
+}
+
+template <typename F>
+void dispatch_batch_norm_act(at::ScalarType t, ActKind act, F&& f) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t, "ganfast_batch_norm_act_cuda", [&] {
+    dispatch_act(act, [&](auto a) { f(scalar_t(0), a); });
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// The ops
+// ---------------------------------------------------------------------------------------------
+
+std::tuple<Tensor, Tensor, Tensor> batch_norm_act(const Tensor& input, const std::optional<Tensor>& weight,
+                                                  const std::optional<Tensor>& bias,
+                                                  const std::optional<Tensor>& running_mean,
+                                                  const std::optional<Tensor>& running_var, bool training,
+                                                  double momentum, double eps, c10::string_view act_name,
+                                                  double alpha) {
+  constexpr const char* op = "ganfast::batch_norm_act";
+  const int64_t M = check_batch_norm_act(op, input, weight, bias, running_mean, running_var, training);
+  const ActKind act = parse_act(act_name);
+  const Tensor x = walkable(input);
+  Tensor out = at::empty_like(x);
+  const Geometry g = geometry(x, M);
+  const auto compute = batch_norm_compute_dtype(x.scalar_type());
+  const auto copts = x.options().dtype(compute);
+  Tensor save_mean = at::empty({g.C}, copts), save_invstd = at::empty({g.C}, copts);
+  if (g.C == 0) return {out, save_mean, save_invstd};
+  check_launch(op, g.n, 0);
+  const c10::cuda::CUDAGuard device_guard(x.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const c10::DeviceIndex device = x.device().index();
+  const Tensor w = channel_operand(weight, compute), b = channel_operand(bias, compute);
+  Tensor coef = at::empty({2, g.C}, copts);
+  // The running statistics are updated in place where they are compute-dtype and contiguous (the
+  // usual float32 buffers), else through a compute-dtype copy written back.
+  const bool has_running = running_mean.has_value() && running_mean->defined();
+  Tensor rm, rv;
+  bool write_back = false;
+  if (has_running) {
+    const bool direct = running_mean->scalar_type() == compute && running_mean->is_contiguous() &&
+                        running_var->is_contiguous();
+    rm = direct ? *running_mean : running_mean->to(compute).contiguous().clone();
+    rv = direct ? *running_var : running_var->to(compute).contiguous().clone();
+    write_back = !direct && training && M > 0;
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "ganfast_batch_norm_act_stats", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    if (training) {
+      const StatsTerm<scalar_t> t{x.const_data_ptr<scalar_t>(), nullptr, g.rows ? g.inner : int64_t(1)};
+      const bool aligned = is_aligned(t.x);
+      int64_t P = 0;
+      const Tensor partial = launch_reduce(op, t, g, aligned, x, stream, &P);
+      RunningStats<acc_t> rs;
+      if (has_running && M > 0) {
+        rs.mean = rm.mutable_data_ptr<acc_t>();
+        rs.var = rv.mutable_data_ptr<acc_t>();
+        rs.momentum = static_cast<acc_t>(momentum);
+      }
+      finalize_stats_kernel<scalar_t, acc_t><<<static_cast<unsigned int>(g.C), kThreads, 0, stream>>>(
+          partial.const_data_ptr<acc_t>(), g.C, P, M, t.x, t.k_stride, ptr_or_null<acc_t>(w), ptr_or_null<acc_t>(b),
+          rs, static_cast<acc_t>(eps), save_mean.mutable_data_ptr<acc_t>(), save_invstd.mutable_data_ptr<acc_t>(),
+          coef.mutable_data_ptr<acc_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    } else {
+      finalize_eval_kernel<acc_t><<<static_cast<unsigned int>(ceil_div(g.C, kThreads)), kThreads, 0, stream>>>(
+          g.C, rm.const_data_ptr<acc_t>(), rv.const_data_ptr<acc_t>(), ptr_or_null<acc_t>(w), ptr_or_null<acc_t>(b),
+          static_cast<acc_t>(eps), save_mean.mutable_data_ptr<acc_t>(), save_invstd.mutable_data_ptr<acc_t>(),
+          coef.mutable_data_ptr<acc_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+  });
+  if (write_back) {
+    running_mean->copy_(rm);
+    running_var->copy_(rv);
+  }
+  if (g.n == 0) return {out, save_mean, save_invstd};
+  dispatch_batch_norm_act(x.scalar_type(), act, [&](auto tag, auto a) {
+    using scalar_t = decltype(tag);
+    using acc_t = at::opmath_type<scalar_t>;
+    constexpr ActKind A = decltype(a)::value;
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    scalar_t* op_ = out.mutable_data_ptr<scalar_t>();
+    const BcastRef<acc_t> ch = channel_ref<acc_t>(coef, g);
+    dispatch_bool(is_aligned(xp) && is_aligned(op_), [&](auto aligned) {
+      constexpr int V = decltype(aligned)::value ? kVec<scalar_t> : 1;
+      launch_elementwise(ForwardMap<scalar_t, V, A>{xp, op_, ch, g.n, static_cast<acc_t>(alpha)}, device, stream);
+    });
+  });
+  return {out, save_mean, save_invstd};
+}
+
+std::tuple<Tensor, Tensor, Tensor> batch_norm_act_backward(const Tensor& grad_output, const Tensor& input,
+                                                           const std::optional<Tensor>& weight,
+                                                           const std::optional<Tensor>& bias,
+                                                           const Tensor& save_mean, const Tensor& save_invstd,
+                                                           bool training, c10::string_view act_name, double alpha) {
+  constexpr const char* op = "ganfast::batch_norm_act_backward";
+  const int64_t M = check_batch_norm_act_backward(op, grad_output, input, weight, bias, save_mean, save_invstd);
+  const ActKind act = parse_act(act_name);
+  const Tensor x = walkable(input);
+  Tensor grad_input = at::empty_like(x);
+  const Geometry g = geometry(x, M);
+  const auto compute = batch_norm_compute_dtype(x.scalar_type());
+  const auto param_dtype = weight.has_value() && weight->defined() ? weight->scalar_type() : input.scalar_type();
+  const auto copts = x.options().dtype(compute);
+  Tensor grad_weight = at::empty({g.C}, copts), grad_bias = at::empty({g.C}, copts);
+  if (g.C == 0) return {grad_input, grad_weight.to(param_dtype), grad_bias.to(param_dtype)};
+  check_launch(op, g.n, 0);
+  const c10::cuda::CUDAGuard device_guard(x.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const c10::DeviceIndex device = x.device().index();
+  const Tensor gw = to_layout_of(grad_output, x);
+  const Tensor w = channel_operand(weight, compute), b = channel_operand(bias, compute);
+  const Tensor mean = save_mean.contiguous(), invstd = save_invstd.contiguous();
+  Tensor coef = at::empty({6, g.C}, copts);
+  dispatch_batch_norm_act(x.scalar_type(), act, [&](auto tag, auto a) {
+    using scalar_t = decltype(tag);
+    using acc_t = at::opmath_type<scalar_t>;
+    constexpr ActKind A = decltype(a)::value;
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const scalar_t* gp = gw.const_data_ptr<scalar_t>();
+    scalar_t* op_ = grad_input.mutable_data_ptr<scalar_t>();
+    ChannelIn<acc_t> ch;
+    ch.weight = ptr_or_null<acc_t>(w);
+    ch.bias = ptr_or_null<acc_t>(b);
+    ch.mean = mean.const_data_ptr<acc_t>();
+    ch.invstd = invstd.const_data_ptr<acc_t>();
+    const DzTerm<scalar_t, A> t{xp, gp, ch, static_cast<acc_t>(alpha)};
+    int64_t P = 0;
+    const Tensor partial = launch_reduce(op, t, g, is_aligned(xp) && is_aligned(gp), x, stream, &P);
+    finalize_backward_kernel<acc_t><<<static_cast<unsigned int>(g.C), kThreads, 0, stream>>>(
+        partial.const_data_ptr<acc_t>(), g.C, P, M, ch, training, grad_weight.mutable_data_ptr<acc_t>(),
+        grad_bias.mutable_data_ptr<acc_t>(), coef.mutable_data_ptr<acc_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (g.n == 0) return;
+    const BcastRef<acc_t> cref = channel_ref<acc_t>(coef, g);
+    dispatch_bool(is_aligned(xp) && is_aligned(gp) && is_aligned(op_), [&](auto aligned) {
+      constexpr int V = decltype(aligned)::value ? kVec<scalar_t> : 1;
+      launch_elementwise(GradInputMap<scalar_t, V, A>{gp, xp, op_, cref, g.n, static_cast<acc_t>(alpha)}, device,
+                         stream);
+    });
+  });
+  return {grad_input, grad_weight.to(param_dtype), grad_bias.to(param_dtype)};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(ganfast, CUDA, m) {
+  m.impl("batch_norm_act", &batch_norm_act);
+  m.impl("batch_norm_act_backward", &batch_norm_act_backward);
+}
+
+}  // namespace ganfast::cuda

@@ -1,0 +1,472 @@
+"""Triton kernels of the batch_norm_act family and their launchers.
+
+The launchers take and return exactly what the C++ ops of csrc/ganfast.cpp do (batch_norm_act,
+batch_norm_act_backward), plus `partial_sums` (the statistics of the input already summed per tile
+by the producer of the input, e.g. the transposed-convolution epilogue of conv_block.py).
+out = act(w[c] (x - mean[c]) invstd[c] + b[c]); the activations are bias_act.py's (gain 1, no
+clamp), float32 math for float32 / float16 / bfloat16 and float64 math for float64.
+
+Layout. An (N, C, *) input is walked as (outer, s, c) with strides (s_outer, s_s, s_c): NCHW
+contiguous -> outer = n, s = the spatial position (stride 1), c stride prod(*); a 4-D channels_last
+input -> outer = 0 (one), s = n H W + h W + w (stride C), c stride 1. Anything else is made
+contiguous. Every kernel works on 2-D tiles [BLOCK_S, BLOCK_C] of one outer index: the per-channel
+parameters are loaded once per tile as a [BLOCK_C] vector (no per-element channel division), and
+the tile is contiguous along s (NCHW) or c (channels_last): the launcher makes that axis the long
+one, so the accesses are coalesced 16-byte vectors either way. Offsets are int64.
+
+Kernels:
+  _bn_stats_kernel         grid (T, C blocks): per-tile [sum, sum of squares] of x - shift[c] into
+                           partial (2, T, C), shift[c] = the channel's first value (the variance
+                           is shift-invariant; the shift keeps E[x^2] - E[x]^2 from cancelling
+                           when |mean| >> std). fp32 accumulation (fp64 for fp64).
+  _bn_finalize_kernel      grid (C blocks): training: the T partials summed in index order (in
+                           float64: the tile sums are fp32, their combination need not lose more),
+                           mean, biased variance, invstd = 1 / sqrt(var + eps), running stats
+                           updated in place (unbiased variance); eval: mean, invstd from the running
+                           statistics. Deterministic: no atomics.
+  _bn_act_kernel           out = act((x - mean) * (w invstd) + b), one pass.
+  _bn_act_backward_reduce_kernel
+                           grid (T, C blocks): dz = dy act'(z) (z recomputed from x), per-tile sums
+                           of dz and dz (x - mean); the last program of each channel block (a
+                           ticket, as _common.py's reductions) adds the T partials in index order
+                           and writes grad_bias, grad_weight and the two per-channel terms of the
+                           input gradient. In eval it also writes grad_input = dz w invstd (one
+                           launch in all).
+  _bn_act_backward_kernel  training: grad_input = w invstd (dz - mean(dz) - (x - mean) k),
+                           k = invstd^2 mean(dz (x - mean)) (gan_math.h batch_norm_grad_input).
+No host synchronisation anywhere: sizes come from shapes, statistics stay on the device.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from .. import _args
+from ._common import _cdiv, _div, _Launch, acc_dtype
+from .bias_act import _act_derivative, _act_value
+
+TILE = 2048          # elements of one [BLOCK_S, BLOCK_C] tile
+MAX_TILES = 512      # the statistics partials: at most about this many tile rows T
+MAX_BLOCK_C = 128    # channels per tile (channels_last)
+BLOCK_T = 8          # rows of the partials summed at once by the finalize (float64)
+
+
+# ---- device helpers ----------------------------------------------------------------------------
+
+@triton.jit
+def _tile_offsets(pid_t, pid_c, i, S, C, per_outer, s_outer, s_s, s_c, ITERS: tl.constexpr,
+                  BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Offsets (int64) and mask of tile i of program (pid_t, pid_c), plus its channel indices.
+    Tile rows pid_t: per_outer rows per outer index, each covering ITERS * BLOCK_S positions s."""
+    outer = pid_t // per_outer
+    s0 = (pid_t % per_outer).to(tl.int64) * (ITERS * BLOCK_S) + i * BLOCK_S
+    s = s0 + tl.arange(0, BLOCK_S)
+    c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    offs = outer.to(tl.int64) * s_outer + s[:, None] * s_s + c[None, :].to(tl.int64) * s_c
+    mask = (s[:, None] < S) & (c[None, :] < C)
+    return offs, mask
+
+
+@triton.jit
+def _channel(ptr, c, cmask, default, ACC: tl.constexpr, PRESENT: tl.constexpr):
+    """A per-channel vector [BLOCK_C] in ACC (default where absent)."""
+    if PRESENT:
+        v = tl.load(ptr + c, mask=cmask, other=default).to(ACC)
+    else:
+        v = tl.full(c.shape, default, ACC)
+    return v
+
+
+@triton.jit
+def _rsqrt_rn(v):
+    """1 / sqrt(v) with both operations rounded to nearest (tl.rsqrt is approximate on the GPU)."""
+    if v.dtype == tl.float64:
+        r = 1.0 / tl.sqrt(v)
+    else:
+        r = _div(1.0, tl.sqrt_rn(v))
+    return r
+
+
+# ---- forward -----------------------------------------------------------------------------------
+
+@triton.jit
+def _bn_stats_kernel(x_ptr, partial_ptr, S, C, per_outer, s_outer, s_s, s_c,
+                     SHIFT: tl.constexpr, ACC: tl.constexpr, ITERS: tl.constexpr,
+                     BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr):
+    pid_t = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    T = tl.num_programs(0)
+    c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = c < C
+    if SHIFT:
+        # the channel's first value (outer 0, s 0)
+        shift = tl.load(x_ptr + c.to(tl.int64) * s_c, mask=cmask, other=0.0).to(ACC)
+    else:
+        shift = tl.zeros([BLOCK_C], ACC)
+    acc = tl.zeros([BLOCK_S, BLOCK_C], ACC)
+    acc2 = tl.zeros([BLOCK_S, BLOCK_C], ACC)
+    for i in range(ITERS):
+        offs, mask = _tile_offsets(pid_t, pid_c, i, S, C, per_outer, s_outer, s_s, s_c,
+                                   ITERS, BLOCK_S, BLOCK_C)
+        v = tl.load(x_ptr + offs, mask=mask, other=0.0).to(ACC)
+        v = tl.where(mask, v - shift[None, :], 0.0)
+        acc += v
+        acc2 += v * v
+    out = pid_t.to(tl.int64) * C + c
+    tl.store(partial_ptr + out, tl.sum(acc, axis=0), mask=cmask)
+    tl.store(partial_ptr + T.to(tl.int64) * C + out, tl.sum(acc2, axis=0), mask=cmask)
+
+
+@triton.jit
+def _bn_finalize_kernel(partial_ptr, shift_ptr, rm_ptr, rv_ptr, mean_ptr, invstd_ptr, var_ptr,
+                        T, C, M, s_c, momentum: tl.float64, eps: tl.float64,
+                        TRAINING: tl.constexpr, SHIFT: tl.constexpr, RUNNING: tl.constexpr,
+                        VAR_OUT: tl.constexpr, ACC: tl.constexpr, BLOCK_T: tl.constexpr,
+                        BLOCK_C: tl.constexpr):
+    pid_c = tl.program_id(0)
+    c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = c < C
+    if TRAINING:
+        acc = tl.zeros([BLOCK_T, BLOCK_C], tl.float64)
+        acc2 = tl.zeros([BLOCK_T, BLOCK_C], tl.float64)
+        for t0 in range(0, T, BLOCK_T):
+            t = t0 + tl.arange(0, BLOCK_T)
+            offs = t[:, None].to(tl.int64) * C + c[None, :]
+            mask = (t[:, None] < T) & cmask[None, :]
+            acc += tl.load(partial_ptr + offs, mask=mask, other=0.0).to(tl.float64)
+            acc2 += tl.load(partial_ptr + T.to(tl.int64) * C + offs, mask=mask, other=0.0).to(tl.float64)
+        m = M.to(tl.float64)
+        d = tl.sum(acc, axis=0) / m          # mean of x - shift
+        var = tl.sum(acc2, axis=0) / m - d * d
+        var = tl.maximum(var, 0.0)
+        if SHIFT:
+            d += tl.load(shift_ptr + c.to(tl.int64) * s_c, mask=cmask, other=0.0).to(tl.float64)
+        mean = d.to(ACC)
+        invstd = _rsqrt_rn(var.to(ACC) + tl.full([], eps, ACC))
+        unbiased = (var * (m / tl.maximum(m - 1.0, 1.0))).to(ACC)
+        if RUNNING:
+            _running_update(rm_ptr, rv_ptr, c, cmask, mean, unbiased, momentum, ACC)
+        if VAR_OUT:
+            tl.store(var_ptr + c, unbiased, mask=cmask)
+    else:
+        mean = tl.load(rm_ptr + c, mask=cmask, other=0.0).to(ACC)
+        rv = tl.load(rv_ptr + c, mask=cmask, other=1.0).to(ACC)
+        invstd = _rsqrt_rn(rv + tl.full([], eps, ACC))
+    tl.store(mean_ptr + c, mean, mask=cmask)
+    tl.store(invstd_ptr + c, invstd, mask=cmask)
+
+
+@triton.jit
+def _running_update(rm_ptr, rv_ptr, c, cmask, mean, unbiased, momentum, ACC: tl.constexpr):
+    """r = (1 - momentum) r + momentum stat, in place (the variance stat unbiased)."""
+    mo = tl.full([], momentum, ACC)
+    rm = tl.load(rm_ptr + c, mask=cmask, other=0.0).to(ACC)
+    rv = tl.load(rv_ptr + c, mask=cmask, other=0.0).to(ACC)
+    tl.store(rm_ptr + c, ((1.0 - mo) * rm + mo * mean).to(rm_ptr.dtype.element_ty), mask=cmask)
+    tl.store(rv_ptr + c, ((1.0 - mo) * rv + mo * unbiased).to(rv_ptr.dtype.element_ty), mask=cmask)
+
+
+@triton.jit
+def _bn_running_update_kernel(rm_ptr, rv_ptr, mean_ptr, var_ptr, C, momentum: tl.float64,
+                              ACC: tl.constexpr, BLOCK_C: tl.constexpr):
+    """The running statistics' update from a batch's mean and unbiased variance (finalize's
+    VAR_OUT), as its own launch for callers whose statistics pass must not mutate."""
+    c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = c < C
+    mean = tl.load(mean_ptr + c, mask=cmask, other=0.0).to(ACC)
+    var = tl.load(var_ptr + c, mask=cmask, other=0.0).to(ACC)
+    _running_update(rm_ptr, rv_ptr, c, cmask, mean, var, momentum, ACC)
+
+
+@triton.jit
+def _bn_act_kernel(x_ptr, w_ptr, b_ptr, mean_ptr, invstd_ptr, out_ptr,
+                   S, C, per_outer, s_outer, s_s, s_c, alpha: tl.float64,
+                   ACT: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, ACC: tl.constexpr,
+                   ITERS: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr):
+    pid_t = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = c < C
+    a = tl.full([], alpha, ACC)
+    mean = tl.load(mean_ptr + c, mask=cmask, other=0.0).to(ACC)
+    scale = _channel(w_ptr, c, cmask, 1.0, ACC, HAS_W) * tl.load(invstd_ptr + c, mask=cmask, other=0.0).to(ACC)
+    shift = _channel(b_ptr, c, cmask, 0.0, ACC, HAS_B)
+    for i in range(ITERS):
+        offs, mask = _tile_offsets(pid_t, pid_c, i, S, C, per_outer, s_outer, s_s, s_c,
+                                   ITERS, BLOCK_S, BLOCK_C)
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(ACC)
+        z = (x - mean[None, :]) * scale[None, :] + shift[None, :]
+        tl.store(out_ptr + offs, _act_value(z, a, ACT).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+# ---- backward ----------------------------------------------------------------------------------
+
+@triton.jit
+def _bn_act_backward_reduce_kernel(g_ptr, x_ptr, w_ptr, b_ptr, mean_ptr, invstd_ptr,
+                                   partial_ptr, counter_ptr, gw_ptr, gb_ptr, terms_ptr, dx_ptr,
+                                   S, C, M, per_outer, s_outer, s_s, s_c, alpha: tl.float64,
+                                   ACT: tl.constexpr, TRAINING: tl.constexpr, HAS_W: tl.constexpr,
+                                   HAS_B: tl.constexpr, ACC: tl.constexpr, ITERS: tl.constexpr,
+                                   BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr):
+    pid_t = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    T = tl.num_programs(0)
+    c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = c < C
+    a = tl.full([], alpha, ACC)
+    mean = tl.load(mean_ptr + c, mask=cmask, other=0.0).to(ACC)
+    invstd = tl.load(invstd_ptr + c, mask=cmask, other=0.0).to(ACC)
+    scale = _channel(w_ptr, c, cmask, 1.0, ACC, HAS_W) * invstd
+    shift = _channel(b_ptr, c, cmask, 0.0, ACC, HAS_B)
+    acc = tl.zeros([BLOCK_S, BLOCK_C], ACC)
+    acc2 = tl.zeros([BLOCK_S, BLOCK_C], ACC)
+    for i in range(ITERS):
+        offs, mask = _tile_offsets(pid_t, pid_c, i, S, C, per_outer, s_outer, s_s, s_c,
+                                   ITERS, BLOCK_S, BLOCK_C)
+        xc = tl.load(x_ptr + offs, mask=mask, other=0.0).to(ACC) - mean[None, :]
+        dy = tl.load(g_ptr + offs, mask=mask, other=0.0).to(ACC)
+        dz = dy * _act_derivative(xc * scale[None, :] + shift[None, :], a, ACT, 1)
+        dz = tl.where(mask, dz, 0.0)
+        acc += dz
+        acc2 += dz * xc
+        if not TRAINING:
+            tl.store(dx_ptr + offs, (dz * scale[None, :]).to(dx_ptr.dtype.element_ty), mask=mask)
+    out = pid_t.to(tl.int64) * C + c
+    tl.store(partial_ptr + out, tl.sum(acc, axis=0), mask=cmask)
+    tl.store(partial_ptr + T.to(tl.int64) * C + out, tl.sum(acc2, axis=0), mask=cmask)
+    tl.debug_barrier()  # this program's partials stored before its ticket is taken
+    ticket = tl.atomic_add(counter_ptr + pid_c, 1, sem="acq_rel")
+    if ticket == T - 1:
+        # the last program of this channel block: the T partials added in index order
+        s1 = tl.zeros([BLOCK_T, BLOCK_C], ACC)
+        s2 = tl.zeros([BLOCK_T, BLOCK_C], ACC)
+        for t0 in range(0, T, BLOCK_T):
+            t = t0 + tl.arange(0, BLOCK_T)
+            po = t[:, None].to(tl.int64) * C + c[None, :]
+            pm = (t[:, None] < T) & cmask[None, :]
+            s1 += tl.load(partial_ptr + po, mask=pm, other=0.0, cache_modifier=".cg")
+            s2 += tl.load(partial_ptr + T.to(tl.int64) * C + po, mask=pm, other=0.0, cache_modifier=".cg")
+        sum_dz = tl.sum(s1, axis=0)
+        sum_dzx = tl.sum(s2, axis=0)
+        tl.store(gb_ptr + c, sum_dz.to(gb_ptr.dtype.element_ty), mask=cmask)
+        tl.store(gw_ptr + c, (sum_dzx * invstd).to(gw_ptr.dtype.element_ty), mask=cmask)
+        if TRAINING:
+            m = M.to(ACC)
+            tl.store(terms_ptr + c, _div(sum_dz, m), mask=cmask)
+            tl.store(terms_ptr + C + c, _div(sum_dzx, m) * invstd * invstd, mask=cmask)
+
+
+@triton.jit
+def _bn_act_backward_kernel(g_ptr, x_ptr, w_ptr, b_ptr, mean_ptr, invstd_ptr, terms_ptr, dx_ptr,
+                            S, C, per_outer, s_outer, s_s, s_c, alpha: tl.float64,
+                            ACT: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
+                            ACC: tl.constexpr, ITERS: tl.constexpr,
+                            BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr):
+    pid_t = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = c < C
+    a = tl.full([], alpha, ACC)
+    mean = tl.load(mean_ptr + c, mask=cmask, other=0.0).to(ACC)
+    scale = _channel(w_ptr, c, cmask, 1.0, ACC, HAS_W) * tl.load(invstd_ptr + c, mask=cmask, other=0.0).to(ACC)
+    shift = _channel(b_ptr, c, cmask, 0.0, ACC, HAS_B)
+    mean_dz = tl.load(terms_ptr + c, mask=cmask, other=0.0)
+    k = tl.load(terms_ptr + C + c, mask=cmask, other=0.0)
+    for i in range(ITERS):
+        offs, mask = _tile_offsets(pid_t, pid_c, i, S, C, per_outer, s_outer, s_s, s_c,
+                                   ITERS, BLOCK_S, BLOCK_C)
+        xc = tl.load(x_ptr + offs, mask=mask, other=0.0).to(ACC) - mean[None, :]
+        dy = tl.load(g_ptr + offs, mask=mask, other=0.0).to(ACC)
+        dz = dy * _act_derivative(xc * scale[None, :] + shift[None, :], a, ACT, 1)
+        dx = scale[None, :] * (dz - mean_dz[None, :] - xc * k[None, :])
+        tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+
+
+# ---- launch helpers ----------------------------------------------------------------------------
+
+def _pow2(n):
+    return triton.next_power_of_2(max(int(n), 1))
+
+
+class Walk:
+    """How the kernels walk an (N, C, *) tensor (see the module docstring), and its tiles."""
+
+    def __init__(self, t, tile=None, max_tiles=None):
+        tile = TILE if tile is None else tile
+        max_tiles = MAX_TILES if max_tiles is None else max_tiles
+        N, C = t.shape[0], t.shape[1]
+        HW = 1
+        for s in t.shape[2:]:
+            HW *= s
+        self.C = C
+        channels_inner = HW == 1 or (t.dim() == 4 and not t.is_contiguous()
+                                     and t.is_contiguous(memory_format=torch.channels_last))
+        if channels_inner:  # channels_last, or nothing but (N, C): channels innermost
+            self.outer, self.S = 1, N * HW
+            self.strides = (0, C, 1)
+            self.block_c = min(_pow2(C), MAX_BLOCK_C, tile)
+            self.block_s = max(1, tile // self.block_c)
+        else:
+            self.outer, self.S = N, HW
+            self.strides = (C * HW, 1, HW)
+            self.block_s = min(_pow2(HW), tile)
+            self.block_c = max(1, min(_pow2(C), MAX_BLOCK_C, tile // self.block_s))
+        blocks = self.outer * _cdiv(self.S, self.block_s)
+        # statistics tiles: ITERS blocks of s each, at most about max_tiles tile rows
+        self.iters = max(1, _cdiv(blocks, max_tiles))
+        self.per_outer = _cdiv(self.S, self.block_s * self.iters)
+        self.T = self.outer * self.per_outer
+        self.cblocks = _cdiv(C, self.block_c)
+
+    def args(self):
+        return (self.S, self.C, self.per_outer) + self.strides
+
+
+def walkable(t):
+    """NCHW contiguous, or 4-D channels_last: walked in place; anything else is copied."""
+    return t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last))
+
+
+def _like(t, ref, dtype):
+    """t in ref's memory layout and dtype (t itself when it already is)."""
+    if t.dtype == dtype and t.stride() == ref.stride():
+        return t
+    return torch.empty_like(ref, dtype=dtype).copy_(t)
+
+
+def _num_warps(block):
+    return 4 if block <= 1024 else 8
+
+
+# ---- launchers ---------------------------------------------------------------------------------
+
+def finalize(partial, T, C, M, running_mean, running_var, training, momentum, eps, acc, device,
+             shift=None, shift_stride=0, var_out=False):
+    """(mean, invstd, var or None) of C channels from partial (2, T, C) (training) or the running
+    statistics (eval); running statistics updated in place in training when given; var_out: also
+    the batch's unbiased variance (training). One launch."""
+    torch_acc, tl_acc = acc
+    mean = torch.empty(C, dtype=torch_acc, device=device)
+    invstd = torch.empty(C, dtype=torch_acc, device=device)
+    var = torch.empty(C, dtype=torch_acc, device=device) if var_out else None
+    if C == 0:
+        return mean, invstd, var
+    running = running_mean is not None
+    dummy = mean
+    block_c = min(_pow2(C), 128)
+    with _Launch(device):
+        _bn_finalize_kernel[(_cdiv(C, block_c),)](
+            partial if partial is not None else dummy, shift if shift is not None else dummy,
+            running_mean if running else dummy, running_var if running else dummy, mean, invstd,
+            var if var_out else dummy, T, C, M, shift_stride, float(momentum), float(eps),
+            TRAINING=training, SHIFT=shift is not None, RUNNING=running, VAR_OUT=var_out, ACC=tl_acc,
+            BLOCK_T=BLOCK_T, BLOCK_C=block_c, num_warps=4)
+    return mean, invstd, var
+
+
+def running_update(running_mean, running_var, mean, var, momentum):
+    """running_mean / running_var updated in place from a batch's mean and unbiased variance."""
+    C = mean.numel()
+    if C == 0:
+        return
+    block_c = min(_pow2(C), 128)
+    with _Launch(mean.device):
+        _bn_running_update_kernel[(_cdiv(C, block_c),)](
+            running_mean, running_var, mean, var, C, float(momentum),
+            ACC=acc_dtype(mean.dtype)[1], BLOCK_C=block_c, num_warps=4)
+
+
+def normalize(x, weight, bias, mean, invstd, act, alpha):
+    """out = act((x - mean) w invstd + b) of a walkable x, one launch (batch_norm_act's last pass)."""
+    out = torch.empty_like(x)
+    if out.numel() == 0:
+        return out
+    walk = Walk(x)
+    w = weight if weight is not None else mean
+    b = bias if bias is not None else mean
+    with _Launch(x.device):
+        _bn_act_kernel[(walk.T, walk.cblocks)](
+            x, w, b, mean, invstd, out, *walk.args(), float(alpha),
+            ACT=act, HAS_W=weight is not None, HAS_B=bias is not None, ACC=acc_dtype(x.dtype)[1],
+            ITERS=walk.iters, BLOCK_S=walk.block_s, BLOCK_C=walk.block_c,
+            num_warps=_num_warps(walk.block_s * walk.block_c))
+    return out
+
+
+def batch_norm_act(input, weight, bias, running_mean, running_var, training, momentum, eps, act, alpha,
+                   partial_sums=None):
+    """ganfast::batch_norm_act on the Triton kernels -> (out, save_mean, save_invstd).
+
+    partial_sums: optional (2, T, C) tensor of per-tile [sum, sum of squares] of the input per
+    channel (float32; float64 for float64 input), replacing the statistics pass (training only)."""
+    op = "ganfast::batch_norm_act"
+    M = _args.check_batch_norm_act(op, input, weight, bias, running_mean, running_var, training)
+    act = _args.parse_act(act)
+    _args.check_kernel_dtype(input.dtype, "ganfast_batch_norm_act")
+    x = input if walkable(input) else input.contiguous()
+    C = x.size(1)
+    acc = acc_dtype(x.dtype)
+    device = x.device
+    if training and M == 0:  # nothing to normalise; running statistics unchanged (as torch)
+        z = torch.zeros(C, dtype=acc[0], device=device)
+        return torch.empty_like(x), z, z.clone()
+    walk = Walk(x)
+    if training:
+        if partial_sums is not None:
+            if not (partial_sums.dim() == 3 and partial_sums.size(0) == 2 and partial_sums.size(2) == C
+                    and partial_sums.device == device):
+                raise ValueError(f"{op}: partial_sums must have shape (2, T, {C}) on {device}; got "
+                                 f"{_args.format_sizes(partial_sums.shape)} on {partial_sums.device}")
+            partial = partial_sums.contiguous()
+            T, shift = partial.size(1), None
+        else:
+            partial = torch.empty((2, walk.T, C), dtype=acc[0], device=device)
+            T, shift = walk.T, x
+            with _Launch(device):
+                _bn_stats_kernel[(walk.T, walk.cblocks)](
+                    x, partial, *walk.args(), SHIFT=True, ACC=acc[1], ITERS=walk.iters,
+                    BLOCK_S=walk.block_s, BLOCK_C=walk.block_c, num_warps=_num_warps(walk.block_s * walk.block_c))
+        mean, invstd, _ = finalize(partial, T, C, M, running_mean, running_var, True, momentum, eps, acc,
+                                   device, shift=shift, shift_stride=walk.strides[2])
+    else:
+        mean, invstd, _ = finalize(None, 0, C, M, running_mean, running_var, False, momentum, eps, acc, device)
+    return normalize(x, weight, bias, mean, invstd, act, alpha), mean, invstd
+
+
+def batch_norm_act_backward(grad_output, input, weight, bias, save_mean, save_invstd, training, act, alpha):
+    """ganfast::batch_norm_act_backward on the Triton kernels -> (grad_input, grad_weight, grad_bias)."""
+    op = "ganfast::batch_norm_act_backward"
+    M = _args.check_batch_norm_act_backward(op, grad_output, input, weight, bias, save_mean, save_invstd)
+    act = _args.parse_act(act)
+    _args.check_kernel_dtype(input.dtype, "ganfast_batch_norm_act_backward")
+    x = input if walkable(input) else input.contiguous()
+    C = x.size(1)
+    acc = acc_dtype(x.dtype)
+    device = x.device
+    gdtype = weight.dtype if weight is not None else x.dtype
+    grad_input = torch.empty_like(x)
+    if x.numel() == 0:
+        z = torch.zeros(C, dtype=gdtype, device=device)
+        return grad_input, z, z.clone()
+    g = _like(grad_output, x, x.dtype)
+    grad_weight = torch.empty(C, dtype=gdtype, device=device)
+    grad_bias = torch.empty(C, dtype=gdtype, device=device)
+    walk = Walk(x)
+    partial = torch.empty((2, walk.T, C), dtype=acc[0], device=device)
+    terms = torch.empty((2, C), dtype=acc[0], device=device)
+    counter = torch.zeros(walk.cblocks, dtype=torch.int32, device=device)
+    w = weight if weight is not None else save_mean
+    b = bias if bias is not None else save_mean
+    nw = _num_warps(walk.block_s * walk.block_c)
+    with _Launch(device):
+        _bn_act_backward_reduce_kernel[(walk.T, walk.cblocks)](
+            g, x, w, b, save_mean, save_invstd, partial, counter, grad_weight, grad_bias, terms, grad_input,
+            walk.S, C, M, walk.per_outer, *walk.strides, float(alpha),
+            ACT=act, TRAINING=bool(training), HAS_W=weight is not None, HAS_B=bias is not None, ACC=acc[1],
+            ITERS=walk.iters, BLOCK_T=max(1, min(32, TILE // walk.block_c)), BLOCK_S=walk.block_s, BLOCK_C=walk.block_c, num_warps=nw)
+        if training:
+            _bn_act_backward_kernel[(walk.T, walk.cblocks)](
+                g, x, w, b, save_mean, save_invstd, terms, grad_input, *walk.args(), float(alpha),
+                ACT=act, HAS_W=weight is not None, HAS_B=bias is not None, ACC=acc[1], ITERS=walk.iters,
+                BLOCK_S=walk.block_s, BLOCK_C=walk.block_c, num_warps=nw)
+    return grad_input, grad_weight, grad_bias
