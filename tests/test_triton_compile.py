@@ -1,5 +1,5 @@
 """Ahead-of-time GPU compilation of every Triton kernel in ganfast/triton (MODULES: losses.py,
-penalty.py, bias_act.py).
+penalty.py, bias_act.py, batch_norm_act.py, conv_block.py).
 
 The Triton interpreter (how the kernels are tested on this GPU-less machine) accepts code that
 the GPU compiler rejects, so every kernel is also compiled with triton.compile(ASTSource(...),
@@ -25,7 +25,7 @@ import sys
 import pytest
 
 CCS = (80, 90)
-MODULES = ("losses", "penalty", "bias_act")
+MODULES = ("losses", "penalty", "bias_act", "batch_norm_act", "conv_block")
 DTYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float64": "fp64"}
 _RESULT_TAG = "GANFAST_AOT_RESULTS "
 
@@ -279,15 +279,158 @@ def bias_act_configs():
     return out
 
 
+def batch_norm_act_configs():
+    """The kernels of ganfast/triton/batch_norm_act.py with the tiles its Walk picks: NCHW with a
+    large spatial size ([2048, 1], 8 warps), NCHW 4x4 ([16, 128]), channels_last ([16, 128]) and
+    few channels ([512, 4]), the stride argument equal to 1 made constexpr as Triton does at run
+    time (s_s for NCHW, s_c for channels_last); every activation forward and backward in float32,
+    the main ones in float64 / float16 / bfloat16; training and eval; with and without the affine
+    parameters; the finalize with and without the shift, the running statistics and VAR_OUT
+    (running statistics in float32 for half inputs, as BatchNorm keeps them)."""
+    import triton.language as tl
+
+    from ganfast import _args
+    from ganfast.triton import batch_norm_act as B
+
+    def acc(dt):
+        return tl.float64 if dt == "float64" else tl.float32
+
+    out = []
+    tiles = {"nchw": (2048, 1, {"s_s": 1}), "nchw4x4": (16, 128, {"s_s": 1}),
+             "nhwc": (16, 128, {"s_c": 1}), "nhwc3": (512, 4, {"s_c": 1})}
+
+    def warps(bs, bc):
+        return B._num_warps(bs * bc)
+
+    def ptrs(dt):
+        # running statistics / affine parameters in float32 beside half inputs
+        if dt in ("float16", "bfloat16"):
+            return {"rm_ptr": "*fp32", "rv_ptr": "*fp32", "w_ptr": "*fp32", "b_ptr": "*fp32",
+                    "gw_ptr": "*fp32", "gb_ptr": "*fp32"}
+        return {}
+
+    def add(kernel, dt, tile, i64=False, **c):
+        bs, bc, ones = tiles[tile]
+        c = dict(c, ACC=acc(dt), BLOCK_S=bs, BLOCK_C=bc, **ones)
+        out.append(("batch_norm_act", kernel, dt, c, i64, {"num_warps": warps(bs, bc), "ptr_types": ptrs(dt)}))
+
+    for dt in ("float32", "float64", "float16", "bfloat16"):
+        for tile in (tiles if dt == "float32" else ("nchw", "nhwc")):
+            add("_bn_stats_kernel", dt, tile, SHIFT=True, ITERS=4)
+        add("_bn_stats_kernel", dt, "nchw", SHIFT=False, ITERS=1)
+        for training, shift, running, var_out in ((True, True, True, False), (True, False, False, True),
+                                                  (True, False, True, False), (False, False, True, False)):
+            c = dict(TRAINING=training, SHIFT=shift, RUNNING=running, VAR_OUT=var_out, ACC=acc(dt),
+                     BLOCK_T=B.BLOCK_T, BLOCK_C=128)
+            out.append(("batch_norm_act", "_bn_finalize_kernel", dt, c, False,
+                        {"num_warps": 4, "ptr_types": ptrs(dt)}))
+        out.append(("batch_norm_act", "_bn_running_update_kernel", dt, dict(ACC=acc(dt), BLOCK_C=128), False,
+                    {"num_warps": 4, "ptr_types": ptrs(dt)}))
+    def act_kernels(dt, tile, act, eval_reduce=True):
+        bt = max(1, min(32, B.TILE // tiles[tile][1]))
+        add("_bn_act_kernel", dt, tile, ACT=act, HAS_W=True, HAS_B=True, ITERS=1)
+        add("_bn_act_backward_reduce_kernel", dt, tile, ACT=act, TRAINING=True, HAS_W=True,
+            HAS_B=True, ITERS=4, BLOCK_T=bt)
+        if eval_reduce:
+            add("_bn_act_backward_reduce_kernel", dt, tile, ACT=act, TRAINING=False, HAS_W=True,
+                HAS_B=True, ITERS=1, BLOCK_T=bt)
+        add("_bn_act_backward_kernel", dt, tile, ACT=act, HAS_W=True, HAS_B=True, ITERS=1)
+
+    # the block's activations with every tile in float32; every activation once; each dtype
+    for act in ("relu", "lrelu", "tanh", "linear"):
+        for tile in tiles:
+            act_kernels("float32", tile, act, eval_reduce=tile == "nchw")
+    for act in _args.ACTS:
+        if act not in ("relu", "lrelu", "tanh", "linear"):
+            act_kernels("float32", "nchw4x4", act, eval_reduce=False)
+    for dt, act, tile in (("float64", "tanh", "nchw"), ("float64", "relu", "nhwc"), ("float16", "relu", "nchw"),
+                          ("bfloat16", "lrelu", "nhwc"), ("bfloat16", "tanh", "nchw4x4")):
+        act_kernels(dt, tile, act)
+    add("_bn_act_kernel", "float32", "nhwc", ACT="relu", HAS_W=False, HAS_B=False, ITERS=1)
+    add("_bn_act_backward_reduce_kernel", "float32", "nchw4x4", ACT="tanh", TRAINING=True, HAS_W=False,
+        HAS_B=False, ITERS=1, BLOCK_T=16)
+    add("_bn_act_backward_kernel", "bfloat16", "nhwc3", ACT="relu", HAS_W=False, HAS_B=True, ITERS=1)
+    add("_bn_act_kernel", "float32", "nchw", i64=True, ACT="lrelu", HAS_W=True, HAS_B=True, ITERS=1)
+    add("_bn_act_backward_reduce_kernel", "float32", "nchw", i64=True, ACT="relu", TRAINING=True,
+        HAS_W=True, HAS_B=True, ITERS=2, BLOCK_T=32)
+    return out
+
+
+def conv_block_configs():
+    """The implicit-GEMM kernels of ganfast/triton/conv_block.py: DCGAN's geometries (k4 s2 p1,
+    k4 s1 p0) and others (k3 s3 p2, k5x3 s2x3 p2x1, k1 s2), each epilogue (none, affine, bn) with
+    and without the statistics, the activations of the block, the tiles the launcher picks
+    (64 x 64 x 16; N and M shrunk for few channels / pixels), float32 (IEEE dot) / float16 / bfloat16 /
+    float64, NCHW (the w stride 1 made constexpr) and channels_last (the channel stride 1), int64
+    sizes (with BIG: int64 index math within an image)."""
+    import triton.language as tl
+
+    from ganfast.triton import conv_block as CB
+
+    def acc(dt):
+        return tl.float64 if dt == "float64" else tl.float32
+
+    out = []
+    geoms = {"k4s2p1": dict(KH=4, KW=4, SH=2, SW=2, PH=1, PW=1), "k4s1p0": dict(KH=4, KW=4, SH=1, SW=1, PH=0, PW=0),
+             "k3s3p2": dict(KH=3, KW=3, SH=3, SW=3, PH=2, PW=2), "k5x3": dict(KH=5, KW=3, SH=2, SW=3, PH=2, PW=1),
+             "k1s2": dict(KH=1, KW=1, SH=2, SW=2, PH=0, PW=0)}
+
+    def opts(dt, epi="none"):
+        o = {"num_warps": CB.NUM_WARPS, "num_stages": CB.NUM_STAGES}
+        if epi == "bn" and dt in ("float16", "bfloat16"):
+            o["ptr_types"] = {n: "*fp32" for n in ("p0_ptr", "p1_ptr", "p2_ptr", "p3_ptr", "bias_ptr")}
+        elif epi == "affine":
+            o["ptr_types"] = {"p0_ptr": "*" + ("fp64" if dt == "float64" else "fp32"),
+                              "p1_ptr": "*" + ("fp64" if dt == "float64" else "fp32")}
+        return o
+
+    def blocks(small):
+        return dict(BLOCK_M=CB.BLOCK_M if not small else 32, BLOCK_N=16 if small else CB.BLOCK_N, BLOCK_K=CB.BLOCK_K)
+
+    def fwd(dt, geom, epi="none", act="relu", stats=False, bias=False, layout="nchw", small=False, i64=False):
+        ones = {"sxw": 1, "sow": 1} if layout == "nchw" else {"sxc": 1, "soc": 1}
+        c = dict(geoms[geom], HAS_BIAS=bias, EPI=epi, ACT=act, STATS=stats, ACC=acc(dt),
+                 DOT_IEEE=dt == "float32", BIG=i64, **blocks(small), **ones)
+        out.append(("conv_block", "_conv_t_kernel", dt, c, i64, opts(dt, epi)))
+
+    def bwd(kernel, dt, geom, layout="nchw", small=False, i64=False):
+        if kernel == "_conv_t_grad_x_kernel":
+            ones = {"sgw": 1, "sxw": 1} if layout == "nchw" else {"sgc": 1, "sxc": 1}
+        else:
+            ones = {"sxw": 1, "sgw": 1} if layout == "nchw" else {"sxc": 1, "sgc": 1}
+        c = dict(geoms[geom], ACC=acc(dt), DOT_IEEE=dt == "float32", BIG=i64, **blocks(small), **ones)
+        out.append(("conv_block", kernel, dt, c, i64, opts(dt)))
+
+    for dt in ("float32", "float16", "bfloat16", "float64"):
+        for geom in (geoms if dt == "float32" else ("k4s2p1", "k4s1p0")):
+            fwd(dt, geom, stats=True)
+            bwd("_conv_t_grad_x_kernel", dt, geom)
+            bwd("_conv_t_grad_w_kernel", dt, geom)
+        fwd(dt, "k4s2p1", epi="bn", act="relu", layout="nhwc")
+        fwd(dt, "k4s2p1", act="tanh", bias=True, small=True)
+        bwd("_conv_t_grad_x_kernel", dt, "k4s2p1", layout="nhwc")
+        bwd("_conv_t_grad_w_kernel", dt, "k4s2p1", layout="nhwc", small=True)
+    for act, epi in (("relu", "bn"), ("tanh", "none"), ("lrelu", "affine"), ("linear", "bn")):
+        fwd("float32", "k4s2p1", epi=epi, act=act, bias=epi == "none")
+    fwd("float32", "k4s1p0", epi="bn", act="relu", layout="nhwc", small=True)
+    fwd("bfloat16", "k4s2p1", stats=True, bias=True, layout="nhwc")
+    fwd("float32", "k4s2p1", stats=True, i64=True)
+    bwd("_conv_t_grad_x_kernel", "float32", "k4s2p1", i64=True)
+    bwd("_conv_t_grad_w_kernel", "float32", "k4s2p1", i64=True)
+    return out
+
+
 def configs():
     """[(module, kernel name, dtype name, constexprs, int64 indices?, options)] of every module."""
-    return ([("losses",) + c for c in loss_configs()] + penalty_configs() + bias_act_configs())
+    return ([("losses",) + c for c in loss_configs()] + penalty_configs() + bias_act_configs()
+            + batch_norm_act_configs() + conv_block_configs())
 
 
 # Pointers in the accumulation dtype (partials, per-sample norms and dots) and the float arguments
 # (passed as Python floats, typed tl.float64 in the kernels).
-_ACC_POINTERS = ("partial_ptr", "norms_ptr", "vec_ptr", "dots_ptr")
-_FLOAT_ARGS = ("real_label", "fake_label", "center", "alpha", "gain", "clamp")
+_ACC_POINTERS = ("partial_ptr", "norms_ptr", "vec_ptr", "dots_ptr", "mean_ptr", "invstd_ptr", "var_ptr",
+                 "terms_ptr")
+_FLOAT_ARGS = ("real_label", "fake_label", "center", "alpha", "gain", "clamp", "momentum", "eps")
 
 
 def signature(fn, dtype, constexprs, i64):
@@ -372,12 +515,14 @@ def _compile_job(job):
     options = dict(options)
     aligned = options.pop("aligned", True)
     int_div16 = options.pop("int_div16", ())
+    ptr_types = options.pop("ptr_types", {})  # pointers whose dtype is not the input's
     try:
         sig = signature(fn, dtype, constexprs, i64)
+        sig.update({name: ty for name, ty in ptr_types.items() if name in sig})
         src = ASTSource(fn=fn, signature=sig, constexprs=constexprs,
                         attrs=attributes(fn, sig, int_div16) if aligned else {})
         compiled = triton.compile(src, target=GPUTarget("cuda", cc, 32),
-                                  options=dict(num_warps=L.num_warps(getattr(torch, dtype)), **options))
+                                  options=dict(dict(num_warps=L.num_warps(getattr(torch, dtype))), **options))
         ptx, cubin = compiled.asm.get("ptx", ""), compiled.asm.get("cubin", b"")
         result.update(ok=bool(ptx) and f"sm_{cc}" in ptx and len(cubin) > 0,
                       ptx_bytes=len(ptx), cubin_bytes=len(cubin))
@@ -449,7 +594,8 @@ def test_triton_kernels_compile_for_sm80_and_sm90():
             if rs:
                 regs = [r["regs"] for r in rs]
                 print(f"  sm_{cc} {kernel}: {len(rs)} configs, registers {min(regs)}-{max(regs)}, "
-                      f"spill bytes {max(r['local'] for r in rs)}, shared {max(r['shared'] for r in rs)} B")
+                      f"spill bytes {max(r['local'] for r in rs)}, stack {max(r.get('stack', 0) for r in rs)} B, "
+                      f"shared {max(r['shared'] for r in rs)} B")
     assert not spilled, "register spills:\n" + "\n".join(
         f"  sm_{r['cc']} {r['config']}: {r['local']} local bytes" for r in spilled[:20])
 
