@@ -1,4 +1,8 @@
 """Modules built on ganfast's fused ops."""
 from .bias_act import BiasAct, LeakyReLU
+from .blocks import Conv2dBlock, ConvTransposeBlock
+from .dcgan import DCGANDiscriminator, DCGANGenerator, dcgan_init_
+from .fuse import BatchNorm2dParams, FusedConv2d, FusedConvTranspose2d, fuse
 
-__all__ = ["BiasAct", "LeakyReLU"]
+__all__ = ["BatchNorm2dParams", "BiasAct", "Conv2dBlock", "ConvTransposeBlock", "DCGANDiscriminator",
+           "DCGANGenerator", "FusedConv2d", "FusedConvTranspose2d", "LeakyReLU", "dcgan_init_", "fuse"]

@@ -1,11 +1,15 @@
 """ganfast's custom ops, dispatched to the selected backend (see ganfast.backend).
 
-Each op family is one module: ganfast.ops.losses, ganfast.ops.penalty, ganfast.ops.bias_act. Public layers (ganfast.losses, ...) call
-these entry points, never a kernel directly.
+Each op family is one module: ganfast.ops.losses, ganfast.ops.penalty, ganfast.ops.bias_act,
+ganfast.ops.batch_norm_act, ganfast.ops.conv_block (whose Triton ops are in
+ganfast.ops.triton_conv_block). Public layers (ganfast.losses, ganfast.nn, ...) call these entry
+points, never a kernel directly.
 """
+from .batch_norm_act import batch_norm_act
 from .bias_act import bias_act
+from .conv_block import conv_transpose_block
 from .losses import bce_with_logits, binary_cross_entropy, gan_d_loss, gan_g_loss
 from .penalty import interpolate, penalty_from_grad
 
-__all__ = ["bce_with_logits", "bias_act", "binary_cross_entropy", "gan_d_loss", "gan_g_loss", "interpolate",
-           "penalty_from_grad"]
+__all__ = ["batch_norm_act", "bce_with_logits", "bias_act", "binary_cross_entropy", "conv_transpose_block",
+           "gan_d_loss", "gan_g_loss", "interpolate", "penalty_from_grad"]
