@@ -1,0 +1,282 @@
+"""The `ganfast` command.
+
+    ganfast train [flags]                     train a GAN (ring8 by default), see `ganfast train --help`
+    ganfast sample --ckpt RUN --n N --out F   samples of a trained generator (.png grid or .npy)
+
+Subcommands live in COMMANDS (name -> Command); another one is added with
+`register_command(Command(name, help, add_arguments, run))` before `main()` runs.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, NamedTuple, Optional, Sequence
+
+
+class Command(NamedTuple):
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+    description: str = ""
+
+
+COMMANDS: dict[str, Command] = {}
+
+
+def register_command(cmd: Command) -> Command:
+    COMMANDS[cmd.name] = cmd
+    return cmd
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with an unknown flag's error listing the flags that exist."""
+
+    def parse_args(self, args=None, namespace=None):  # noqa: D401
+        ns, unknown = self.parse_known_args(args, namespace)
+        if unknown:
+            sub = getattr(ns, "_parser", self)
+            flags = sorted({s for a in sub._actions for s in a.option_strings if s.startswith("--")})
+            sub.error(f"unrecognized argument(s): {' '.join(unknown)}\n"
+                      f"valid flags for '{sub.prog}': {', '.join(flags)}")
+        return ns
+
+
+# ---- ganfast train ------------------------------------------------------------------------------
+
+
+def _data_arg(value: str) -> str:
+    from .train.config import data_kind
+
+    try:
+        data_kind(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e).replace("ganfast.train: ", "")) from None
+    return value
+
+
+def _positive_int(value: str) -> int:
+    try:
+        v = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer; got '{value}'") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer; got {v}")
+    return v
+
+
+def _add_train_arguments(p: argparse.ArgumentParser) -> None:
+    from .train.config import (AMP_CHOICES, BACKEND_CHOICES, DEVICE_CHOICES, LATENT_CHOICES, OPTIMIZERS,
+                               TrainConfig)
+    from .train.objectives import OBJECTIVES
+
+    d = TrainConfig()
+    S = argparse.SUPPRESS  # only flags given on the command line override the config file / the saved run
+    objectives = "; ".join(f"{o.name}: {o.summary}" for o in OBJECTIVES.values())
+
+    g = p.add_argument_group("what to train")
+    g.add_argument("--config", metavar="FILE.toml", default=S,
+                   help="read the configuration from a TOML file (keys as these flags, with _ for -, top "
+                        "level or under [train]); flags given as well override it")
+    g.add_argument("--data", type=_data_arg, default=S, metavar="DATA",
+                   help="ring8 (8 Gaussians, std 0.01, on the unit circle), grid25 (25 Gaussians, std 0.05, "
+                        "on {-4,-2,0,2,4}^2), digits (scikit-learn's 8x8 digits resized to --image-size), "
+                        "folder:PATH (PNG/JPEG files under PATH), npy:PATH ((N, 2) points or (N, [C,] H, W[, C]) "
+                        f"images) (default: {d.data})")
+    g.add_argument("--objective", choices=list(OBJECTIVES), default=S,
+                   help=f"the GAN objective (default: {d.objective}). {objectives}")
+    g.add_argument("--steps", type=_positive_int, default=S, help=f"generator steps (default: {d.steps})")
+    g.add_argument("--batch-size", type=_positive_int, default=S,
+                   help="real and generated samples per step (default: 256 for 2-D data, 64 for images)")
+    g.add_argument("--d-steps", type=_positive_int, default=S,
+                   help="discriminator steps per generator step, each with a fresh real batch and fresh z "
+                        "(default: the objective's: 5 for wgan and wgan-gp, else 1)")
+    g.add_argument("--lr", type=float, default=S,
+                   help="learning rate of both optimizers (default: the objective's: 2e-4 with Adam "
+                        "betas (0.5, 0.999), 1e-3 on ring8 / grid25 / 2-D .npy points; wgan-gp 1e-4 with "
+                        "(0, 0.9); wgan RMSprop 5e-5)")
+    g.add_argument("--lr-d", type=float, default=S, help="the discriminator's learning rate (overrides --lr)")
+    g.add_argument("--lr-g", type=float, default=S, help="the generator's learning rate (overrides --lr)")
+    g.add_argument("--betas", type=float, nargs=2, metavar=("BETA1", "BETA2"), default=S,
+                   help="Adam's betas (default: the objective's)")
+    g.add_argument("--optimizer", choices=OPTIMIZERS, default=S, help="default: the objective's")
+    g.add_argument("--no-lr-decay", dest="lr_decay", action="store_false", default=S,
+                   help="keep the learning rates constant (default: decay linearly to 0 over the second half)")
+    g.add_argument("--seed", type=int, default=S, help=f"seeds every random stream (default: {d.seed})")
+
+    g = p.add_argument_group("models")
+    g.add_argument("--z-dim", type=_positive_int, default=S,
+                   help="latent dimension (default: 8 for ring8 and .npy points, 2 for grid25, 128 for images)")
+    g.add_argument("--latent", choices=LATENT_CHOICES, default=S,
+                   help=f"z ~ N(0, I) or U(-1, 1)^d (default: {d.latent})")
+    g.add_argument("--width", type=_positive_int, default=S, help=f"MLP hidden units, 2-D data (default: {d.width})")
+    g.add_argument("--depth", type=_positive_int, default=S, help=f"MLP hidden layers, 2-D data (default: {d.depth})")
+    g.add_argument("--ngf", type=_positive_int, default=S, help=f"DCGAN generator width (default: {d.ngf})")
+    g.add_argument("--ndf", type=_positive_int, default=S, help=f"DCGAN discriminator width (default: {d.ndf})")
+    g.add_argument("--image-size", type=int, choices=(32, 64, 128), default=S,
+                   help=f"images are resized to this square size (default: {d.image_size})")
+    g.add_argument("--channels", type=int, choices=(1, 3), default=S,
+                   help="1 (grayscale) or 3 (RGB) (default: as the images are)")
+
+    g = p.add_argument_group("objective options")
+    g.add_argument("--gp-weight", type=float, default=S, help="wgan-gp's lambda (default: 10)")
+    g.add_argument("--clip", type=float, default=S, help="wgan's weight clipping bound (default: 0.01)")
+    g.add_argument("--r1-gamma", type=float, default=S,
+                   help="R1 penalty gamma/2 E||grad D(x)||^2 on real data, any objective (default: 1 for "
+                        "the r1 objective, else 0 = off)")
+    g.add_argument("--r1-every", type=_positive_int, default=S,
+                   help=f"lazy R1: every N discriminator steps, scaled by N (default: {d.r1_every})")
+    g.add_argument("--label-smoothing", type=float, default=S,
+                   help="one-sided: real label 1 - S for minimax, nonsaturating, r1, least_squares (default: 0)")
+    g.add_argument("--instance-noise", type=float, default=S,
+                   help="std of Gaussian noise added to D's inputs (real and generated), annealed linearly to 0 "
+                        "(default: 0.1 on ring8, else 0 = off)")
+    g.add_argument("--noise-anneal", type=_positive_int, default=S,
+                   help="the step at which the instance noise reaches 0 (default: steps / 2)")
+    g.add_argument("--ema", type=float, default=S,
+                   help=f"decay of the moving average of G's weights that samples are drawn from "
+                        f"(default: {d.ema}; 0 = G itself)")
+    g.add_argument("--amp", choices=AMP_CHOICES, default=S,
+                   help="autocast: bf16 (CPU or CUDA) or fp16 (CUDA, with gradient scaling) (default: none)")
+
+    g = p.add_argument_group("where and how")
+    g.add_argument("--out", metavar="DIR", default=S,
+                   help=f"output directory (default: {d.out}); an existing one needs --resume or --overwrite")
+    g.add_argument("--resume", action="store_true", default=S,
+                   help="continue the run in --out from its checkpoint (its saved configuration; only "
+                        "--steps and the logging / backend / device flags may change)")
+    g.add_argument("--overwrite", action="store_true", default=S,
+                   help="replace the run in --out (removes only the files a run writes)")
+    g.add_argument("--backend", choices=BACKEND_CHOICES, default=S,
+                   help="ganfast kernels to use (default: auto); reference is pure PyTorch")
+    g.add_argument("--device", choices=DEVICE_CHOICES, default=S, help="where to train (default: auto: CUDA when torch sees a GPU, else the CPU)")
+    g.add_argument("--log-every", type=_positive_int, default=S,
+                   help=f"steps per metrics.jsonl row and progress-bar update (default: {d.log_every})")
+    g.add_argument("--eval-every", type=_positive_int, default=S,
+                   help="steps between evaluations (modes / classes) (default: steps / 5)")
+    g.add_argument("--sample-every", type=_positive_int, default=S,
+                   help="steps between sample grids in OUT/samples/ (default: the eval interval)")
+    g.add_argument("--ckpt-every", type=_positive_int, default=S,
+                   help="steps between checkpoints (default: the eval interval)")
+    g.add_argument("--eval-samples", type=_positive_int, default=S,
+                   help=f"samples per evaluation (default: {d.eval_samples})")
+    g.add_argument("--no-progress", dest="progress", action="store_false", default=S,
+                   help="no progress bar")
+
+
+def _format_summary(s: dict) -> str:
+    lines = [f"ganfast train: {s['objective']} on {s['data']}: step {s['steps']} "
+             f"({s['trained_steps_this_run']} this run, {s['seconds']:.1f} s training, {s['seconds_total']:.1f} s in all, "
+             f"{s['device']}, backend {s['backend']})"]
+    if s.get("loss_d") is not None:
+        lines.append(f"  last losses: D {s['loss_d']:.4f}  G {s['loss_g']:.4f}")
+    for key, who in (("metrics_ema", "G_ema"), ("metrics_raw", "G    ")):
+        m = s.get(key)
+        if not m:
+            continue
+        if "high_quality" in m:
+            lines.append(f"  {who}: {m['modes']}/{m['n_modes']} modes captured, {100 * m['high_quality']:.1f}% "
+                         f"high-quality samples (step {s['eval_step']})")
+        elif "classes" in m:
+            lines.append(f"  {who}: {m['classes']}/{m['n_classes']} classes covered, KL(classes || uniform) "
+                         f"{m['kl_uniform']:.4f} (step {s['eval_step']})")
+    out = s["out"]
+    lines.append(f"  files in {out}: config.toml checkpoint.pt metrics.jsonl training.png samples.png samples/ "
+                 f"summary.json")
+    lines.append(f"  more samples: ganfast sample --ckpt {out} --n 1000 --out samples.png")
+    return "\n".join(lines)
+
+
+def _toml_values(path: str) -> dict:
+    """The keys the TOML file sets (validated), as TrainConfig field names."""
+    from .train import TrainConfig
+
+    cfg = TrainConfig.from_toml(path)
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib
+    with open(path, "rb") as f:
+        raw = tomllib.load(f)
+    if set(raw) == {"train"} and isinstance(raw["train"], dict):
+        raw = raw["train"]
+    return {k.replace("-", "_"): getattr(cfg, k.replace("-", "_")) for k in raw}
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from .train import TrainConfig, Trainer
+
+    values = {k: v for k, v in vars(args).items() if not k.startswith("_") and k not in ("command", "config")}
+    if "betas" in values:
+        values["betas"] = tuple(values["betas"])
+    if hasattr(args, "config"):
+        base = _toml_values(args.config)
+        base.update(values)
+        values = base
+    cfg = TrainConfig.from_dict(values, where="the command line")
+    summary = Trainer(cfg, explicit=set(values)).fit()
+    print(_format_summary(summary))
+    return 0
+
+
+register_command(Command(
+    "train", "train a GAN (default: ring8, nonsaturating, 8,000 steps: one to two minutes on 2 idle CPU cores)",
+    _add_train_arguments, _run_train,
+    description="Train a GAN: each step, --d-steps discriminator steps (fresh real batch, fresh z) then one "
+                "generator step (fresh z). Writes OUT/config.toml, checkpoint.pt, metrics.jsonl, samples/, "
+                "samples.png, training.png and summary.json, and prints a summary."))
+
+
+# ---- ganfast sample -----------------------------------------------------------------------------
+
+
+def _add_sample_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ckpt", required=True, metavar="PATH", help="a run directory or its checkpoint.pt")
+    p.add_argument("--n", type=_positive_int, default=64, help="number of samples (default: 64)")
+    p.add_argument("--out", required=True, metavar="FILE",
+                   help=".png (an image grid; a scatter plot for 2-D data) or .npy (the raw array)")
+    p.add_argument("--seed", type=int, default=0, help="seed of z (default: 0)")
+    p.add_argument("--device", default="cpu", help="where to run the generator (default: cpu)")
+
+
+def _run_sample(args: argparse.Namespace) -> int:
+    from .train import sample_to_file
+
+    path = sample_to_file(args.ckpt, args.n, args.out, seed=args.seed, device=args.device)
+    print(f"ganfast sample: wrote {args.n} samples of G_ema to {path}")
+    return 0
+
+
+register_command(Command("sample", "write samples of a trained generator (G_ema) to .png or .npy",
+                         _add_sample_arguments, _run_sample))
+
+
+# ---- entry point --------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="ganfast", description="ganfast: fused GAN kernels and the training engine built on them.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=argparse.ArgumentParser)
+    sub.required = True
+    for cmd in COMMANDS.values():
+        p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.description or cmd.help)
+        cmd.add_arguments(p)
+        p.set_defaults(_run=cmd.run, _parser=p)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    name = args.command
+    try:
+        return args._run(args)
+    except KeyboardInterrupt:
+        return 130
+    except (ValueError, TypeError, FileNotFoundError, RuntimeError, ImportError, OSError) as e:
+        print(f"ganfast {name}: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,220 @@
+"""Data sets that need no download: two 2-D mixtures of Gaussians, scikit-learn's 8x8 digits,
+a folder of images and a .npy array.
+
+    ring8    8 Gaussians of std 0.01 on the unit circle
+    grid25   25 Gaussians of std 0.05 at {-4, -2, 0, 2, 4}^2
+    digits   the 1,797 8x8 handwritten digits that ship with scikit-learn, resized (32x32)
+    folder:PATH  PNG / JPEG files under PATH (recursively), resized, grayscale or RGB
+    npy:PATH     an array: (N, 2) points, or images (N, H, W), (N, C, H, W) or (N, H, W, C)
+
+Images are tensors (C, H, W) in [-1, 1]; 2-D points are in the data's own coordinates.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .config import data_kind
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+class Dataset:
+    """A data set: either a sampler of an analytic mixture (`modes` set) or a tensor of examples."""
+
+    def __init__(self, name: str, *, points: Optional[Tensor] = None, modes: Optional[Tensor] = None,
+                 mode_std: float = 0.0, labels: Optional[Tensor] = None, n_classes: int = 0,
+                 skipped: int = 0) -> None:
+        self.name = name
+        self.points = points          # (N, *shape) examples, or None for an analytic mixture
+        self.modes = modes            # (M, 2) mixture centres for ring8 / grid25
+        self.mode_std = mode_std
+        self.labels = labels          # digits: the class of each example (for the metric's classifier)
+        self.n_classes = n_classes
+        self.skipped = skipped        # unreadable image files
+        ref = modes if points is None else points
+        self.shape = tuple(ref.shape[1:])
+        # 2-D data: the MLPs work in units of this scale (grid25 spans +-4, ring8 +-1)
+        if not self.is_image:
+            if modes is not None:
+                self.scale = float(modes.abs().max().clamp_min(1e-6))
+            else:
+                self.scale = float(points.abs().max().clamp_min(1e-6))
+
+    @property
+    def is_image(self) -> bool:
+        return len(self.shape) == 3
+
+    def __len__(self) -> int:
+        return 0 if self.points is None else self.points.shape[0]
+
+    def sample(self, n: int, generator: torch.Generator) -> Tensor:
+        """n examples (float32, CPU) drawn with `generator`: mixture draws, or examples chosen
+        uniformly with replacement."""
+        if self.points is None:
+            idx = torch.randint(self.modes.shape[0], (n,), generator=generator)
+            noise = torch.randn(n, self.modes.shape[1], generator=generator)
+            return self.modes[idx] + self.mode_std * noise
+        idx = torch.randint(self.points.shape[0], (n,), generator=generator)
+        return self.points[idx]
+
+
+class DataSampler:
+    """Batches from a Dataset, with a generator of its own whose state the checkpoint keeps."""
+
+    def __init__(self, dataset: Dataset, batch_size: int, seed: int, device: torch.device) -> None:
+        self.dataset, self.batch_size, self.device = dataset, batch_size, device
+        self.generator = torch.Generator().manual_seed(seed)
+        # examples live on the training device once, so a batch is one index_select there
+        if dataset.points is not None:
+            self._points = dataset.points.to(device)
+
+    def next(self) -> Tensor:
+        ds = self.dataset
+        if ds.points is None:
+            return ds.sample(self.batch_size, self.generator).to(self.device, non_blocking=True)
+        idx = torch.randint(ds.points.shape[0], (self.batch_size,), generator=self.generator)
+        return self._points[idx.to(self.device, non_blocking=True)]
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+
+
+def ring8() -> Dataset:
+    angles = torch.arange(8, dtype=torch.float64) * (2 * math.pi / 8)
+    modes = torch.stack([angles.cos(), angles.sin()], 1).float()
+    return Dataset("ring8", modes=modes, mode_std=0.01)
+
+
+def grid25() -> Dataset:
+    axis = torch.tensor([-4.0, -2.0, 0.0, 2.0, 4.0])
+    modes = torch.cartesian_prod(axis, axis)
+    return Dataset("grid25", modes=modes, mode_std=0.05)
+
+
+def _resize(images: Tensor, size: int) -> Tensor:
+    """(N, C, h, w) in [-1, 1] -> (N, C, size, size): bilinear with antialiasing, centre-cropped to
+    a square first."""
+    h, w = images.shape[-2:]
+    if h != w:
+        s = min(h, w)
+        top, left = (h - s) // 2, (w - s) // 2
+        images = images[..., top:top + s, left:left + s]
+    if images.shape[-1] != size:
+        images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False,
+                               antialias=images.shape[-1] > size)
+    return images.clamp(-1, 1).contiguous()
+
+
+def digits(image_size: int = 32) -> Dataset:
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as e:  # pragma: no cover - a dependency of the package
+        raise ImportError("ganfast.train: the digits data set needs scikit-learn (pip install scikit-learn)") from e
+    d = load_digits()
+    x = torch.from_numpy(d.images.astype(np.float32)).unsqueeze(1) / 16.0 * 2 - 1  # 0..16 -> [-1, 1]
+    return Dataset("digits", points=_resize(x, image_size), labels=torch.from_numpy(d.target).long(),
+                   n_classes=10)
+
+
+def folder(path: str, image_size: int = 32, channels: Optional[int] = None) -> Dataset:
+    from PIL import Image, UnidentifiedImageError
+
+    root = Path(path)
+    if not root.is_dir():
+        raise FileNotFoundError(f"ganfast.train: data folder not found: {root}")
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    images, skipped, modes = [], [], []
+    for p in files:
+        try:
+            with Image.open(p) as im:
+                im.load()
+                modes.append(im.mode)
+                images.append(im.copy())
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
+            skipped.append(p)
+    if skipped:
+        names = ", ".join(str(p.name) for p in skipped[:5]) + (", ..." if len(skipped) > 5 else "")
+        warnings.warn(f"ganfast.train: skipped {len(skipped)} unreadable image file(s) of {len(files)} in "
+                      f"{root}: {names}", stacklevel=2)
+    if not images:
+        raise ValueError(f"ganfast.train: no readable PNG/JPEG images in {root} "
+                         f"({len(files)} image file(s) found, {len(skipped)} unreadable)")
+    if channels is None:
+        gray = ("1", "L", "LA", "I", "I;16", "F")
+        channels = 1 if all(m in gray for m in modes) else 3
+    mode = "L" if channels == 1 else "RGB"
+    tensors = []
+    for im in images:
+        im = im.convert(mode)
+        w, h = im.size
+        s = min(w, h)  # centre crop to a square, then resize with Pillow's antialiasing filter
+        im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+        im = im.resize((image_size, image_size), Image.Resampling.BICUBIC)
+        a = np.asarray(im, dtype=np.float32).reshape(image_size, image_size, channels)
+        tensors.append(torch.from_numpy(a).permute(2, 0, 1) / 127.5 - 1)
+    return Dataset(f"folder:{path}", points=torch.stack(tensors).clamp(-1, 1), skipped=len(skipped))
+
+
+def npy(path: str, image_size: int = 32, channels: Optional[int] = None) -> Dataset:
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"ganfast.train: .npy file not found: {p}")
+    try:
+        a = np.load(p, allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise ValueError(f"ganfast.train: cannot read {p} as a .npy array: {e}") from None
+    if a.ndim < 2 or a.shape[0] < 1 or not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
+        raise ValueError(f"ganfast.train: {p}: expected a numeric array of shape (N, 2), (N, H, W), (N, C, H, W) "
+                         f"or (N, H, W, C); got {a.dtype} {a.shape}")
+    if a.ndim == 2:
+        if a.shape[1] != 2:
+            raise ValueError(f"ganfast.train: {p}: points must have shape (N, 2); got {a.shape}")
+        x = torch.from_numpy(a.astype(np.float32))
+        if not torch.isfinite(x).all():
+            raise ValueError(f"ganfast.train: {p} holds NaN or inf values")
+        return Dataset(f"npy:{path}", points=x)
+    x = torch.from_numpy(a.astype(np.float32))
+    if x.ndim == 3:
+        x = x.unsqueeze(1)
+    elif x.ndim == 4 and x.shape[1] not in (1, 3) and x.shape[3] in (1, 3):
+        x = x.permute(0, 3, 1, 2)  # NHWC -> NCHW
+    if x.ndim != 4 or x.shape[1] not in (1, 3):
+        raise ValueError(f"ganfast.train: {p}: images must be (N, H, W), (N, C, H, W) or (N, H, W, C) with "
+                         f"C in (1, 3); got {tuple(a.shape)}")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"ganfast.train: {p} holds NaN or inf values")
+    # uint8 / 0..255 -> [-1, 1]; [0, 1] floats -> [-1, 1]; anything already in [-1, 1] is kept
+    if np.issubdtype(a.dtype, np.integer) or x.max() > 1:
+        x = x / 127.5 - 1
+    elif x.min() >= 0:
+        x = x * 2 - 1
+    if channels is not None and channels != x.shape[1]:
+        x = x.mean(1, keepdim=True) if channels == 1 else x.expand(-1, 3, -1, -1)
+    return Dataset(f"npy:{path}", points=_resize(x, image_size))
+
+
+def load_dataset(data: str, image_size: int = 32, channels: Optional[int] = None) -> Dataset:
+    kind = data_kind(data)  # raises listing the choices
+    if kind == "ring8":
+        return ring8()
+    if kind == "grid25":
+        return grid25()
+    if kind == "digits":
+        ds = digits(image_size)
+        if channels == 3:
+            ds.points = ds.points.expand(-1, 3, -1, -1).contiguous()
+            ds.shape = tuple(ds.points.shape[1:])
+        return ds
+    path = data.split(":", 1)[1]
+    return folder(path, image_size, channels) if kind == "folder" else npy(path, image_size, channels)

@@ -1,0 +1,83 @@
+"""Models: MLPs for 2-D data; ganfast.nn's DCGAN generator and discriminator for images."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..nn import LeakyReLU
+
+
+class MLPGenerator(nn.Module):
+    """z (B, z_dim) -> points (B, out_dim): `depth` hidden ReLU layers of `width` units. The last
+    layer's output is multiplied by `scale` (a buffer), so the network works in units where the
+    data is O(1) whatever its coordinates."""
+
+    def __init__(self, z_dim: int = 2, out_dim: int = 2, width: int = 256, depth: int = 3, scale: float = 1.0):
+        super().__init__()
+        layers: list[nn.Module] = []
+        d = z_dim
+        for _ in range(depth):
+            layers += [nn.Linear(d, width), nn.ReLU()]
+            d = width
+        layers.append(nn.Linear(d, out_dim))
+        self.net = nn.Sequential(*layers)
+        self.z_dim = z_dim
+        self.register_buffer("scale", torch.tensor(float(scale)))
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.net(z) * self.scale
+
+
+class MLPDiscriminator(nn.Module):
+    """points (B, in_dim) -> logits (B,): `depth` hidden leaky-ReLU (0.2, ganfast's fused op)
+    layers of `width` units, on the input divided by `scale`."""
+
+    def __init__(self, in_dim: int = 2, width: int = 256, depth: int = 3, scale: float = 1.0):
+        super().__init__()
+        layers: list[nn.Module] = []
+        d = in_dim
+        for _ in range(depth):
+            layers += [nn.Linear(d, width), LeakyReLU(0.2)]
+            d = width
+        layers.append(nn.Linear(d, 1))
+        self.net = nn.Sequential(*layers)
+        self.register_buffer("scale", torch.tensor(float(scale)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x / self.scale).squeeze(1)
+
+
+def build_models(cfg, dataset) -> tuple[nn.Module, nn.Module]:
+    """(G, D) for a resolved TrainConfig and its Dataset."""
+    if dataset.is_image:
+        try:
+            from ..nn import DCGANDiscriminator, DCGANGenerator
+        except ImportError as e:
+            raise ImportError("ganfast.train: image data needs ganfast.nn.DCGANGenerator / DCGANDiscriminator, "
+                              "which this install does not have") from e
+        c, h, w = dataset.shape
+        G = DCGANGenerator(nz=cfg.z_dim, ngf=cfg.ngf, nc=c, image_size=h)
+        D = DCGANDiscriminator(nc=c, ndf=cfg.ndf, image_size=h)
+        return G, D
+    (dim,) = dataset.shape
+    G = MLPGenerator(cfg.z_dim, dim, cfg.width, cfg.depth, dataset.scale)
+    D = MLPDiscriminator(dim, cfg.width, cfg.depth, dataset.scale)
+    return G, D
+
+
+def model_spec(cfg, dataset) -> dict:
+    """What load_generator needs to rebuild G without the data set."""
+    if dataset.is_image:
+        c, h, _ = dataset.shape
+        return {"kind": "dcgan", "nz": cfg.z_dim, "ngf": cfg.ngf, "nc": c, "image_size": h}
+    return {"kind": "mlp", "z_dim": cfg.z_dim, "out_dim": dataset.shape[0], "width": cfg.width,
+            "depth": cfg.depth, "scale": dataset.scale}
+
+
+def generator_from_spec(spec: dict) -> nn.Module:
+    if spec["kind"] == "dcgan":
+        from ..nn import DCGANGenerator
+        return DCGANGenerator(nz=spec["nz"], ngf=spec["ngf"], nc=spec["nc"], image_size=spec["image_size"])
+    if spec["kind"] == "mlp":
+        return MLPGenerator(spec["z_dim"], spec["out_dim"], spec["width"], spec["depth"], spec["scale"])
+    raise ValueError(f"ganfast.train: unknown generator kind {spec['kind']!r} in the checkpoint")

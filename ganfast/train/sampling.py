@@ -1,0 +1,63 @@
+"""Sampling from a trained run: load_generator(ckpt) and sample_to_file (`ganfast sample`)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from .checkpoint import load_checkpoint
+from .models import generator_from_spec
+
+
+def load_generator(ckpt: str | Path, device: str | torch.device = "cpu", ema: bool = True) -> nn.Module:
+    """The generator of a checkpoint (a file or a run directory), in eval mode: G_ema (the moving
+    average of G's weights, what the run's sample grids show) unless ema=False. Its `z_dim`
+    attribute says the latent size and `latent` the distribution ("normal" or "uniform")."""
+    state = load_checkpoint(ckpt)
+    spec = state["model"]
+    G = generator_from_spec(spec)
+    G.load_state_dict(state["G_ema" if ema else "G"])
+    G.z_dim = spec.get("z_dim", spec.get("nz"))
+    G.latent = state["config"].get("latent", "normal")
+    G.trained_steps = int(state["step"])
+    return G.to(device).eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def sample(G: nn.Module, n: int, seed: Optional[int] = None, batch: int = 1000) -> torch.Tensor:
+    """n samples (CPU float32) from a generator returned by load_generator."""
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"ganfast.train.sample: n must be a positive integer; got {n!r}")
+    device = next(G.parameters()).device
+    g = torch.Generator().manual_seed(seed if seed is not None else torch.seed() % 2**63)
+    if getattr(G, "latent", "normal") == "uniform":
+        z = torch.rand(n, G.z_dim, generator=g) * 2 - 1
+    else:
+        z = torch.randn(n, G.z_dim, generator=g)
+    return torch.cat([G(z[i:i + batch].to(device)).float().cpu() for i in range(0, n, batch)])
+
+
+def sample_to_file(ckpt: str | Path, n: int, out: str | Path, seed: Optional[int] = None,
+                   device: str = "cpu") -> Path:
+    """Write n samples of the checkpoint's G_ema to `out`: .npy (the raw array: (n, 2) points or
+    (n, C, H, W) images in [-1, 1]) or .png (an image grid; for 2-D points a scatter plot)."""
+    out = Path(out)
+    suffix = out.suffix.lower()
+    if suffix not in (".png", ".npy"):
+        raise ValueError(f"ganfast sample: --out must end in .png or .npy; got '{out}'")
+    G = load_generator(ckpt, device)
+    x = sample(G, n, seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if suffix == ".npy":
+        np.save(out, x.numpy())
+    else:
+        from . import plots
+
+        if x.dim() == 4:
+            plots.save_image_grid(x, out)
+        else:
+            plots.save_points(x, out, title=f"{n} samples, step {G.trained_steps}")
+    return out

@@ -1,0 +1,474 @@
+"""The training loop: k discriminator steps (fresh real batch, fresh z) then one generator step
+(fresh z), every loss through ganfast.losses and every penalty through ganfast.penalty.
+
+    from ganfast.train import TrainConfig, Trainer
+    summary = Trainer(TrainConfig(data="ring8", steps=5000, out="runs/ring8")).fit()
+
+Output directory: config.toml (the resolved configuration), checkpoint.pt (atomic), metrics.jsonl,
+samples/step_NNNNNN.png, samples.png (the last), training.png (curves), summary.json.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .. import backend as _backend
+from .. import losses, penalty
+from . import plots
+from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_atomic, write_text_atomic
+from .config import RESUMABLE_CHANGES, TrainConfig
+from .data import DataSampler, load_dataset
+from .metrics import DigitClassifier, class_metrics, mode_metrics
+from .models import build_models, model_spec
+from .objectives import get_objective
+
+# Everything a run writes; --overwrite removes exactly these (never other files in the folder).
+OUTPUT_FILES = ("config.toml", CHECKPOINT_NAME, "metrics.jsonl", "samples.png", "samples.npy", "training.png",
+                "summary.json")
+OUTPUT_DIRS = ("samples",)
+
+_LABELLED = ("minimax", "nonsaturating", "least_squares")
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss became NaN or inf; the run stopped and the last good checkpoint was kept."""
+
+    def __init__(self, message: str, step: int) -> None:
+        super().__init__(message)
+        self.step = step
+
+
+class OutputDirError(RuntimeError):
+    """The output directory exists and neither resume nor overwrite was asked for (or resume has
+    nothing to resume)."""
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("ganfast.train: device 'cuda' asked for but torch sees no CUDA GPU")
+    return torch.device(name)
+
+
+def _merge_resume(given: TrainConfig, saved: dict, out: Path, explicit: Optional[set] = None) -> TrainConfig:
+    """The saved run's configuration, with the given values of the fields a resumed run may change.
+    A field that defines the model or the training (objective, lr, ...) set to something other than
+    its default and other than the saved value is an error, not a silent change."""
+    default = TrainConfig()
+    base = TrainConfig.from_dict({k: (tuple(v) if k == "betas" and v is not None else v)
+                                  for k, v in saved.items()}, where=f"{out}/config")
+    changes, conflicts = {}, []
+    for name in TrainConfig.field_names():
+        value = getattr(given, name)
+        if name in ("out", "resume", "overwrite", "progress"):
+            changes[name] = value
+        elif name in RESUMABLE_CHANGES:
+            # given explicitly (named in `explicit`, or not the default): the saved run's value otherwise
+            if (explicit is not None and name in explicit) or value != getattr(default, name):
+                changes[name] = value
+        elif value != getattr(default, name) and value != getattr(base, name):
+            conflicts.append(f"{name}={value!r} (the run has {getattr(base, name)!r})")
+    if conflicts:
+        raise ValueError(f"ganfast.train: cannot resume {out} with a different configuration: {'; '.join(conflicts)}. "
+                         f"Resuming continues the saved run; only {', '.join(RESUMABLE_CHANGES)} may change")
+    return base.replace(**changes)
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, explicit: Optional[set] = None) -> None:
+        """explicit: the names of the fields the user set (the CLI passes its flags), so that resuming
+        with e.g. --steps equal to the default still applies it; without it, a field counts as set
+        when it differs from the default."""
+        if not isinstance(config, TrainConfig):
+            raise TypeError(f"ganfast.train.Trainer: expected a TrainConfig; got {type(config).__name__}")
+        config.validate()
+        self.config = config
+        self.explicit = set(explicit) if explicit is not None else None
+        self.out = Path(config.out)
+
+    # ---- the output directory ---------------------------------------------------------------
+
+    def _prepare_out(self) -> Optional[dict]:
+        """Create / check the output directory; the checkpoint to resume from, if any."""
+        cfg, out = self.config, self.out
+        if out.exists() and not out.is_dir():
+            raise OutputDirError(f"ganfast.train: --out {out} exists and is not a directory")
+        ckpt_path = out / CHECKPOINT_NAME
+        if cfg.resume:
+            if not ckpt_path.is_file():
+                raise OutputDirError(f"ganfast.train: nothing to resume in {out} (no {CHECKPOINT_NAME}); "
+                                     f"start a new run without --resume")
+            return load_checkpoint(ckpt_path)
+        if out.is_dir() and any(out.iterdir()):
+            if not cfg.overwrite:
+                raise OutputDirError(f"ganfast.train: output directory {out} already exists and is not empty; "
+                                     f"pass --resume to continue its run, --overwrite to replace it, or "
+                                     f"choose another --out")
+            for name in OUTPUT_FILES:
+                (out / name).unlink(missing_ok=True)
+            for name in OUTPUT_DIRS:
+                if (out / name).is_dir():
+                    shutil.rmtree(out / name)
+        out.mkdir(parents=True, exist_ok=True)
+        return None
+
+    # ---- the run ----------------------------------------------------------------------------
+
+    def fit(self, until: Optional[int] = None) -> dict:
+        """Train to config.steps (or stop after step `until`, checkpointed, as if interrupted there)
+        and return the summary (also written to summary.json)."""
+        with _backend.use_backend(self.config.backend):
+            return self._fit(until)
+
+    def _setup(self, ckpt: Optional[dict]) -> None:
+        given = self.config
+        if ckpt is not None:
+            given = _merge_resume(given, ckpt["config"], self.out, self.explicit)
+        cfg = given.resolve()
+        self.cfg = cfg
+        self.objective = get_objective(cfg.objective)
+        self.device = _resolve_device(cfg.device)
+        if cfg.amp == "fp16" and self.device.type != "cuda":
+            raise ValueError("ganfast.train: amp 'fp16' needs a CUDA device; use 'bf16' on CPU")
+
+        # every random stream starts from the seed (a resumed run overwrites them below)
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed % 2**32)
+        torch.manual_seed(cfg.seed)
+        self.dataset = load_dataset(cfg.data, cfg.image_size, cfg.channels)
+        self.G, self.D = build_models(cfg, self.dataset)
+        self.G.to(self.device)
+        self.D.to(self.device)
+        self.G_ema = copy.deepcopy(self.G).requires_grad_(False).eval()
+        self.opt_d = self._optimizer(self.D, cfg.lr_d)
+        self.opt_g = self._optimizer(self.G, cfg.lr_g)
+        self.gen = torch.Generator(self.device).manual_seed(cfg.seed + 1)  # z and instance noise
+        self.sampler = DataSampler(self.dataset, cfg.batch_size, cfg.seed + 2, self.device)
+        fp16 = cfg.amp == "fp16"
+        self.scaler_d = torch.amp.GradScaler("cuda", enabled=fp16)
+        self.scaler_g = torch.amp.GradScaler("cuda", enabled=fp16)
+        self.amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.amp]
+        self.classifier = None
+        if self.dataset.labels is not None:
+            self.classifier = DigitClassifier(self.dataset.points, self.dataset.labels)
+        self.step = 0
+        self.rows: list[dict] = []
+        if ckpt is not None:
+            self._restore(ckpt)
+
+    def _optimizer(self, model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
+        cfg = self.cfg
+        if cfg.optimizer == "rmsprop":
+            return torch.optim.RMSprop(model.parameters(), lr=lr)
+        return torch.optim.Adam(model.parameters(), lr=lr, betas=cfg.betas)
+
+    def _fit(self, until: Optional[int]) -> dict:
+        t_start = time.perf_counter()
+        ckpt = self._prepare_out()
+        self._setup(ckpt)
+        cfg, out = self.cfg, self.out
+        write_text_atomic(cfg.to_toml(), out / "config.toml")
+        (out / "samples").mkdir(exist_ok=True)
+        last = cfg.steps if until is None else max(self.step, min(until, cfg.steps))
+        start_step, t0 = self.step, time.perf_counter()
+        self._pending: list[torch.Tensor] = []
+
+        bar = None
+        if cfg.progress:
+            from tqdm.auto import tqdm
+            # redrawn a few times a second on a terminal; in a log file, a line every 30 s
+            bar = tqdm(total=cfg.steps, initial=self.step, desc=f"{cfg.objective} on {self.dataset.name}",
+                       unit="step", dynamic_ncols=True, file=sys.stderr,
+                       mininterval=0.25 if sys.stderr.isatty() else 30.0)
+        try:
+            while self.step < last:
+                self._train_step()
+                self.step += 1
+                s = self.step
+                at_ckpt = s % cfg.ckpt_every == 0 or s == last
+                row = None
+                if s % cfg.log_every == 0 or at_ckpt or s % cfg.eval_every == 0:
+                    row = self._flush()
+                if s % cfg.eval_every == 0 or s == cfg.steps:
+                    row["eval"] = self._evaluate(self.G_ema)
+                    row["eval_raw"] = self._evaluate(self.G)
+                if row is not None:
+                    self._append_row(row)
+                    if bar is not None:
+                        bar.set_postfix_str(self._postfix(row), refresh=False)
+                if s % cfg.sample_every == 0 or s == cfg.steps:
+                    self._save_samples(out / "samples" / f"step_{s:06d}.png")
+                if at_ckpt:
+                    self._save_checkpoint()
+                if bar is not None:
+                    bar.update(1)
+        except KeyboardInterrupt:
+            if bar is not None:
+                bar.close()
+            print(f"\nganfast train: interrupted at step {self.step}; the last checkpoint is kept in "
+                  f"{out / CHECKPOINT_NAME} (continue with --resume)", file=sys.stderr)
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+        elapsed = time.perf_counter() - t0
+        self._save_samples(out / "samples.png")
+        plots.plot_training(self.rows, out / "training.png", self.objective.loss)
+        summary = self._summary(start_step, elapsed)
+        summary["seconds_total"] = round(time.perf_counter() - t_start, 2)  # with data, plots, checkpoints
+        write_text_atomic(json.dumps(summary, indent=2) + "\n", out / "summary.json")
+        return summary
+
+    # ---- one iteration ----------------------------------------------------------------------
+
+    def _latent(self, n: int) -> torch.Tensor:
+        if self.cfg.latent == "uniform":
+            return torch.rand(n, self.cfg.z_dim, generator=self.gen, device=self.device) * 2 - 1
+        return torch.randn(n, self.cfg.z_dim, generator=self.gen, device=self.device)
+
+    def _noisy(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        if sigma <= 0:
+            return x
+        return x + sigma * torch.randn(x.shape, generator=self.gen, device=x.device, dtype=x.dtype)
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+
+    def _train_step(self) -> None:
+        cfg, obj = self.cfg, self.objective
+        t = self.step
+        # linear decay to 0 over the second half sharpens the modes the first half found
+        factor = min(1.0, 2.0 * (cfg.steps - t) / cfg.steps) if cfg.lr_decay else 1.0
+        for opt, lr in ((self.opt_d, cfg.lr_d), (self.opt_g, cfg.lr_g)):
+            for group in opt.param_groups:
+                group["lr"] = lr * factor
+        sigma = cfg.instance_noise * max(0.0, 1.0 - t / cfg.noise_anneal)
+        real_label = 1.0 - cfg.label_smoothing
+        B = cfg.batch_size
+
+        # k discriminator steps: fresh real batch, fresh z; D descends its loss
+        self.D.requires_grad_(True)
+        for k in range(cfg.d_steps):
+            real = self.sampler.next()
+            with torch.no_grad(), self._autocast():
+                fake = self.G(self._latent(B))
+            fake = fake.float() if fake.dtype != real.dtype else fake
+            real_in, fake_in = self._noisy(real, sigma), self._noisy(fake, sigma)
+            with self._autocast():
+                d_real, d_fake = self.D(real_in), self.D(fake_in)
+                if obj.loss in _LABELLED:
+                    loss_adv = losses.discriminator_loss(d_real, d_fake, obj.loss, real_label=real_label)
+                else:
+                    loss_adv = losses.discriminator_loss(d_real, d_fake, obj.loss)
+                loss_d = loss_adv
+                pen = None
+                if cfg.gp_weight > 0:
+                    pen = penalty.gradient_penalty(self.D, real_in, fake_in, kind="wgan-gp", weight=cfg.gp_weight)
+                d_iter = t * cfg.d_steps + k
+                if cfg.r1_gamma > 0 and d_iter % cfg.r1_every == 0:
+                    # lazy R1 (StyleGAN2): gamma/2 E||grad D(x)||^2, every r1_every steps, scaled up by it
+                    r1 = penalty.gradient_penalty(self.D, real_in, kind="r1",
+                                                  weight=cfg.r1_gamma / 2 * cfg.r1_every)
+                    pen = r1 if pen is None else pen + r1
+                if pen is not None:
+                    loss_d = loss_d + pen
+            self.opt_d.zero_grad(set_to_none=True)
+            self.scaler_d.scale(loss_d).backward()
+            self.scaler_d.step(self.opt_d)
+            self.scaler_d.update()
+            if cfg.clip > 0:
+                with torch.no_grad():
+                    for p in self.D.parameters():
+                        p.clamp_(-cfg.clip, cfg.clip)
+
+        # one generator step with fresh z (D's weights need no gradient here)
+        self.D.requires_grad_(False)
+        with self._autocast():
+            g_fake = self.D(self._noisy(self.G(self._latent(B)), sigma))
+            loss_g = losses.generator_loss(g_fake, obj.loss)
+        self.opt_g.zero_grad(set_to_none=True)
+        self.scaler_g.scale(loss_g).backward()
+        self.scaler_g.step(self.opt_g)
+        self.scaler_g.update()
+        self.D.requires_grad_(True)
+        self._update_ema(t)
+
+        zero = loss_adv.new_zeros(())
+        self._pending.append(torch.stack([
+            loss_adv.detach().float(), loss_g.detach().float(), d_real.detach().float().mean(),
+            d_fake.detach().float().mean(), (pen.detach().float() if pen is not None else zero.float())]))
+
+    @torch.no_grad()
+    def _update_ema(self, t: int) -> None:
+        # warm-up (as TensorFlow's ExponentialMovingAverage with num_updates): early on the average
+        # follows G closely instead of remembering the random initialisation
+        beta = min(self.cfg.ema, (1 + t) / (10 + t))
+        ema_p = list(self.G_ema.parameters())
+        torch._foreach_lerp_(ema_p, [p.detach() for p in self.G.parameters()], 1.0 - beta)
+        for b_ema, b in zip(self.G_ema.buffers(), self.G.buffers()):
+            b_ema.copy_(b)
+
+    # ---- logging ----------------------------------------------------------------------------
+
+    def _flush(self) -> dict:
+        """One metrics row: the means over the steps since the last row. A NaN or inf loss in
+        them stops the run, naming its step (nothing after the last checkpoint is saved)."""
+        values = torch.stack(self._pending).cpu().double()  # one host sync per row
+        n = values.shape[0]
+        first = self.step - n + 1
+        bad = ~torch.isfinite(values[:, :2]).all(1)
+        if bad.any():
+            step = first + int(bad.nonzero()[0, 0])
+            which = "D" if not math.isfinite(values[step - first, 0]) else "G"
+            raise NonFiniteLossError(
+                f"ganfast train: the {which} loss is {values[step - first, 0 if which == 'D' else 1].item()} at "
+                f"step {step}; the run stopped. The last good checkpoint is kept in {self.out / CHECKPOINT_NAME} "
+                f"(try a lower --lr, another --objective, or --amp none)", step)
+        self._pending = []
+        m = values.mean(0).tolist()
+        row = {"step": self.step, "loss_d": m[0], "loss_g": m[1], "d_real": m[2], "d_fake": m[3]}
+        if self.cfg.gp_weight > 0 or self.cfg.r1_gamma > 0:
+            row["penalty"] = m[4]
+        if self.objective.loss in ("minimax", "nonsaturating"):
+            # max_D V = -log 4 + 2 JSD, and L_D = -V
+            row["jsd"] = (math.log(4) - m[0]) / 2
+        if self.objective.loss == "wasserstein":
+            row["wasserstein"] = m[2] - m[3]
+        return row
+
+    def _postfix(self, row: dict) -> str:
+        parts = [f"D {row['loss_d']:.3f}", f"G {row['loss_g']:.3f}"]
+        if "jsd" in row:
+            parts.append(f"JSD {row['jsd']:.3f}")
+        if "wasserstein" in row:
+            parts.append(f"W {row['wasserstein']:.3f}")
+        e = row.get("eval")
+        if e and "high_quality" in e:
+            parts.append(f"modes {e['modes']}/{e['n_modes']} hq {100 * e['high_quality']:.1f}%")
+        elif e and "classes" in e:
+            parts.append(f"classes {e['classes']}/{e['n_classes']} KL {e['kl_uniform']:.3f}")
+        return " ".join(parts)
+
+    def _append_row(self, row: dict) -> None:
+        self.rows.append(row)
+        with open(self.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def _write_rows(self) -> None:
+        text = "".join(json.dumps(r) + "\n" for r in self.rows)
+        write_text_atomic(text, self.out / "metrics.jsonl")
+
+    # ---- evaluation and samples -------------------------------------------------------------
+
+    def _eval_latent(self, n: int) -> torch.Tensor:
+        # the same z every time (a generator of its own: evaluating never moves the training streams)
+        g = torch.Generator().manual_seed(self.cfg.seed + 7919)
+        if self.cfg.latent == "uniform":
+            z = torch.rand(n, self.cfg.z_dim, generator=g) * 2 - 1
+        else:
+            z = torch.randn(n, self.cfg.z_dim, generator=g)
+        return z.to(self.device)
+
+    @torch.no_grad()
+    def _generate(self, G: torch.nn.Module, n: int, batch: int = 500) -> torch.Tensor:
+        was_training = G.training
+        G.eval()
+        z = self._eval_latent(n)
+        out = torch.cat([G(z[i:i + batch]).float() for i in range(0, n, batch)]) if n else z.new_zeros(0)
+        G.train(was_training)
+        return out
+
+    def _evaluate(self, G: torch.nn.Module) -> dict:
+        ds = self.dataset
+        if ds.modes is not None:
+            return mode_metrics(self._generate(G, self.cfg.eval_samples), ds.modes, ds.mode_std)
+        if self.classifier is not None:
+            probs = self.classifier.predict_proba(self._generate(G, self.cfg.eval_samples))
+            return class_metrics(probs, ds.n_classes)
+        return {}
+
+    def _save_samples(self, path: Path) -> None:
+        ds = self.dataset
+        n = 64 if ds.is_image else self.cfg.eval_samples
+        samples = self._generate(self.G_ema, n)
+        real = None if ds.is_image else ds.sample(n, torch.Generator().manual_seed(self.cfg.seed + 104729))
+        plots.save_samples(samples, path, ds, title=f"{self.cfg.objective} on {ds.name}, step {self.step}",
+                           real=real)
+
+    # ---- checkpoints ------------------------------------------------------------------------
+
+    def _save_checkpoint(self) -> None:
+        rng = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
+               "gen": self.gen.get_state(), "data": self.sampler.state_dict()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        state = {
+            "format": "ganfast.train/1",
+            "step": self.step,
+            "config": self.cfg.to_dict(),
+            "model": model_spec(self.cfg, self.dataset),
+            "G": self.G.state_dict(), "D": self.D.state_dict(), "G_ema": self.G_ema.state_dict(),
+            "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+            "scaler_g": self.scaler_g.state_dict(), "scaler_d": self.scaler_d.state_dict(),
+            "rng": rng,
+            "rows": len(self.rows),
+        }
+        save_atomic(state, self.out / CHECKPOINT_NAME)
+
+    def _restore(self, ckpt: dict) -> None:
+        self.G.load_state_dict(ckpt["G"])
+        self.D.load_state_dict(ckpt["D"])
+        self.G_ema.load_state_dict(ckpt["G_ema"])
+        self.opt_g.load_state_dict(ckpt["opt_g"])
+        self.opt_d.load_state_dict(ckpt["opt_d"])
+        self.scaler_g.load_state_dict(ckpt["scaler_g"])
+        self.scaler_d.load_state_dict(ckpt["scaler_d"])
+        rng = ckpt["rng"]
+        torch.set_rng_state(rng["torch"])
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        self.gen.set_state(rng["gen"])
+        self.sampler.load_state_dict(rng["data"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        self.step = int(ckpt["step"])
+        # metrics.jsonl may hold rows written after the checkpoint (an interrupted run): keep the
+        # rows the checkpoint had, so the resumed file matches an uninterrupted run's
+        path = self.out / "metrics.jsonl"
+        rows = []
+        if path.is_file():
+            for line in path.read_text().splitlines():
+                if line.strip():
+                    rows.append(json.loads(line))
+        self.rows = [r for r in rows if r["step"] <= self.step][: ckpt.get("rows", len(rows))]
+        self._write_rows()
+
+    # ---- the end ----------------------------------------------------------------------------
+
+    def _summary(self, start_step: int, elapsed: float) -> dict:
+        cfg = self.cfg
+        last = next((r for r in reversed(self.rows) if "loss_d" in r), {})
+        ev = next((r for r in reversed(self.rows) if "eval" in r), None)
+        summary = {
+            "data": cfg.data, "objective": cfg.objective, "steps": self.step, "seed": cfg.seed,
+            "trained_steps_this_run": self.step - start_step, "seconds": round(elapsed, 2),
+            "device": str(self.device), "backend": _backend.get_backend(),
+            "loss_d": last.get("loss_d"), "loss_g": last.get("loss_g"),
+            "out": str(self.out),
+        }
+        if ev is not None:
+            summary["eval_step"] = ev["step"]
+            summary["metrics_ema"] = ev["eval"]
+            summary["metrics_raw"] = ev.get("eval_raw")
+        return summary

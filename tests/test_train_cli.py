@@ -1,0 +1,137 @@
+"""The `ganfast` command end to end (subprocesses of `python -m ganfast.cli`, as the console
+script runs it) on a tiny budget, its errors, and `ganfast train --help`."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ganfast import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--steps", "4", "--width", "16", "--depth", "2", "--batch-size", "16", "--eval-samples", "100",
+        "--no-progress"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """As in test_train.py: tiny models, one intra-op thread (in-process and in the subprocesses)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def run(*args, cwd=None):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "ganfast.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=300)
+
+
+def test_train_resume_sample_end_to_end(tmp_path, capsys):
+    out = tmp_path / "run"
+    r = run("train", *TINY, "--out", str(out), "--objective", "hinge", "--seed", "3")
+    assert r.returncode == 0, r.stderr
+    # the printed summary, and the files it names
+    assert "ganfast train: hinge on ring8: step 4" in r.stdout
+    assert "modes captured" in r.stdout and "high-quality samples" in r.stdout
+    for name in ("config.toml", "checkpoint.pt", "metrics.jsonl", "samples.png", "training.png", "summary.json"):
+        assert (out / name).stat().st_size > 0, name
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["objective"], summary["seed"], summary["steps"]) == ("hinge", 3, 4)
+
+    # an existing --out: a clear error, nothing touched
+    before = (out / "checkpoint.pt").read_bytes()
+    assert cli.main(["train", *TINY, "--out", str(out)]) == 1  # in-process: the same main()
+    err = capsys.readouterr().err
+    assert "already exists" in err and "--resume" in err and "--overwrite" in err
+    assert (out / "checkpoint.pt").read_bytes() == before
+
+    # --resume continues the saved run (its objective and seed) to the new --steps
+    r = run("train", "--out", str(out), "--resume", "--steps", "6", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "hinge on ring8: step 6 (2 this run" in r.stdout
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 6
+
+    # ganfast sample: .npy and .png
+    assert cli.main(["sample", "--ckpt", str(out), "--n", "25", "--out", str(tmp_path / "s.npy")]) == 0
+    assert "wrote 25 samples" in capsys.readouterr().out
+    x = np.load(tmp_path / "s.npy")
+    assert x.shape == (25, 2) and np.isfinite(x).all()
+    assert cli.main(["sample", "--ckpt", str(out / "checkpoint.pt"), "--n", "10", "--out", str(tmp_path / "s.png")]) == 0
+    assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+    assert cli.main(["sample", "--ckpt", str(out), "--n", "10", "--out", str(tmp_path / "s.txt")]) == 1
+    assert ".png or .npy" in capsys.readouterr().err
+
+
+def test_config_file_and_overwrite(tmp_path, capsys):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[train]\nobjective = "least_squares"\nsteps = 3\nwidth = 16\nbatch_size = 16\n'
+                   'eval_samples = 100\nprogress = false\n')
+    out = tmp_path / "run"
+    assert cli.main(["train", "--config", str(cfg), "--out", str(out), "--seed", "5"]) == 0
+    assert "least_squares on ring8: step 3" in capsys.readouterr().out
+    assert cli.main(["train", "--config", str(cfg), "--out", str(out), "--overwrite", "--steps", "2"]) == 0
+    assert "least_squares on ring8: step 2" in capsys.readouterr().out
+    assert json.loads((out / "summary.json").read_text())["seed"] == 0  # --overwrite: a new run
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["train", "--objective", "wgan-qp"], 2, "invalid choice: 'wgan-qp' (choose from 'nonsaturating', 'minimax'"),
+    (["train", "--data", "mnist"], 2, "unknown data set 'mnist'; choose one of ring8, grid25, digits, folder:PATH"),
+    (["train", "--stepz", "3"], 2, "unrecognized argument(s): --stepz 3\nvalid flags for 'ganfast train': --amp,"),
+    (["train", "--steps", "0"], 2, "expected a positive integer; got 0"),
+    (["train", "--backend", "tpu"], 2, "invalid choice: 'tpu'"),
+    (["sample", "--n", "3"], 2, "the following arguments are required: --ckpt, --out"),
+    (["bogus"], 2, "invalid choice: 'bogus'"),
+])
+def test_cli_errors(args, code, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(args)
+    assert info.value.code == code
+    assert message in capsys.readouterr().err
+
+
+def test_cli_runtime_errors(tmp_path, capsys):
+    assert cli.main(["train", "--out", str(tmp_path / "x"), "--resume"]) == 1
+    assert "nothing to resume" in capsys.readouterr().err
+    assert cli.main(["train", "--config", str(tmp_path / "missing.toml")]) == 1
+    assert "config file not found" in capsys.readouterr().err
+    assert cli.main(["sample", "--ckpt", str(tmp_path / "none"), "--out", str(tmp_path / "a.npy")]) == 1
+    assert "checkpoint not found" in capsys.readouterr().err
+
+
+def test_train_help_documents_every_flag(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    text = capsys.readouterr().out
+    parser = cli.build_parser()
+    train = next(a for a in parser._actions if a.dest == "command").choices["train"]
+    flags = [a for a in train._actions if a.option_strings and a.dest != "help"]
+    assert len(flags) >= 40
+    for action in flags:
+        assert action.help and len(action.help) > 10, action.option_strings
+        assert action.option_strings[0] in text
+    from ganfast.train import TrainConfig
+    # every configuration field has a flag (config is the file flag itself)
+    dests = {a.dest for a in flags}
+    assert set(TrainConfig.field_names()) <= dests | {"resume", "overwrite"}
+
+
+def test_subcommands_registry_and_console_script():
+    assert {"train", "sample"} <= set(cli.COMMANDS)
+    try:
+        import tomllib
+    except ImportError:  # pragma: no cover
+        import tomli as tomllib
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    module, func = scripts["ganfast"].split(":")
+    import importlib
+
+    assert getattr(importlib.import_module(module), func) is cli.main
