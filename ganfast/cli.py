@@ -150,6 +150,10 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--backend", choices=BACKEND_CHOICES, default=S,
                    help="ganfast kernels to use (default: auto); reference is pure PyTorch")
     g.add_argument("--device", choices=DEVICE_CHOICES, default=S, help="where to train (default: auto: CUDA when torch sees a GPU, else the CPU)")
+    g.add_argument("--threads", type=int, default=S,
+                   help="torch intra-op threads (default: 0 = automatic: 1 for 2-D data, whose tiny models "
+                        "run faster on one thread and then give the same numbers on any machine; torch's "
+                        "default for images)")
     g.add_argument("--log-every", type=_positive_int, default=S,
                    help=f"steps per metrics.jsonl row and progress-bar update (default: {d.log_every})")
     g.add_argument("--eval-every", type=_positive_int, default=S,

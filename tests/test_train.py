@@ -20,8 +20,8 @@ from ganfast.train.data import grid25, ring8
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
     """Tiny models gain nothing from intra-op threads, and on a loaded CI machine two threads
-    spinning at every barrier of every small op slow these runs tenfold; the engine itself leaves
-    the thread count alone."""
+    spinning at every barrier of every small op slow these runs tenfold (the engine pins 2-D runs
+    to one thread itself; the digits runs use torch's default)."""
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -483,6 +483,31 @@ def test_existing_output_directory(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(OutputDirError, match="not a directory"):
         Trainer(tiny(tmp_path, "file")).fit()
+
+
+def test_threads_are_the_runs_own_and_restored(tmp_path, monkeypatch):
+    """threads=0: one thread for 2-D data during the run; threads=N: N; torch's setting is
+    restored afterwards either way."""
+    seen = []
+    step = Trainer._train_step
+
+    def spy(self):
+        seen.append(torch.get_num_threads())
+        return step(self)
+
+    monkeypatch.setattr(Trainer, "_train_step", spy)
+    torch.set_num_threads(2)
+    try:
+        Trainer(tiny(tmp_path, "auto", steps=2)).fit()
+        assert seen == [1, 1] and torch.get_num_threads() == 2
+        seen.clear()
+        torch.set_num_threads(1)
+        Trainer(tiny(tmp_path, "two", steps=2, threads=2)).fit()
+        assert seen == [2, 2] and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(1)
+    with pytest.raises(ValueError, match="threads must be an integer >= 0"):
+        TrainConfig(threads=-1).validate()
 
 
 def test_fp16_needs_cuda(tmp_path):

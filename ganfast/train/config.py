@@ -64,6 +64,9 @@ class TrainConfig:
     # where and how
     backend: str = "auto"
     device: str = "auto"
+    # torch's intra-op threads during the run; 0: 1 for 2-D data (its tiny MLPs run faster on one
+    # thread here, and a run then gives the same numbers on any machine), torch's default for images
+    threads: int = 0
     out: str = "runs/ganfast"
     resume: bool = False
     overwrite: bool = False
@@ -145,6 +148,8 @@ class TrainConfig:
             _positive_int(name, getattr(self, name))
         if self.steps < 1:
             raise ValueError("ganfast.train: steps must be >= 1")
+        if not isinstance(self.threads, int) or isinstance(self.threads, bool) or self.threads < 0:
+            raise ValueError(f"ganfast.train: threads must be an integer >= 0 (0: automatic); got {self.threads!r}")
         for name in ("batch_size", "d_steps", "z_dim", "eval_every", "sample_every", "ckpt_every",
                      "noise_anneal"):
             if getattr(self, name) is not None:
@@ -214,7 +219,7 @@ class TrainConfig:
 
 
 # Fields that define the trained model; a resumed run must keep them (the rest may change).
-RESUMABLE_CHANGES = ("steps", "out", "resume", "overwrite", "backend", "device", "log_every", "eval_every",
+RESUMABLE_CHANGES = ("steps", "out", "resume", "overwrite", "backend", "device", "threads", "log_every", "eval_every",
                      "sample_every", "ckpt_every", "eval_samples", "progress")
 
 

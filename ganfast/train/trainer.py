@@ -128,8 +128,12 @@ class Trainer:
     def fit(self, until: Optional[int] = None) -> dict:
         """Train to config.steps (or stop after step `until`, checkpointed, as if interrupted there)
         and return the summary (also written to summary.json)."""
-        with _backend.use_backend(self.config.backend):
-            return self._fit(until)
+        threads = torch.get_num_threads()
+        try:
+            with _backend.use_backend(self.config.backend):
+                return self._fit(until)
+        finally:
+            torch.set_num_threads(threads)  # _fit sets the run's own (cfg.threads)
 
     def _setup(self, ckpt: Optional[dict]) -> None:
         given = self.config
@@ -178,6 +182,10 @@ class Trainer:
         ckpt = self._prepare_out()
         self._setup(ckpt)
         cfg, out = self.cfg, self.out
+        if cfg.threads > 0:
+            torch.set_num_threads(cfg.threads)
+        elif not self.dataset.is_image:
+            torch.set_num_threads(1)
         write_text_atomic(cfg.to_toml(), out / "config.toml")
         (out / "samples").mkdir(exist_ok=True)
         last = cfg.steps if until is None else max(self.step, min(until, cfg.steps))
