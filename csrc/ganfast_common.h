@@ -452,7 +452,7 @@ inline void check_channel_vector(const char* op, const at::Tensor& input, const 
 inline int64_t check_batch_norm_act(const char* op, const at::Tensor& input, const std::optional<at::Tensor>& weight,
                                     const std::optional<at::Tensor>& bias,
                                     const std::optional<at::Tensor>& running_mean,
-                                    const std::optional<at::Tensor>& running_var, bool training) {
+                                    const std::optional<at::Tensor>& running_var, bool training, double eps) {
   check_input_nc(op, input);
   check_channel_vector(op, input, weight, "weight");
   check_channel_vector(op, input, bias, "bias");
@@ -470,6 +470,8 @@ inline int64_t check_batch_norm_act(const char* op, const at::Tensor& input, con
   if (training) {
     TORCH_CHECK_VALUE(m != 1, op, ": expected more than 1 value per channel when training; got input of shape ",
                       input.sizes());
+    // as torch: the batch variance can be 0, and 1 / sqrt(var + eps) must stay finite
+    TORCH_CHECK_VALUE(eps > 0, op, ": eps must be positive when training; got ", eps);
   } else {
     TORCH_CHECK_VALUE(has_rm, op, ": running_mean and running_var are required when training is False "
                       "(eval normalises with the running statistics)");

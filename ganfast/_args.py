@@ -448,10 +448,10 @@ def _check_channel_vector(op: str, input: torch.Tensor, t: Optional[torch.Tensor
 
 def check_batch_norm_act(op: str, input: torch.Tensor, weight: Optional[torch.Tensor],
                          bias: Optional[torch.Tensor], running_mean: Optional[torch.Tensor],
-                         running_var: Optional[torch.Tensor], training: bool) -> int:
+                         running_var: Optional[torch.Tensor], training: bool, eps: float) -> int:
     """batch_norm_act's operands, in this order: input; weight, bias, running_mean, running_var;
-    the running statistics given together and of one dtype; more than one value per channel when
-    training, the running statistics when not. Returns M, the values per channel. (The twin of
+    the running statistics given together and of one dtype; more than one value per channel and
+    eps > 0 when training, the running statistics when not. Returns M, the values per channel. (The twin of
     csrc/ganfast_common.h's check_batch_norm_act.)"""
     _check_input_nc(op, input)
     for t, arg in ((weight, "weight"), (bias, "bias"), (running_mean, "running_mean"), (running_var, "running_var")):
@@ -466,6 +466,8 @@ def check_batch_norm_act(op: str, input: torch.Tensor, weight: Optional[torch.Te
         if m == 1:
             raise ValueError(f"{op}: expected more than 1 value per channel when training; got input of shape "
                              f"{format_sizes(input.shape)}")
+        if not eps > 0:  # %g prints the value as C++'s stream does
+            raise ValueError(f"{op}: eps must be positive when training; got {'%g' % eps}")
     elif running_mean is None:
         raise ValueError(f"{op}: running_mean and running_var are required when training is False "
                          "(eval normalises with the running statistics)")

@@ -372,6 +372,11 @@ def test_errors(impl):
         bna(x, None, None, None, None, False)
     with pytest.raises(ValueError, match="act must be one of"):
         bna(x, None, None, None, None, True, act="gelu")
+    for eps in (0.0, -1.0, float("nan")):  # as torch's batch_norm: eps > 0 when training
+        with pytest.raises(ValueError, match="eps must be positive when training; got"):
+            bna(x, None, None, None, None, True, eps=eps)
+    # eps = 0 in eval normalises with the running variance, as torch's
+    bna(x, None, None, torch.zeros(3, device=device), c3, False, eps=0.0)
     # one value per channel is fine in eval, as torch's
     out = bna(torch.randn(1, 3, device=device), None, None, torch.zeros(3, device=device), c3, False)
     assert out.shape == (1, 3)
@@ -407,9 +412,11 @@ def test_python_checks_match_cpp(rng):
         (torch.randn(1, 3), None, None, None, None, True),
         (x, None, None, None, None, False),
     ]
-    for args in cases:
+    cases = [(*args, 1e-5) for args in cases] + [(x, None, None, None, None, True, 0.0),
+                                                  (x, None, None, None, None, True, -0.001)]
+    for *args, eps in cases:
         with pytest.raises(Exception) as cpp:
-            torch.ops.ganfast.batch_norm_act(*args, 0.1, 1e-5, "relu", 0.0)
+            torch.ops.ganfast.batch_norm_act(*args, 0.1, eps, "relu", 0.0)
         with pytest.raises(Exception) as py:
-            _args.check_batch_norm_act("ganfast::batch_norm_act", *args)
+            _args.check_batch_norm_act("ganfast::batch_norm_act", *args, eps)
         assert type(cpp.value) is type(py.value) and str(py.value) in str(cpp.value), (cpp.value, py.value)

@@ -532,7 +532,7 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_act(const Tensor& input, const std
                                                   double momentum, double eps, c10::string_view act_name,
                                                   double alpha) {
   constexpr const char* op = "ganfast::batch_norm_act";
-  const int64_t M = check_batch_norm_act(op, input, weight, bias, running_mean, running_var, training);
+  const int64_t M = check_batch_norm_act(op, input, weight, bias, running_mean, running_var, training, eps);
   const ActKind act = parse_act(act_name);
   const Tensor x = walkable(input);
   Tensor out = at::empty_like(x);

@@ -41,7 +41,8 @@ def _output_like(x: Tensor) -> Tensor:
 
 
 def _fake_batch_norm_act(input, weight, bias, running_mean, running_var, training, momentum, eps, act, alpha):
-    _args.check_batch_norm_act("ganfast::batch_norm_act", input, weight, bias, running_mean, running_var, training)
+    _args.check_batch_norm_act("ganfast::batch_norm_act", input, weight, bias, running_mean, running_var, training,
+                               eps)
     _args.parse_act(act)
     compute = _args.batch_norm_compute_dtype(input.dtype)
     c = input.size(1)

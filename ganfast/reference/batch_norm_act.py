@@ -21,7 +21,7 @@ def _to(t, dtype):
 
 def batch_norm_act(x, weight=None, bias=None, running_mean=None, running_var=None, training=True, momentum=0.1,
                    eps=1e-5, act="relu", alpha=0.0):
-    _args.check_batch_norm_act("ganfast::batch_norm_act", x, weight, bias, running_mean, running_var, training)
+    _args.check_batch_norm_act("ganfast::batch_norm_act", x, weight, bias, running_mean, running_var, training, eps)
     act = _args.parse_act(act)
     dtype = _args.batch_norm_compute_dtype(x.dtype)
     # Running statistics of another dtype: updated through a compute-dtype copy, written back.

@@ -400,7 +400,7 @@ def batch_norm_act(input, weight, bias, running_mean, running_var, training, mom
     partial_sums: optional (2, T, C) tensor of per-tile [sum, sum of squares] of the input per
     channel (float32; float64 for float64 input), replacing the statistics pass (training only)."""
     op = "ganfast::batch_norm_act"
-    M = _args.check_batch_norm_act(op, input, weight, bias, running_mean, running_var, training)
+    M = _args.check_batch_norm_act(op, input, weight, bias, running_mean, running_var, training, eps)
     act = _args.parse_act(act)
     _args.check_kernel_dtype(input.dtype, "ganfast_batch_norm_act")
     x = input if walkable(input) else input.contiguous()
