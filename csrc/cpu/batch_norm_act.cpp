@@ -35,6 +35,7 @@
 #include <vector>
 
 #include "../ganfast_common.h"
+#include "cpu_alloc.h"
 #include "cpu_loops.h"
 
 namespace ganfast::cpu {
@@ -313,7 +314,7 @@ Tensor channel_tensor(const std::vector<double>& v, at::ScalarType dtype) {
 // t in the dtype and strides of `like` (dense, of t's shape); t itself when it already is.
 Tensor like_layout(const Tensor& t, const Tensor& like) {
   if (t.scalar_type() == like.scalar_type() && t.strides() == like.strides()) return t;
-  return at::empty_like(like).copy_(t);
+  return empty_output_like(like).copy_(t);
 }
 
 template <typename F>
@@ -336,7 +337,7 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_act(const Tensor& input, const std
   const ActKind act = parse_act(act_name);
   const bool has_running = running_mean.has_value() && running_mean->defined();
   const Tensor x = walkable(input);
-  Tensor out = at::empty_like(x);
+  Tensor out = empty_output_like(x);
   const int64_t C = x.size(1);
   const Walk w = make_walk(x);
   const auto compute = batch_norm_compute_dtype(x.scalar_type());
@@ -407,7 +408,7 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_act_backward(const Tensor& grad_ou
   const int64_t M = check_batch_norm_act_backward(op, grad_output, input, weight, bias, save_mean, save_invstd);
   const ActKind act = parse_act(act_name);
   const Tensor x = walkable(input);
-  Tensor grad_input = at::empty_like(x);
+  Tensor grad_input = empty_output_like(x);
   const int64_t C = x.size(1);
   const Walk w = make_walk(x);
   const Tensor g = like_layout(grad_output, x);
