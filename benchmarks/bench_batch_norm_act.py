@@ -14,42 +14,36 @@ step: y = f(x, weight, bias, running_mean, running_var); y.backward(u); the .gra
     ganfast[cpu]       ganfast.ops.batch_norm_act(..., act) under use_backend("cpu")
 Every contender is checked against eager first (output, the three gradients, the running
 statistics after one step; rtol 1e-4, atol 1e-5 x max|eager|): the script exits with status 1 on a
-disagreement. Timing is bench_losses.py's (imported): time.perf_counter_ns per step, interleaved
-time-boxed rounds, warm-up excluded, GC off; median / p20 / p80 in microseconds; speedup = eager
-median / contender median.
+disagreement; a contender that cannot run (torch.compile refusing, the cpu backend not built) is
+shown with its error instead of timings. Timing is ganfast.bench.harness's (shared with `ganfast
+bench` and the other bench_*.py): time.perf_counter_ns per step, interleaved time-boxed rounds,
+warm-up excluded, GC off; median / p20 / p80 in microseconds; speedup = eager median / contender
+median. The options, machine header and exit status are benchmarks/_script.py's. With --json, the
+rows as a JSON list.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import sys
+import _script as S  # standard library only: the environment is set before torch is imported
 
 SHAPES = ((64, 256, 8, 8), (64, 128, 16, 16), (64, 64, 32, 32))
 RTOL, ATOL_SCALE = 1e-4, 1e-5
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="~0.3 s per contender per shape instead of ~2 s")
-    p.add_argument("--no-compile", action="store_true", help="leave torch.compile out")
+def parse_args(argv=None):
+    p = S.parser(__doc__, quick_help="~0.3 s per contender per shape instead of ~2 s", device=False)
     p.add_argument("--act", default="relu", choices=("relu", "lrelu", "tanh"))
     p.add_argument("--channels-last", action="store_true", help="x in channels_last memory format")
-    p.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     return p.parse_args(argv)
 
 
-_ARGS = parse_args() if __name__ == "__main__" else None
-if _ARGS is not None:
-    os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")  # as bench_losses: no worker pool
+_ARGS = S.command_line(parse_args, __name__)
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench_losses as bl  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-import ganfast  # noqa: E402
 from ganfast import ops  # noqa: E402
+from ganfast.bench import harness as H  # noqa: E402
+from ganfast.bench.harness import Contender  # noqa: E402
 
 ACTS = {"relu": F.relu, "lrelu": lambda v: F.leaky_relu(v, 0.2), "tanh": torch.tanh}
 
@@ -85,11 +79,14 @@ def make_inputs(shape, channels_last, seed=0):
     return x, w, b, u
 
 
+OUTPUTS = ("output", "grad x", "grad weight", "grad bias", "running_mean", "running_var")
+
+
 def run_once(fn, x, w, b, u):
     rm, rv = torch.zeros(x.shape[1]), torch.ones(x.shape[1])
     y = fn(x, w, b, rm, rv)
     gx, gw, gb = torch.autograd.grad(y, (x, w, b), u)
-    return [y.detach(), gx, gw, gb, rm, rv]
+    return list(zip(OUTPUTS, [y.detach(), gx, gw, gb, rm, rv]))
 
 
 def make_step(fn, x, w, b, u):
@@ -105,61 +102,55 @@ def make_step(fn, x, w, b, u):
     return step
 
 
-def check(c, got, expected, shape) -> None:
-    names = ("output", "grad x", "grad weight", "grad bias", "running_mean", "running_var")
-    for name, g, e in zip(names, got, expected):
-        atol = ATOL_SCALE * float(e.abs().max()) if e.numel() else 0.0
-        if not torch.allclose(g, e, rtol=RTOL, atol=atol):
-            diff = float((g - e).abs().max())
-            print(f"ERROR: {c.name} disagrees with eager at {shape}: {name}, max abs diff {diff:.3g}")
-            sys.exit(1)
+def build_contenders(args):
+    torch._dynamo.reset()  # a fresh, shape-specialised graph per shape
+    contenders = [Contender("eager", eager_fn(args.act))]
+    if not args.no_compile:
+        contenders.append(Contender("torch.compile", torch.compile(eager_fn(args.act))))
+    contenders.append(Contender("ganfast[cpu]", ganfast_fn(args.act), backend="cpu"))
+    return contenders
 
 
 def main(args) -> int:
-    contenders = [bl.Contender("eager", eager_fn(args.act))]
-    if not args.no_compile:
-        contenders.append(bl.Contender("torch.compile", torch.compile(eager_fn(args.act))))
-    contenders.append(bl.Contender("ganfast[cpu]", ganfast_fn(args.act), backend="cpu"))
+    device = torch.device("cpu")
     target_s = 0.3 if args.quick else 2.0
-    print("# ganfast batch_norm_act benchmark: BatchNorm2d (training) + activation, forward + backward")
-    print()
-    print(f"- command: `{' '.join([os.path.basename(sys.executable)] + sys.argv)}`")
-    print(f"- device: cpu, {bl.cpu_model()} ({os.cpu_count()} logical CPUs), torch {torch.__version__}, "
-          f"ganfast {ganfast.__version__}, torch threads {torch.get_num_threads()}")
-    print(f"- act {args.act}, float32, {'channels_last' if args.channels_last else 'NCHW contiguous'}; "
-          f"~{target_s} s per contender per shape in 5 interleaved rounds; median / p20 / p80 in us")
-    print(f"- machine before: {bl.machine_load()}")
-    print()
+    meta = S.header(
+        "ganfast batch_norm_act benchmark: BatchNorm2d (training) + activation, forward + backward", device,
+        [f"act {args.act}, float32, {'channels_last' if args.channels_last else 'NCHW contiguous'}; "
+         f"~{target_s} s per contender per shape in 5 interleaved rounds; median / p20 / p80 in us",
+         f"checked before timing: output, the three gradients and the running statistics agree with eager "
+         f"(rtol {RTOL}, atol {ATOL_SCALE} x max|eager|), else abort"],
+        act=args.act, channels_last=args.channels_last, quick=args.quick)
     print("| shape | contender | median us | p20 | p80 | speedup vs eager | iterations |")
     print("|---|---|---|---|---|---|---|")
-    rows = []
+    rows, failures = [], []
     for shape in SHAPES:
-        torch._dynamo.reset()
         x, w, b, u = make_inputs(shape, args.channels_last)
+        contenders = build_contenders(args)
         expected = run_once(contenders[0].fn, x, w, b, u)
-        for c in contenders:
-            c.samples_ns = []
-            with c.selected():
-                check(c, run_once(c.fn, x, w, b, u), expected, shape)
-        steps = {}
-        for c in contenders:
-            with c.selected():
-                steps[c.name] = make_step(c.fn, x, w, b, u)
-        bl.time_cpu(contenders, steps, target_s, 0.2 if args.quick else 0.5, 10, 5)
+        for c in contenders[1:]:
+            got = S.first_call(c, lambda fn: run_once(fn, x, w, b, u))
+            if got is not None:
+                H.compare(f"{c.name} at {shape}", got, expected, RTOL, ATOL_SCALE)
+        timed = [c for c in contenders if c.error is None]
+        steps = {c.name: make_step(c.fn, x, w, b, u) for c in timed}
+        H.time_cpu(timed, steps, target_s, 0.2 if args.quick else 0.5, 10, 5)
         eager_med = contenders[0].stats_us[0]
         for c in contenders:
+            if c.error is not None:
+                print(f"| {tuple(shape)} | {c.name} | {c.error} | | | | |")
+                rows.append({"shape": list(shape), "contender": c.name, "error": c.error})
+                if S.is_failure(c.error):
+                    failures.append(f"{c.name} at {shape}: {c.error}")
+                continue
             med, p20, p80 = c.stats_us
-            print(f"| {tuple(shape)} | {c.name} | {bl.fmt_us(med)} | {bl.fmt_us(p20)} | {bl.fmt_us(p80)} | "
+            print(f"| {tuple(shape)} | {c.name} | {H.fmt_us(med)} | {H.fmt_us(p20)} | {H.fmt_us(p80)} | "
                   f"{eager_med / med:.2f}x | {c.iterations} |")
             rows.append({"shape": list(shape), "contender": c.name, "median_us": med, "p20_us": p20, "p80_us": p80,
                          "speedup": eager_med / med, "iterations": c.iterations})
     print()
-    print(f"- machine after: {bl.machine_load()}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
-    return 0
+    return S.finish(meta, args.json, rows, failures)
 
 
 if __name__ == "__main__":
-    sys.exit(main(_ARGS))
+    S.run(main, _ARGS)

@@ -33,58 +33,45 @@ output, every parameter gradient and the running statistics after it with the ea
 float64: each tensor's max |a - e| / max |e| must be within 10x eager float32's own (+ 1e-5). (The
 generator's BatchNorm backward loses up to ~1e-2 relative in float32 through cancellation, in
 eager too: a fixed float32 tolerance would fail eager's own channels_last twin.)
-Timing and the machine line come from bench_losses.py: on CPU time.perf_counter_ns per step,
-time-boxed interleaved rounds, warm-up excluded, GC off, median / p20 / p80 in milliseconds; on
-CUDA triton.testing.do_bench. speedup = eager median / contender median.
+Timing is ganfast.bench.harness's (shared with `ganfast bench` and the other bench_*.py): on CPU
+time.perf_counter_ns per step, time-boxed interleaved rounds after a warm-up of at least 5 steps
+and 1 s (excluded), GC off, median / p20 / p80 in milliseconds; on CUDA triton.testing.do_bench.
+The options, machine header and exit status are benchmarks/_script.py's. speedup = eager median /
+contender median. With --json: {"meta": header, "rows", "load_before", "load_after", "args"}.
 Targets (CPU): generator forward+backward >= 1.15x eager; eval sampling >= 1.3x eager.
 """
 from __future__ import annotations
 
-import argparse
 import copy
-import os
-import sys
+
+import _script as S  # standard library only: the environment is set before torch is imported
 
 SECTIONS = ("block", "generator", "sample")
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="short time boxes (a few minutes on 2 CPU cores)")
-    p.add_argument("--sections", default=",".join(SECTIONS), help=f"subset of {','.join(SECTIONS)}")
+def parse_args(argv=None):
+    p = S.parser(__doc__, quick_help="short time boxes (a few minutes on 2 CPU cores)",
+                 interpreter_help="on CPU, also run ganfast[triton] through the Triton interpreter (block "
+                                  "section only, 2 steps after the others; many minutes at batch 64: use "
+                                  "with a small --batch)")
+    S.add_sections(p, SECTIONS)
     p.add_argument("--batch", type=int, default=64, help="batch size (default 64)")
-    p.add_argument("--json", metavar="PATH", help="also write every row (and the header) as JSON")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--include-interpreter", action="store_true",
-                   help="on CPU, also run ganfast[triton] through the Triton interpreter (block section only, "
-                        "2 steps after the others; many minutes at batch 64: use with a small --batch)")
-    p.add_argument("--no-compile", action="store_true", help="leave torch.compile out")
     args = p.parse_args(argv)
-    args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
-    bad = [s for s in args.sections if s not in SECTIONS]
-    if bad or not args.sections:
-        p.error(f"--sections: choose from {', '.join(SECTIONS)}; got {bad or 'nothing'}")
+    S.parse_sections(p, args, SECTIONS)
     return args
 
 
-_ARGS = parse_args() if __name__ == "__main__" else None
-if _ARGS is not None and _ARGS.include_interpreter:
-    os.environ["TRITON_INTERPRET"] = "1"
-if _ARGS is not None:
-    os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
+_ARGS = S.command_line(parse_args, __name__)
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench_losses as bl  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 import ganfast  # noqa: E402
 import ganfast.nn as gnn  # noqa: E402
+from ganfast.bench import harness as H  # noqa: E402
+from ganfast.bench.harness import Contender  # noqa: E402
 from ganfast.ops import conv_block as block_ops  # noqa: E402
 
-Contender, Disagreement, _one_line = bl.Contender, bl.Disagreement, bl._one_line
-DEV_FACTOR, DEV_FLOOR = 10.0, 1e-5
 
 
 # ---- models ------------------------------------------------------------------------------------
@@ -222,52 +209,13 @@ def step_eval(fn, x):
     return step
 
 
-def verify(c, run, expected64, eager_devs, where, is_compile):
-    t0 = bl.time.perf_counter()
-    try:
-        with c.selected():
-            got = run(c.fn)
-    except Exception as exc:  # noqa: BLE001
-        c.error = (f"compile failed: {_one_line(exc)}" if is_compile else f"FAILED: {_one_line(exc)}")
+def verify(c, run, expected64, eager_devs, where):
+    """First call, compared with the float64 oracle (Disagreement aborts); errors go in the table."""
+    got = S.first_call(c, run)
+    if got is None:
         return
-    if is_compile:
-        c.note = f"first call (compilation) {bl.time.perf_counter() - t0:.1f} s"
-    worst = check(c, deviations(got, expected64), eager_devs, where)
+    worst = H.check_against_float64(f"{c.name} [{where}]", got, expected64, eager_devs)
     c.note = (c.note + "; " if c.note else "") + f"max rel. deviation from float64 {worst:.1e}"
-
-
-def deviations(got, expected64):
-    """Per tensor: max |a - e| / max |e| against the float64 run (None where a tensor is missing)."""
-    out = []
-    for (what, a), (_, e) in zip(got, expected64):
-        if a is None or e is None or a.shape != e.shape:
-            out.append((what, None))
-            continue
-        scale = float(e.abs().max()) if e.numel() else 0.0
-        err = float((a.double() - e).abs().max()) if e.numel() else 0.0
-        out.append((what, err / scale if scale else err))
-    return out
-
-
-def check(c, devs, eager_devs, where):
-    """A contender may deviate from float64 by at most DEV_FACTOR x eager float32's own deviation
-    (+ DEV_FLOOR): the generator's BatchNorm backward loses ~1e-2 relative in float32 through
-    cancellation even in eager, so a fixed tolerance would either fail eager's own layout twin or
-    hide bugs; this tracks what float32 allows and still catches a wrong formula (error ~1)."""
-    worst = 0.0
-    for (what, d), (_, d0) in zip(devs, eager_devs):
-        if d is None:
-            raise Disagreement(f"{c.name} [{where}]: {what} is missing or has the wrong shape")
-        bound = DEV_FACTOR * d0 + DEV_FLOOR
-        if d > bound:
-            raise Disagreement(f"{c.name} [{where}] disagrees on {what}: deviation from float64 {d:.2e} > "
-                               f"{bound:.2e} ({DEV_FACTOR} x eager float32's {d0:.2e} + {DEV_FLOOR})")
-        worst = max(worst, d)
-    return worst
-
-
-def interpreted(c):
-    return c.backend == "triton" and ganfast.backend.triton_interpreter()
 
 
 # ---- main --------------------------------------------------------------------------------------
@@ -277,34 +225,24 @@ def fmt_ms(us):
 
 
 def main(args) -> int:
-    device = torch.device("cuda" if (args.device == "auto" and torch.cuda.is_available()) or args.device == "cuda"
-                          else "cpu")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("error: --device cuda but no GPU is visible", file=sys.stderr)
-        return 2
-    backends, skipped = bl.ganfast_backends(device, args.include_interpreter)
+    device, backends, skipped = S.device_and_backends(args)
     q = args.quick
-    budget = dict(target_s=2.0 if q else 10.0, rounds=3 if q else 5, min_iters=3 if q else 10, warmup_n=1)
-    print("# ganfast block benchmark: fused ConvTranspose2d + BatchNorm2d + activation, DCGAN generator")
-    print()
-    print(f"- command: `{' '.join([os.path.basename(sys.executable)] + sys.argv)}`")
-    if device.type == "cuda":
-        print(f"- device: cuda, {torch.cuda.get_device_name(device)}")
-    else:
-        print(f"- device: cpu, {bl.cpu_model()} ({os.cpu_count()} logical CPUs)")
-    print(f"- torch {torch.__version__}, ganfast {ganfast.__version__}, python {bl.platform.python_version()}, "
-          f"torch threads {torch.get_num_threads()}; oneDNN (mkldnn) enabled: {torch.backends.mkldnn.is_available()}")
-    print(f"- timing: per contender {budget['target_s']} s in {budget['rounds']} interleaved rounds "
-          f"(>= {budget['min_iters']} steps), warm-up excluded, GC off; median / p20 / p80 in ms")
-    print(f"- verified before timing: output, every parameter gradient and the running statistics after the step, "
-          f"each within {DEV_FACTOR} x eager float32's own deviation from the float64 eager run + {DEV_FLOOR} "
-          "(max |a - e| / max |e| per tensor)")
-    print(f"- batch {args.batch}; ganfast backends: {', '.join(backends) or 'none'}")
-    for name, why in skipped.items():
-        print(f"- ganfast[{name}] not timed: {why}")
-    load_before = bl.machine_load()
-    print(f"- machine before: {load_before}")
-    print()
+    # Warm-up: at least warmup_n steps and warmup_s seconds per contender, before the rounds.
+    budget = dict(target_s=2.0 if q else 10.0, rounds=3 if q else 5, min_iters=3 if q else 10,
+                  warmup_s=1.0, warmup_n=5)
+    details = [
+        f"oneDNN (mkldnn) enabled: {torch.backends.mkldnn.is_available()}",
+        f"timing: per contender {budget['target_s']} s in {budget['rounds']} interleaved rounds "
+        f"(>= {budget['min_iters']} steps), warm-up (>= {budget['warmup_n']} steps and {budget['warmup_s']} s) "
+        "excluded, GC off; median / p20 / p80 in ms",
+        f"verified before timing: output, every parameter gradient and the running statistics after the step, "
+        f"each within {H.DEV_FACTOR} x eager float32's own deviation from the float64 eager run + {H.DEV_FLOOR} "
+        "(max |a - e| / max |e| per tensor)",
+        f"batch {args.batch}",
+    ]
+    meta = S.header("ganfast block benchmark: fused ConvTranspose2d + BatchNorm2d + activation, DCGAN generator",
+                    device, details, backends, skipped, sections=args.sections, quick=args.quick,
+                    batch=args.batch, timing_budget=budget)
     rows, failures = [], []
     for section in args.sections:
         training = section != "sample"
@@ -331,23 +269,24 @@ def main(args) -> int:
         oracle = copy.deepcopy(models["eager"]).double()
         x64, up64 = x.double(), (up.double() if training else None)
         expected64 = run_train(oracle, x64, up64) if training else run_eval(oracle, x64)
-        eager_devs = deviations(run(cs[0].fn), expected64)
+        eager_devs = H.deviations(run(cs[0].fn), expected64)
         cs[0].note = ("float32 deviation from float64 (the verification's yardstick) "
                       f"{max(d for _, d in eager_devs):.1e}")
         del oracle
         for c in cs[1:]:
             if c.error is None:
-                verify(c, run, expected64, eager_devs, section, c.name == "torch.compile")
+                verify(c, run, expected64, eager_devs, section)
         timed = [c for c in cs if c.error is None]
         steps = {c.name: step_of(c.fn) for c in timed}
         if device.type == "cuda":
-            bl.time_cuda(timed, steps, rep_ms=int(budget["target_s"] * 1e3), warmup_ms=100)
+            H.time_cuda(timed, steps, rep_ms=int(budget["target_s"] * 1e3), warmup_ms=100)
         else:
-            fast = [c for c in timed if not interpreted(c)]
-            bl.time_cpu(fast, steps, budget["target_s"], budget["warmup_n"], budget["min_iters"], budget["rounds"])
+            fast = [c for c in timed if not S.interpreted(c)]
+            H.time_cpu(fast, steps, budget["target_s"], budget["warmup_s"], budget["min_iters"], budget["rounds"],
+                       warmup_n=budget["warmup_n"])
             for c in timed:
-                if interpreted(c):
-                    bl.time_cpu([c], steps, 0.0, 0, 2, 1)
+                if S.interpreted(c):
+                    S.time_few(c, steps[c.name], 2)
         title = {"block": "block ConvT 256->128 8x8->16x16 + BN + ReLU, forward+backward",
                  "generator": "DCGANGenerator nz128 ngf64 nc3 64x64, forward+backward",
                  "sample": "DCGANGenerator eval sampling (no_grad)"}[section]
@@ -363,7 +302,7 @@ def main(args) -> int:
             row = {"section": section, "contender": c.name, "error": c.error, "note": c.note}
             if c.error is not None:
                 print(f"| {c.name} | {c.error} | | | | |" + (" |" if extra else ""))
-                if not c.error.startswith(("compile failed", "unavailable")):
+                if S.is_failure(c.error):
                     failures.append(f"{c.name} [{section}]: {c.error}")
             else:
                 med, p20, p80 = c.stats_us
@@ -396,28 +335,10 @@ def main(args) -> int:
             s = r["speedup_vs_eager"]
             verdict = f"{s:.2f}x: {'met' if s >= goal else 'NOT met'}"
         lines.append(f"- {section}: ganfast[{main_backend}] >= {goal}x eager: {verdict}")
-    if lines:
-        print("## targets (measured, not tuned for)")
-        print()
-        print("\n".join(lines))
-        print()
-    load_after = bl.machine_load()
-    print(f"machine after: {load_after}")
-    if args.json:
-        with open(args.json, "w") as f:
-            bl.json.dump({"rows": rows, "load_before": load_before, "load_after": load_after,
-                          "args": vars(args)}, f, indent=2)
-    if failures:
-        print("\nERROR: contenders failed to run:\n  " + "\n  ".join(failures), file=sys.stderr)
-        return 2
-    return 0
+    S.print_targets(lines)
+    return S.finish(meta, args.json, lambda: {"meta": meta, "rows": rows, "load_before": meta["load_before"],
+                                              "load_after": meta["load_after"], "args": vars(args)}, failures)
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main(_ARGS))
-    except Disagreement as exc:
-        print("\n" + "!" * 78, file=sys.stderr)
-        print(f"ABORTED: a contender disagrees with eager; no timings are reported.\n{exc}", file=sys.stderr)
-        print("!" * 78, file=sys.stderr)
-        sys.exit(1)
+    S.run(main, _ARGS)

@@ -39,18 +39,18 @@ dstep     the whole WGAN-GP discriminator step of a 64x64 DCGAN discriminator, b
           eps (the interpolation weights) is drawn once and passed to both, so the steps compute
           the same numbers; target: ganfast >= 1.1x eager
 
-Timing and the machine header are those of bench_losses.py (imported from it): on CPU
+Timing is ganfast.bench.harness's (shared with `ganfast bench` and the other bench_*.py): on CPU
 time.perf_counter_ns per step, time-boxed interleaved rounds, warm-up excluded, GC off, median /
-p20 / p80; on CUDA triton.testing.do_bench. speedup = eager median / contender median. A ganfast
+p20 / p80; on CUDA triton.testing.do_bench. The options, machine header and exit status are
+benchmarks/_script.py's. speedup = eager median / contender median. A ganfast
 backend whose kernels for the section's ops are not registered in this build is shown as
 unavailable (for instance the cpu backend while csrc/cpu/penalty.cpp is not built yet).
 """
 from __future__ import annotations
 
-import argparse
 import os
-import sys
-import time
+
+import _script as S  # standard library only: the environment is set before torch is imported
 
 SECTIONS = ("penalty", "lrelu", "dstep")
 PENALTY_SHAPES = ((64, 3, 64, 64), (256, 3, 128, 128))
@@ -75,47 +75,26 @@ RTOL, ATOL_SCALE = 1e-5, 1e-6
 DSTEP_RTOL, DSTEP_ATOL_SCALE = 1e-4, 1e-5
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true",
-                   help="shorter time boxes (whole run well under 2 minutes on 2 CPU cores)")
-    p.add_argument("--sections", default=",".join(SECTIONS),
-                   help=f"comma-separated subset of {','.join(SECTIONS)} (default: all)")
-    p.add_argument("--json", metavar="PATH", help="also write every row (and the header) as JSON")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                   help="auto: cuda when a GPU is visible, else cpu")
-    p.add_argument("--include-interpreter", action="store_true",
-                   help="on CPU, also time ganfast[triton] in the penalty section through the Triton "
-                        "interpreter (sets TRITON_INTERPRET=1 before triton is imported; very slow)")
-    p.add_argument("--no-compile", action="store_true", help="leave torch.compile out")
+def parse_args(argv=None):
+    p = S.parser(__doc__, quick_help="shorter time boxes (whole run well under 2 minutes on 2 CPU cores)",
+                 interpreter_help="on CPU, also time ganfast[triton] in the penalty section through the "
+                                  "Triton interpreter")
+    S.add_sections(p, SECTIONS)
     args = p.parse_args(argv)
-    args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
-    bad = [s for s in args.sections if s not in SECTIONS]
-    if bad or not args.sections:
-        p.error(f"--sections: choose from {', '.join(SECTIONS)}; got {bad or 'nothing'}")
+    S.parse_sections(p, args, SECTIONS)
     return args
 
 
-# The interpreter must be chosen before triton (or anything importing it) is imported.
-_ARGS = parse_args() if __name__ == "__main__" else None
-if _ARGS is not None and _ARGS.include_interpreter:
-    os.environ["TRITON_INTERPRET"] = "1"
-if _ARGS is not None:
-    os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")  # as bench_losses: no worker pool
+_ARGS = S.command_line(parse_args, __name__)
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench_losses as bl  # noqa: E402  (imports torch; after the environment above is set)
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-import ganfast  # noqa: E402
 import ganfast.losses as L  # noqa: E402
 import ganfast.nn as gnn  # noqa: E402
 import ganfast.penalty as P  # noqa: E402
-from ganfast.backend import BackendUnavailableError  # noqa: E402
-
-Contender, Disagreement, _one_line, fmt_us = bl.Contender, bl.Disagreement, bl._one_line, bl.fmt_us
+from ganfast.bench import harness as H  # noqa: E402
+from ganfast.bench.harness import Contender  # noqa: E402
 
 
 # ---- which backends can run which section ----------------------------------------------------
@@ -127,10 +106,6 @@ def missing_kernels(backend: str, section: str, device: torch.device) -> list:
     key = "CPU" if backend == "cpu" else "CUDA"
     return [op for op in SECTION_OPS[section]
             if not torch._C._dispatch_has_kernel_for_dispatch_key(f"ganfast::{op}", key)]
-
-
-def interpreted(c: Contender) -> bool:
-    return c.backend == "triton" and ganfast.backend.triton_interpreter()
 
 
 def ganfast_contenders(section: str, device: torch.device, backends, make_fn, interpreter_too: bool = True) -> list:
@@ -319,137 +294,47 @@ def dstep_step(fn, params, real, fake, eps):
     return step
 
 
-# ---- verification and timing -----------------------------------------------------------------
-
-def compare(c: Contender, got: list, expected: list, where: str, rtol: float, atol_scale: float) -> float:
-    """Raise Disagreement unless every tensor agrees; return the largest |a - e| / max|e| seen."""
-    worst = 0.0
-    for (what, a), (_, e) in zip(got, expected):
-        if a is None or e is None:
-            raise Disagreement(f"{c.name} [{where}]: {what} is "
-                               f"{'missing' if a is None else 'present but eager has none'}")
-        scale = float(e.abs().max()) if e.numel() else 0.0
-        atol = atol_scale * scale
-        try:
-            torch.testing.assert_close(a, e, rtol=rtol, atol=atol)
-        except AssertionError as exc:
-            raise Disagreement(f"{c.name} [{where}] disagrees with eager on {what} "
-                               f"(rtol={rtol}, atol={atol:.3g}):\n{exc}") from None
-        if scale > 0:
-            worst = max(worst, float((a.double() - e.double()).abs().max()) / scale)
-    return worst
-
+# ---- verification and header -----------------------------------------------------------------
 
 def verify(c: Contender, run, expected: list, where: str, rtol: float, atol_scale: float) -> None:
-    """Run once and compare with eager; a failure to run (not a disagreement) goes in the table."""
-    is_compile = c.name == "torch.compile"
-    t0 = time.perf_counter()
-    try:
-        with c.selected():
-            got = run(c.fn)
-    except BackendUnavailableError as exc:
-        c.error = f"unavailable: {_one_line(exc)}"
+    """Run once and compare with eager (Disagreement aborts); a failure to run goes in the table."""
+    got = S.first_call(c, run, compile_error="torch.compile error")
+    if got is None:
         return
-    except Exception as exc:  # noqa: BLE001  (reported in the table)
-        c.error = f"{'torch.compile error' if is_compile else 'FAILED'}: {_one_line(exc, limit=200)}"
-        c.note = f"raised after {time.perf_counter() - t0:.1f} s (first call, compilation included)"
-        return
-    worst = compare(c, got, expected, where, rtol, atol_scale)
+    worst = H.compare(f"{c.name} [{where}]", got, expected, rtol, atol_scale)
     notes = [f"max |diff| / max|eager| over all checked tensors {worst:.1e}"]
-    if is_compile:
-        notes.insert(0, f"first call (compilation) {time.perf_counter() - t0:.1f} s")
+    if c.note:  # torch.compile: its compilation time
+        notes.insert(0, c.note)
     c.note = "; ".join(notes)
 
 
-def time_cpu(contenders, steps, target_s: float, warmup_n: int, min_iters: int, rounds: int) -> None:
-    """bench_losses.time_cpu with a warm-up counted in steps (a D step takes about a second here,
-    so bench_losses' five warm-up steps would cost more than the timing itself)."""
-    import gc
-
-    for c in contenders:
-        with c.selected():
-            for _ in range(warmup_n):
-                steps[c.name]()
-    gc.collect()
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        for _ in range(rounds):
-            for c in contenders:
-                with c.selected():
-                    bl._run_for(steps[c.name], target_s / rounds, max(1, -(-min_iters // rounds)),
-                                c.samples_ns)
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-    for c in contenders:
-        c.iterations = len(c.samples_ns)
-        c.stats_us = bl._percentiles_us(c.samples_ns)
-
-
-# ---- header ----------------------------------------------------------------------------------
-
-def header(device, args, backends, skipped, budget) -> dict:
-    try:
-        import triton
-        triton_version = triton.__version__
-    except Exception as exc:  # noqa: BLE001
-        triton_version = f"not importable ({_one_line(exc)})"
-    meta = {
-        "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
-        "device": device.type, "cpu": bl.cpu_model(),
-        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "cpu_count": os.cpu_count(), "torch": torch.__version__, "torch_cuda": torch.version.cuda,
-        "triton": triton_version, "ganfast": ganfast.__version__,
-        "python": bl.platform.python_version(), "platform": bl.platform.platform(),
-        "torch_num_threads": torch.get_num_threads(),
-        "torch_num_interop_threads": torch.get_num_interop_threads(),
-        "triton_interpret": os.environ.get("TRITON_INTERPRET", "0"),
-        "torchinductor_compile_threads": os.environ.get("TORCHINDUCTOR_COMPILE_THREADS"),
-        "sections": args.sections, "quick": args.quick, "timing_budget": budget,
-        "ganfast_backends_timed": backends, "ganfast_backends_skipped": skipped,
-        "cpu_kernels_missing": {s: missing_kernels("cpu", s, device) for s in SECTIONS},
-        "load_before": bl.machine_load(),
-    }
-    print("# ganfast penalty benchmark: fused gradient penalty, LeakyReLU double backward, WGAN-GP D step")
-    print()
-    print(f"- command: `{meta['command']}`")
-    if device.type == "cuda":
-        print(f"- device: cuda, {meta['gpu']} (CPU: {meta['cpu']})")
-    else:
-        print(f"- device: cpu, {meta['cpu']} ({meta['cpu_count']} logical CPUs)")
-    print(f"- torch {meta['torch']} (CUDA {meta['torch_cuda']}), triton {meta['triton']}, "
-          f"ganfast {meta['ganfast']}, python {meta['python']}")
-    print(f"- torch threads: {meta['torch_num_threads']} intra-op (torch default, left as is), "
-          f"{meta['torch_num_interop_threads']} inter-op")
+def print_header(device, args, backends, skipped, budget) -> dict:
     if device.type == "cpu":
-        print("- timing: time.perf_counter_ns per step, time-boxed interleaved rounds, warm-up excluded, "
-              "GC off while timing; median / p20 / p80 in microseconds; per contender: "
-              + "; ".join(f"{s} {b['target_s']} s in {b['rounds']} rounds (>= {b['min_iters']} steps, "
-                          f"{b['warmup_n']} warm-up)" for s, b in budget.items() if s in args.sections))
+        timing = ("timing: time.perf_counter_ns per step, time-boxed interleaved rounds, warm-up excluded, "
+                  "GC off while timing; median / p20 / p80 in microseconds; per contender: "
+                  + "; ".join(f"{s} {b['target_s']} s in {b['rounds']} rounds (>= {b['min_iters']} steps, "
+                              f"{b['warmup_n']} warm-up)" for s, b in budget.items() if s in args.sections))
     else:
-        print("- timing: triton.testing.do_bench (CUDA events per step, L2 flushed between steps), "
-              "warm-up excluded; median / p20 / p80 in microseconds")
-    print("- torch.compile: default mode, compiled per shape (dynamo reset), compilation excluded; "
-          f"TORCHINDUCTOR_COMPILE_THREADS={meta['torchinductor_compile_threads']}")
-    print(f"- ganfast backends: {', '.join(backends) or 'none'}")
-    for name, why in skipped.items():
-        print(f"- ganfast[{name}] not timed: {why}")
+        timing = ("timing: triton.testing.do_bench (CUDA events per step, L2 flushed between steps), "
+                  "warm-up excluded; median / p20 / p80 in microseconds")
+    details = [timing, "torch.compile: default mode, compiled per shape (dynamo reset), compilation excluded; "
+                       "TORCHINDUCTOR_COMPILE_THREADS=" + str(os.environ.get("TORCHINDUCTOR_COMPILE_THREADS"))]
     if "triton" in backends and device.type == "cpu":
-        print("- ganfast[triton] (Triton interpreter) timed in the penalty section at g 64x3x64x64 only, 3 steps "
-              "after the others; the interpreter takes minutes per step at the other sizes")
+        details.append("ganfast[triton] (Triton interpreter) timed in the penalty section at g 64x3x64x64 only, "
+                       "3 steps after the others; the interpreter takes minutes per step at the other sizes")
     if args.quick and "dstep" in args.sections and "reference" in backends:
-        print("- --quick: ganfast[reference] left out of the D step (a D step takes seconds here)")
+        details.append("--quick: ganfast[reference] left out of the D step (a D step takes seconds here)")
+    missing = {s: missing_kernels("cpu", s, device) for s in SECTIONS}
     for s in args.sections:
-        if meta["cpu_kernels_missing"][s] and device.type == "cpu":
-            print(f"- {s}: this build has no CPU kernel for "
-                  f"{', '.join('ganfast::' + m for m in meta['cpu_kernels_missing'][s])}: ganfast[cpu] unavailable")
-    print(f"- checked before timing: every value and gradient agrees with eager (penalty, lrelu: rtol {RTOL}, "
-          f"atol {ATOL_SCALE} x max|eager|; D step: rtol {DSTEP_RTOL}, atol {DSTEP_ATOL_SCALE} x max|eager| "
-          "per tensor, float32 accumulation order), else abort")
-    print(f"- machine before: {meta['load_before']}")
-    print()
-    return meta
+        if missing[s] and device.type == "cpu":
+            details.append(f"{s}: this build has no CPU kernel for "
+                           f"{', '.join('ganfast::' + m for m in missing[s])}: ganfast[cpu] unavailable")
+    details.append(f"checked before timing: every value and gradient agrees with eager (penalty, lrelu: rtol "
+                   f"{RTOL}, atol {ATOL_SCALE} x max|eager|; D step: rtol {DSTEP_RTOL}, atol {DSTEP_ATOL_SCALE} "
+                   "x max|eager| per tensor, float32 accumulation order), else abort")
+    return S.header("ganfast penalty benchmark: fused gradient penalty, LeakyReLU double backward, WGAN-GP D step",
+                    device, details, backends, skipped, sections=args.sections, quick=args.quick,
+                    timing_budget=budget, cpu_kernels_missing=missing)
 
 
 # ---- main ------------------------------------------------------------------------------------
@@ -466,15 +351,15 @@ def run_section(title, where, contenders, run, step_of, device, budget, rtol, at
     steps = {c.name: step_of(c.fn) for c in timed}
     if device.type == "cuda":
         rep_ms = int(budget["target_s"] * 1e3)
-        bl.time_cuda(timed, steps, rep_ms=rep_ms, warmup_ms=max(10, rep_ms // 4))
+        H.time_cuda(timed, steps, rep_ms=rep_ms, warmup_ms=max(10, rep_ms // 4))
     else:
-        fast = [c for c in timed if not interpreted(c)]
-        time_cpu(fast, steps, budget["target_s"], budget["warmup_n"], budget["min_iters"], budget["rounds"])
+        fast = [c for c in timed if not S.interpreted(c)]
+        # Warm-up counted in steps (a D step takes about a second here): warmup_s = 0.
+        H.time_cpu(fast, steps, budget["target_s"], 0.0, budget["min_iters"], budget["rounds"],
+                   warmup_n=budget["warmup_n"])
         for c in timed:
-            if interpreted(c):  # after the others, 3 steps, its verification call as warm-up
-                time_cpu([c], steps, 0.0, 0, 3, 1)
-                c.note = (c.note + "; " if c.note else "") + ("Triton interpreter: 3 steps timed after the "
-                                                              "others, not interleaved")
+            if S.interpreted(c):  # after the others, 3 steps, its verification call as warm-up
+                S.time_few(c, steps[c.name], 3)
     base = eager.stats_us[0]
     compiled = next((c for c in timed if c.name == "torch.compile"), None)
     for c in contenders:
@@ -483,7 +368,7 @@ def run_section(title, where, contenders, run, step_of, device, budget, rtol, at
                "speedup_vs_compile": None, "iterations": c.iterations or None, "error": c.error, "note": c.note}
         if c.error is not None:
             table.append(f"| {title} | {c.name} | {c.error} | | | | |")
-            if not c.error.startswith(("torch.compile error", "unavailable")):
+            if S.is_failure(c.error):
                 failures.append(f"{c.name} [{where}]: {c.error}")
             if c.note:
                 notes.append(f"{title}: {c.name}: {c.note}")
@@ -494,7 +379,7 @@ def run_section(title, where, contenders, run, step_of, device, budget, rtol, at
             if compiled is not None:
                 row["speedup_vs_compile"] = compiled.stats_us[0] / med
                 vs_compile = f"{row['speedup_vs_compile']:.2f}x"
-            table.append(f"| {title} | {c.name} | {fmt_us(med)} | {fmt_us(p20)} | {fmt_us(p80)} "
+            table.append(f"| {title} | {c.name} | {H.fmt_us(med)} | {H.fmt_us(p20)} | {H.fmt_us(p80)} "
                          f"| {base / med:.2f}x | {vs_compile} |")
             if c.note:
                 notes.append(f"{title}: {c.name}: {c.note}")
@@ -507,32 +392,17 @@ TABLE_HEAD = ["| case | contender | median us | p20 | p80 | speedup vs eager | v
               "|---|---|---:|---:|---:|---:|---:|"]
 
 
-def print_table(table, notes):
-    print("\n".join(table))
-    print()
-    for n in notes:
-        print(f"- {n}")
-    print()
-
-
 def main(args) -> int:
-    if args.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(args.device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            print("error: --device cuda but no GPU is visible", file=sys.stderr)
-            return 2
-    backends, skipped = bl.ganfast_backends(device, args.include_interpreter)
+    device, backends, skipped = S.device_and_backends(args)
     q = args.quick
     budget = {
         "penalty": dict(target_s=0.25 if q else 1.5, rounds=5, min_iters=10 if q else 25, warmup_n=3),
         "lrelu": dict(target_s=0.25 if q else 1.5, rounds=5, min_iters=10 if q else 25, warmup_n=2),
-        # The verification call has already run every D-step contender once (its warm-up in --quick).
-        "dstep": dict(target_s=3.0 if q else 20.0, rounds=3 if q else 5, min_iters=3 if q else 10,
-                      warmup_n=0 if q else 1),
+        # The verification call has already run every D-step contender once: one more step of
+        # warm-up (the harness's least) is enough.
+        "dstep": dict(target_s=3.0 if q else 20.0, rounds=3 if q else 5, min_iters=3 if q else 10, warmup_n=1),
     }
-    meta = header(device, args, backends, skipped, budget)
+    meta = print_header(device, args, backends, skipped, budget)
     use_compile = not args.no_compile
     rows, failures, targets = [], [], []
 
@@ -557,7 +427,7 @@ def main(args) -> int:
             run_section(title, title, cs, lambda fn: penalty_run(fn, g), lambda fn: penalty_step(fn, g),
                         device, budget["penalty"], RTOL, ATOL_SCALE, rows, failures, table, notes, "penalty")
             del g
-        print_table(table, notes)
+        S.print_table(table, notes)
 
     if "lrelu" in args.sections:
         print("## LeakyReLU(0.2) double backward: x " + "x".join(map(str, LRELU_SHAPE)))
@@ -576,7 +446,7 @@ def main(args) -> int:
                         lambda fn: lrelu_step(fn, x, u), device, budget["lrelu"], RTOL, ATOL_SCALE,
                         rows, failures, table, notes, "lrelu")
             del x, u
-        print_table(table, notes)
+        S.print_table(table, notes)
 
     if "dstep" in args.sections:
         print(f"## WGAN-GP discriminator step: 64x64 DCGAN D (nc=3, ndf=64, no BatchNorm), batch {DSTEP_BATCH}")
@@ -596,7 +466,7 @@ def main(args) -> int:
         run_section(title, "dstep", cs, lambda fn: dstep_run(fn, params, real, fake, eps),
                     lambda fn: dstep_step(fn, params, real, fake, eps), device, budget["dstep"],
                     DSTEP_RTOL, DSTEP_ATOL_SCALE, rows, failures, table, notes, "dstep")
-        print_table(table, notes)
+        S.print_table(table, notes)
 
     # Targets (reported, not tuned for): the compiled backend of this device.
     main_backend = "cuda" if device.type == "cuda" else "cpu"
@@ -621,29 +491,9 @@ def main(args) -> int:
             verdict = f"{r[field_]:.2f}x: {'met' if r[field_] >= goal else 'NOT met'}"
         lines.append(f"- {key}: {name} >= {goal}x {against}: {verdict}")
         targets.append({"case": key, "contender": name, "target": goal, "against": against, "verdict": verdict})
-    if lines:
-        print("## targets (measured, not tuned for)")
-        print()
-        print("\n".join(lines))
-        print()
-
-    meta["load_after"] = bl.machine_load()
-    print(f"machine after: {meta['load_after']}")
-    if args.json:
-        with open(args.json, "w") as f:
-            bl.json.dump({"meta": meta, "rows": rows, "targets": targets}, f, indent=2)
-        print(f"rows written to {args.json}")
-    if failures:
-        print("\nERROR: contenders failed to run:\n  " + "\n  ".join(failures), file=sys.stderr)
-        return 2
-    return 0
+    S.print_targets(lines)
+    return S.finish(meta, args.json, {"meta": meta, "rows": rows, "targets": targets}, failures)
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main(_ARGS))
-    except Disagreement as exc:
-        print("\n" + "!" * 78, file=sys.stderr)
-        print(f"ABORTED: a contender disagrees with eager; no timings are reported.\n{exc}", file=sys.stderr)
-        print("!" * 78, file=sys.stderr)
-        sys.exit(1)
+    S.run(main, _ARGS)

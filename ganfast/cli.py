@@ -255,6 +255,29 @@ register_command(Command("sample", "write samples of a trained generator (G_ema)
                          _add_sample_arguments, _run_sample))
 
 
+def _add_bench_arguments(p: argparse.ArgumentParser) -> None:
+    from .bench.suite import add_arguments
+
+    add_arguments(p)
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    from .bench.suite import run
+
+    return run(args)
+
+
+register_command(Command(
+    "bench", "the benchmark suite: eager vs torch.compile vs ganfast, device-op counts, GPU report",
+    _add_bench_arguments, _run_bench,
+    description="Time every op family and three whole training steps (DCGAN non-saturating, DCGAN "
+                "WGAN-GP, MLP WGAN-GP on ring8): eager PyTorch, torch.compile and every ganfast backend "
+                "present, side by side in one run, verified against eager first; count each step's device "
+                "operations and bytes moved; write JSON, Markdown and a PNG chart to benchmarks/results. "
+                "--quick takes under 2 minutes on a 2-core CPU. --gpu-report writes the static sm_80/sm_90 "
+                "register / shared memory / spill report instead."))
+
+
 # ---- entry point --------------------------------------------------------------------------------
 
 

@@ -1,0 +1,203 @@
+"""The benchmark suite's machinery (ganfast/bench/harness.py, ganfast/bench/suite.py) and one real
+`ganfast bench --quick` run, as CI runs it. Nothing here asserts a speed: the run's numbers are
+its output, not a test."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ganfast.bench import harness as H
+from ganfast.bench import suite as S
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ---- the harness -------------------------------------------------------------------------------------
+
+def test_percentiles_interpolate_linearly():
+    samples_ns = [5000, 1000, 4000, 2000, 3000]  # 1..5 us, unsorted
+    med, p20, p80 = H.percentiles_us(samples_ns)
+    assert (med, p20, p80) == pytest.approx((3.0, 1.8, 4.2))
+
+
+def test_compare_accepts_agreement_and_reports_the_worst_relative_error():
+    e = torch.tensor([1.0, -2.0, 4.0])
+    worst = H.compare("x", [("loss", e + torch.tensor([0.0, 0.0, 4e-6]))], [("loss", e)], rtol=1e-5, atol_scale=1e-6)
+    assert worst == pytest.approx(1e-6, rel=0.1)  # 4 + 4e-6 rounded to float32
+
+
+def test_compare_names_the_disagreeing_output():
+    e = [("loss", torch.tensor(1.0)), ("grad w", torch.ones(3))]
+    got = [("loss", torch.tensor(1.0)), ("grad w", torch.tensor([1.0, 1.1, 1.0]))]
+    with pytest.raises(H.Disagreement, match="grad w"):
+        H.compare("ganfast[cpu]", got, e, rtol=1e-5, atol_scale=1e-6)
+    with pytest.raises(H.Disagreement, match="missing"):
+        H.compare("ganfast[cpu]", [("loss", torch.tensor(1.0)), ("grad w", None)], e, 1e-5, 1e-6)
+    with pytest.raises(H.Disagreement, match="2 outputs"):
+        H.compare("c", e, e[:1], 1e-5, 1e-6)
+
+
+def test_check_against_float64_takes_eager_float32_noise_as_the_bar():
+    torch.manual_seed(0)
+    e64 = [("loss", torch.tensor(2.0, dtype=torch.float64)), ("grad", torch.randn(100, dtype=torch.float64))]
+    noisy = [(w, (t * (1 + 1e-4 * torch.randn_like(t))).float()) for w, t in e64]  # eager float32's level
+    eager_devs = H.deviations(noisy, e64)
+    assert max(d for _, d in eager_devs) < 3e-4
+    # 5x eager's noise passes; a wrong formula (a gradient off by 10%) does not
+    five = [(w, (t * (1 + 5e-4 * torch.randn_like(t))).float()) for w, t in e64]
+    assert H.check_against_float64("c", five, e64, eager_devs) < 3e-3
+    wrong = [e64[0], ("grad", (e64[1][1] * 1.1).float())]
+    with pytest.raises(H.Disagreement, match="grad: deviation from float64"):
+        H.check_against_float64("c", wrong, e64, eager_devs)
+    with pytest.raises(H.Disagreement, match="missing"):
+        H.check_against_float64("c", [e64[0], ("grad", None)], e64, eager_devs)
+
+
+def test_one_line_keeps_the_first_line_and_cuts():
+    exc = RuntimeError("first line\nsecond line")
+    assert H.one_line(exc) == "RuntimeError: first line"
+    assert len(H.one_line(RuntimeError("x" * 500), limit=50)) == 50
+
+
+def test_time_cpu_times_every_contender_with_enough_steps():
+    calls = {"a": 0, "b": 0}
+
+    def step(name):
+        def f():
+            calls[name] += 1
+        return f
+
+    cs = [H.Contender("a"), H.Contender("b")]
+    H.time_cpu(cs, {"a": step("a"), "b": step("b")}, target_s=0.01, warmup_s=0.0, min_iters=6, rounds=3,
+               warmup_n=2)
+    for c in cs:
+        assert c.iterations >= 6 and len(c.samples_ns) == c.iterations
+        med, p20, p80 = c.stats_us
+        assert 0 < p20 <= med <= p80
+        assert calls[c.name] == c.iterations + 2  # warm-up steps are not samples
+
+
+def test_environment_names_the_device_and_versions():
+    env = H.environment(torch.device("cpu"))
+    assert env["device"] == "cpu" and env["torch"] == torch.__version__ and env["device_name"]
+    assert "loadavg" in env["load_before"] or env["load_before"]
+
+
+def test_copy_bandwidth_is_positive():
+    assert H.copy_bandwidth_gbs(torch.device("cpu"), nbytes=1 << 20, quick=True) > 0
+
+
+# ---- the runner on hand-made cases ------------------------------------------------------------------
+
+def _toy_case(wrong_ganfast=False, compile_refuses=False):
+    cases = S.load_cases_module()
+
+    def make_step(impl):
+        x = torch.linspace(-1, 1, 64, requires_grad=True)
+        if impl == "compile" and compile_refuses:
+            def step():
+                raise RuntimeError("torch.compile with aot_autograd does not currently support double backward")
+            return step
+
+        def step():
+            y = (x * 2).sum() + (1e-3 if impl == "ganfast" and wrong_ganfast else 0.0)
+            y.backward()
+            out = [("y", y.detach()), ("grad", x.grad)]
+            x.grad = None
+            return out
+        return step
+
+    return cases.Case("toy", "2x sum", "64", "y = (2x).sum()", make_step)
+
+
+def test_run_case_verifies_times_and_counts_every_contender():
+    res = S.run_case(_toy_case(), torch.device("cpu"), ["reference"], use_compile=False, quick=True, count=True)
+    assert not res["failures"]
+    rows = {r["contender"]: r for r in res["rows"]}
+    assert set(rows) == {"eager", "ganfast[reference]"}
+    for r in rows.values():
+        assert r["error"] is None and r["median_us"] > 0 and r["iterations"] >= 3
+        assert r["ops"] > 0 and r["bytes_read"] > 0 and r["bytes_written"] > 0
+    assert rows["eager"]["speedup_vs_eager"] == pytest.approx(1.0)
+
+
+def test_run_case_refuses_to_time_a_contender_that_disagrees():
+    res = S.run_case(_toy_case(wrong_ganfast=True), torch.device("cpu"), ["reference"], use_compile=False,
+                     quick=True, count=False)
+    assert len(res["failures"]) == 1 and "y" in res["failures"][0]
+    row = next(r for r in res["rows"] if r["contender"] == "ganfast[reference]")
+    assert row["median_us"] is None and "DISAGREES" in row["error"]
+
+
+def test_run_case_records_a_compile_refusal_as_its_row():
+    res = S.run_case(_toy_case(compile_refuses=True), torch.device("cpu"), [], use_compile=True, quick=True,
+                     count=False)
+    row = next(r for r in res["rows"] if r["contender"] == "torch.compile")
+    assert row["median_us"] is None and row["error"].startswith("refused: RuntimeError: torch.compile")
+    assert not res["failures"]
+    text = S.markdown({"quick": True, "device": "cpu", "device_name": "cpu", "torch": "t", "torch_cuda": None,
+                       "triton": "t", "ganfast": "g", "python": "p", "torch_num_threads": 1, "command": "c",
+                       "started": "s", "wall_s": 1.0, "timing": "x", "backends": [], "backends_skipped": {},
+                       "load_before": "", "load_after": ""}, [res])
+    assert "refused: RuntimeError: torch.compile" in text and "| toy | 2x sum | 64 | eager |" in text
+
+
+def test_select_filters_by_family_or_name_and_rejects_unknown_words():
+    cases = S.load_cases_module().cases(torch.device("cpu"), quick=True)
+    assert {c.family for c in S.select(cases, "penalty")} == {"penalty"}
+    assert all("WGAN-GP" in c.name for c in S.select(cases, "wgan-gp"))
+    assert S.select(cases, None) == cases
+    with pytest.raises(ValueError, match="matches no case; families: bias_act, block, losses, penalty, step"):
+        S.select(cases, "nothing-like-this")
+
+
+def test_the_suite_covers_every_family_and_the_three_training_steps():
+    for quick in (True, False):
+        cases = S.load_cases_module().cases(torch.device("cpu"), quick=quick)
+        assert {c.family for c in cases} == {"losses", "penalty", "bias_act", "block", "step"}
+        steps = {c.name for c in cases if c.family == "step"}
+        assert steps == {"DCGAN non-saturating step", "DCGAN WGAN-GP step", "MLP WGAN-GP step on ring8"}
+
+
+def test_a_missing_suite_directory_says_where_the_suite_lives(tmp_path):
+    with pytest.raises(FileNotFoundError, match="benchmarks/ directory"):
+        S.load_cases_module(str(tmp_path))
+
+
+# ---- `ganfast bench --quick`, as CI runs it ------------------------------------------------------------
+
+@pytest.mark.slow
+def test_ganfast_bench_quick_runs_verifies_and_writes_its_report(tmp_path):
+    env = dict(os.environ)
+    env.pop("TRITON_INTERPRET", None)  # a user's run: triton is timed on a GPU only
+    proc = subprocess.run([sys.executable, "-m", "ganfast.cli", "bench", "--quick", "--out", str(tmp_path)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"ganfast bench --quick failed (rc {proc.returncode}):\n{proc.stderr[-4000:]}"
+    report = json.loads((tmp_path / "suite-quick.json").read_text())
+    assert (tmp_path / "suite-quick.png").stat().st_size > 10_000
+    md = (tmp_path / "suite-quick.md").read_text()
+    meta, results = report["meta"], report["results"]
+    assert meta["device"] == "cpu" and meta["torch"] == torch.__version__ and meta["copy_gbs"] > 0
+    assert {r["family"] for r in results} == {"losses", "penalty", "bias_act", "block", "step"}
+    for res in results:
+        rows = {r["contender"]: r for r in res["rows"]}
+        assert not res["failures"], res["failures"]
+        for name in ("eager", "ganfast[cpu]"):
+            r = rows[name]
+            assert r["error"] is None and r["median_us"] > 0, (res["case"], name, r)
+            assert r["p20_us"] <= r["median_us"] <= r["p80_us"]
+            assert r["ops"] > 0 and r["bytes_read"] + r["bytes_written"] > 0, (res["case"], name, r)
+        c = rows["torch.compile"]
+        double_backward = "double backward" in res["name"] or "WGAN-GP" in res["name"]
+        if double_backward:  # torch.compile refuses the penalty's double backward: its error is the row
+            assert c["median_us"] is None and "double backward" in c["error"], c
+        else:
+            assert c["error"] is None and c["median_us"] > 0, (res["case"], c)
+        assert res["name"] in md
+    print(f"\nganfast bench --quick: {meta['wall_s']:.0f} s")
