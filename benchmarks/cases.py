@@ -471,30 +471,21 @@ def mlp_step_case(batch, width, device) -> Case:
 
 # ---- the suite ---------------------------------------------------------------------------------------
 
+# Every case builder with its sizes: (builder, the quick run's arguments, the full run's arguments).
+SIZES = [
+    (losses_case, [(4096,)], [(64,), (65536,)]),
+    (penalty_case, [((16, 3, 32, 32),)], [((64, 3, 64, 64),), ((256, 3, 128, 128),)]),
+    (bias_act_case, [((8, 32, 16, 16),)], [((64, 128, 32, 32),)]),
+    (lrelu_double_backward_case, [((8, 32, 16, 16),)], [((64, 128, 32, 32),)]),
+    (batch_norm_act_case, [((8, 32, 16, 16),)], [((64, 128, 16, 16),)]),
+    (generator_case, [(4, 32, 16)], [(64, 64, 64)]),                     # batch, image size, ngf
+    (dcgan_step_case, [("nonsaturating", 4, 32, 16)], [("nonsaturating", 64, 64, 64)]),
+    (dcgan_step_case, [("wgan-gp", 4, 32, 16)], [("wgan-gp", 32, 64, 64)]),
+    (mlp_step_case, [(256, 128)], [(256, 128)]),                          # batch, width
+]
+
+
 def cases(device: torch.device, quick: bool = False) -> List[Case]:
     """Every case, at the sizes of a full run, or small ones with quick=True (CI)."""
-    if quick:
-        return [
-            losses_case(4096, device),
-            penalty_case((16, 3, 32, 32), device),
-            bias_act_case((8, 32, 16, 16), device),
-            lrelu_double_backward_case((8, 32, 16, 16), device),
-            batch_norm_act_case((8, 32, 16, 16), device),
-            generator_case(4, 32, 16, device),
-            dcgan_step_case("nonsaturating", 4, 32, 16, device),
-            dcgan_step_case("wgan-gp", 4, 32, 16, device),
-            mlp_step_case(256, 128, device),
-        ]
-    return [
-        losses_case(64, device),
-        losses_case(65536, device),
-        penalty_case((64, 3, 64, 64), device),
-        penalty_case((256, 3, 128, 128), device),
-        bias_act_case((64, 128, 32, 32), device),
-        lrelu_double_backward_case((64, 128, 32, 32), device),
-        batch_norm_act_case((64, 128, 16, 16), device),
-        generator_case(64, 64, 64, device),
-        dcgan_step_case("nonsaturating", 64, 64, 64, device),
-        dcgan_step_case("wgan-gp", 32, 64, 64, device),
-        mlp_step_case(256, 128, device),
-    ]
+    return [build(*args, device) for build, quick_args, full_args in SIZES
+            for args in (quick_args if quick else full_args)]

@@ -48,14 +48,23 @@ from .bias_act import _act_value
 
 # Tile sizes, read at call time (tests shrink them to exercise several tiles on tiny shapes).
 # BLOCK_K 16 and 2 pipeline stages: the gathered (implicit-GEMM) operand tiles carry one address
-# per element; with BLOCK_K 32 / 3 stages (and int64 index math) ptxas reported 255 registers and
-# 200-960 byte stack frames on sm_90; with int32 index math within an image, 16 / 2 stages: no
-# spills and at most a 56-byte stack on the launchers' configurations (tests/test_triton_compile.py).
+# per element. 64 x 64 tiles at 8 warps: at 4 warps ptxas -v (ganfast/bench/gpu_report.py) showed
+# spills of 4-84 bytes on several float32 / float64 / bfloat16 configurations; with int64 index
+# math 64-row tiles spilled 1.3-1.8 KB even so, hence 32 rows there. No launch configuration
+# spills now (tests/test_triton_compile.py fails on any spill).
 BLOCK_M = 64
 BLOCK_N = 64
 BLOCK_K = 16
-NUM_WARPS = 4
+BIG_BLOCK_M = 32            # BLOCK_M cap with int64 index math
+NUM_WARPS = 8
 NUM_STAGES = 2
+MAXNREG = 255               # ptxas's own choice for 256 threads (128 registers) spilled 4-8 bytes
+
+
+def launch_options():
+    """num_warps / num_stages / maxnreg of every conv kernel launch (and of its AOT compilation)."""
+    return {"num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG}
+
 GRAD_W_MIN_PROGRAMS = 256   # the grad_weight reduction is split until about this many programs
 GRAD_W_MIN_CHUNK = 8        # ... keeping at least this many BLOCK_K steps per split
 
@@ -284,10 +293,11 @@ def _dot_ieee(t):
     return t.dtype == torch.float32 or (t.device.type == "cpu" and t.dtype == torch.bfloat16)
 
 
-def _blocks(m, n, k):
+def _blocks(m, n, k, big=False):
     """Tile sizes: the module's (BLOCK_M, BLOCK_N, BLOCK_K) shrunk to small GEMM dims (>= 16, the
-    tensor-core minimum)."""
-    return (min(BLOCK_M, max(16, _pow2(m))), min(BLOCK_N, max(16, _pow2(n))), min(BLOCK_K, max(16, _pow2(k))))
+    tensor-core minimum); at most BIG_BLOCK_M rows with int64 index math (big)."""
+    block_m = min(BLOCK_M, BIG_BLOCK_M) if big else BLOCK_M
+    return (min(block_m, max(16, _pow2(m))), min(BLOCK_N, max(16, _pow2(n))), min(BLOCK_K, max(16, _pow2(k))))
 
 
 def check_conv_transpose2d(op, x, weight, bias, stride, padding):
@@ -359,7 +369,7 @@ def conv_transpose2d(x, weight, bias, stride, padding, scale=None, shift=None, a
     torch_acc, tl_acc = acc_dtype(x.dtype)
     out = torch.empty((N, Cout, hout, wout), dtype=x.dtype, device=device, memory_format=_layout_like(x))
     big = _index_mode(op, N, Cin, H, W, Cout, hout, wout, KH, KW)
-    bm, bn_, bk = _blocks(N * _cdiv(hout, sh) * _cdiv(wout, sw), Cout, Cin)
+    bm, bn_, bk = _blocks(N * _cdiv(hout, sh) * _cdiv(wout, sw), Cout, Cin, big)
     tiles_m = _cdiv(N * _cdiv(hout, sh) * _cdiv(wout, sw), bm)
     T = tiles_m * sh * sw
     partial = torch.empty((2, T, Cout), dtype=torch_acc, device=device) if stats else None
@@ -384,7 +394,7 @@ def conv_transpose2d(x, weight, bias, stride, padding, scale=None, shift=None, a
             N, Cin, H, W, Cout, hout, wout, tiles_m, *x.stride(), *out.stride(), float(alpha), float(eps),
             KH=KH, KW=KW, SH=sh, SW=sw, PH=ph, PW=pw, HAS_BIAS=bias is not None, EPI=epi, ACT=act,
             STATS=bool(stats), ACC=tl_acc, DOT_IEEE=_dot_ieee(x), BIG=big, BLOCK_M=bm, BLOCK_N=bn_, BLOCK_K=bk,
-            num_warps=NUM_WARPS, num_stages=NUM_STAGES)
+            **launch_options())
     return out, partial
 
 
@@ -424,15 +434,15 @@ def conv_transpose2d_backward(grad_out, x, weight, stride, padding, need_input, 
         grad_x = torch.empty_like(x, memory_format=_layout_like(x))
         if grad_x.numel() > 0:
             wp = weight.permute(2, 3, 1, 0).contiguous()  # (kh, kw, Cout, Cin)
-            bm, bn_, bk = _blocks(N * H * W, Cin, Cout)
+            bm, bn_, bk = _blocks(N * H * W, Cin, Cout, big)
             with _Launch(device):
                 _conv_t_grad_x_kernel[(_cdiv(N * H * W, bm), _cdiv(Cin, bn_))](
                     g, wp, grad_x, N, Cin, H, W, Cout, hout, wout, *g.stride(), *grad_x.stride(),
                     KH=KH, KW=KW, SH=sh, SW=sw, PH=ph, PW=pw, ACC=tl_acc, DOT_IEEE=ieee, BIG=big,
-                    BLOCK_M=bm, BLOCK_N=bn_, BLOCK_K=bk, num_warps=NUM_WARPS, num_stages=NUM_STAGES)
+                    BLOCK_M=bm, BLOCK_N=bn_, BLOCK_K=bk, **launch_options())
     if need_weight:
         M = N * H * W
-        bm, bn_, bk = _blocks(Cin, Cout, M)
+        bm, bn_, bk = _blocks(Cin, Cout, M, big)
         base = _cdiv(Cin, bm) * _cdiv(Cout, bn_) * KH * KW
         steps = _cdiv(M, bk)
         split = max(1, min(_cdiv(GRAD_W_MIN_PROGRAMS, base), steps // GRAD_W_MIN_CHUNK))
@@ -446,7 +456,7 @@ def conv_transpose2d_backward(grad_out, x, weight, stride, padding, need_input, 
                 _conv_t_grad_w_kernel[(_cdiv(Cin, bm), _cdiv(Cout, bn_), KH * KW * split)](
                     x, g, buf, N, Cin, H, W, Cout, hout, wout, chunk, *x.stride(), *g.stride(),
                     KH=KH, KW=KW, SH=sh, SW=sw, PH=ph, PW=pw, ACC=tl_acc, DOT_IEEE=ieee, BIG=big,
-                    BLOCK_M=bm, BLOCK_N=bn_, BLOCK_K=bk, num_warps=NUM_WARPS, num_stages=NUM_STAGES)
+                    BLOCK_M=bm, BLOCK_N=bn_, BLOCK_K=bk, **launch_options())
         total = buf[0] if split == 1 else buf.sum(0)
         grad_w = total.permute(2, 3, 0, 1).to(weight.dtype).contiguous()
     if need_bias:

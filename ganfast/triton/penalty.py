@@ -414,6 +414,16 @@ def reduce_partition(B, L):
     return BLOCK // cb, cb, 1, 1, 1, max(1, _cdiv(B, BLOCK // cb))
 
 
+def reduce_options(dtype):
+    """Launch options of _penalty_reduce_kernel: float64 caps ptxas at 128 registers per thread,
+    where left to itself it stopped at 64 on sm_80 and spilled (the final [PBLOCK / PK, PK] sum
+    of 8-byte partials); the cap gives it room, 8 warps x 128 fit an SM several times over."""
+    opts = {"num_warps": num_warps(dtype)}
+    if dtype == torch.float64:
+        opts["maxnreg"] = 128
+    return opts
+
+
 def _reduce(what, x, v, norms, vec, out, kind, center):
     """One launch of _penalty_reduce_kernel over x (and v) in blocks layout."""
     B = x.size(0)
@@ -426,7 +436,7 @@ def _reduce(what, x, v, norms, vec, out, kind, center):
             x, v if v is not None else x, norms if norms is not None else vec, vec, out, partial, counter,
             B, L, iters, splits, float(center),
             KIND=_kernel_kind(kind), WHAT=what, ACC=tl_acc, RB=rb, CB=cb, PK=pk, PBLOCK=PBLOCK,
-            num_warps=num_warps(x.dtype),
+            **reduce_options(x.dtype),
         )
 
 
