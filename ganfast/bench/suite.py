@@ -137,8 +137,8 @@ def run_case(case, device, backends, use_compile: bool, quick: bool, count: bool
             H.time_cpu(timed, steps, target_s=1.5, warmup_s=0.2, min_iters=10, rounds=5, warmup_n=3)
 
     counts = {}
+    from . import dispatch
     if count:
-        from . import dispatch
         for c in timed:
             if impls[c.name] == "compile":
                 continue  # compiled kernels run outside the dispatcher: nothing to count
@@ -153,7 +153,7 @@ def run_case(case, device, backends, use_compile: bool, quick: bool, count: bool
                "backend": c.backend, "median_us": None, "p20_us": None, "p80_us": None,
                "iterations": c.iterations or None, "speedup_vs_eager": None, "speedup_vs_compile": None,
                "error": c.error, "note": c.note, "ops": None, "bytes_read": None, "bytes_written": None,
-               "host_syncs": None, "achieved_gbs": None}
+               "host_syncs": None, "achieved_gbs": None, "fusable_ops": None, "fusable_bytes": None}
         if c.stats_us:
             med, p20, p80 = c.stats_us
             row.update(median_us=med, p20_us=p20, p80_us=p80, speedup_vs_eager=base / med)
@@ -163,6 +163,10 @@ def run_case(case, device, backends, use_compile: bool, quick: bool, count: bool
             n = counts[c.name]
             row.update(ops=n.ops, bytes_read=n.bytes_read, bytes_written=n.bytes_written,
                        host_syncs=n.host_syncs)
+            # what fusion can act on: neither GEMMs / convolutions nor the optimizer
+            f = n.filter(lambda r: r.name not in dispatch.GEMM_AND_CONV_OPS
+                         and not r.name.startswith(("aten::_foreach", "aten::_fused_adam")))
+            row.update(fusable_ops=f.ops, fusable_bytes=f.total_bytes, op_breakdown=n.breakdown())
             if c.stats_us:
                 row["achieved_gbs"] = (n.bytes_read + n.bytes_written) / (c.stats_us[0] * 1e-6) / 1e9
         rows.append(row)
@@ -210,7 +214,8 @@ def markdown(meta: dict, results: list) -> str:
         out += ["", "Device operations and memory traffic of one step (ganfast/bench/dispatch.py; views and "
                 "allocations excluded, a fused op counts once; bytes = every operand read + every result written):",
                 "", "| case | size | contender | device ops | MB read | MB written | achieved GB/s | "
-                "ops vs eager | traffic vs eager |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+                "ops vs eager | traffic vs eager | ops / MB outside GEMM, conv, optimizer |",
+                "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
         for res in results:
             rows = [r for r in res["rows"] if r["ops"] is not None]
             eager = next((r for r in rows if r["contender"] == "eager"), None)
@@ -221,10 +226,14 @@ def markdown(meta: dict, results: list) -> str:
                     traffic = r["bytes_read"] + r["bytes_written"]
                     if traffic:
                         traffic_ratio = _ratio((eager["bytes_read"] + eager["bytes_written"]) / traffic)
-                gbs = f"{r['achieved_gbs']:.1f}" if r["achieved_gbs"] is not None else ""
+                gbs = ""
+                if r["achieved_gbs"] is not None:
+                    gbs = f"{r['achieved_gbs']:.1f}"
+                    if meta.get("copy_gbs"):
+                        gbs += f" ({100 * r['achieved_gbs'] / meta['copy_gbs']:.0f}% of copy)"
                 out.append(f"| {res['name']} | {res['size']} | {r['contender']} | {r['ops']} | "
                            f"{_mb(r['bytes_read'])} | {_mb(r['bytes_written'])} | {gbs} | {ops_ratio} | "
-                           f"{traffic_ratio} |")
+                           f"{traffic_ratio} | {r['fusable_ops']} / {_mb(r['fusable_bytes'])} |")
     notes = [f"- {res['name']} [{res['size']}], {r['contender']}: {r['note']}"
              for res in results for r in res["rows"] if r["note"]]
     if notes:
@@ -254,8 +263,9 @@ def chart(meta: dict, results: list, path: Path) -> None:
             if r is None:
                 continue
             if r["speedup_vs_eager"] is None:
-                ax.text(0.02, y, f"{name}: {(r['error'] or '')[:60]}", va="center", fontsize=7,
-                        transform=ax.get_yaxis_transform())
+                err = r["error"] or ""
+                short = "refused (double backward)" if "double backward" in err else err[:60]
+                ax.text(0.02, y, f"{name}: {short}", va="center", fontsize=7, transform=ax.get_yaxis_transform())
                 continue
             ax.barh(y, r["speedup_vs_eager"], height=height, color=colours[name],
                     label=name if i == next(k for k, rr in enumerate(results) if name in
