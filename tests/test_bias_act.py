@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import ganfast
-from conftest import assert_close, cpp_family_registered, family_fixtures, randn
+from conftest import assert_close, cpp_family_registered, family_fixtures, implementation_device, randn
 from ganfast import ops
 from ganfast.reference import bias_act as reference
 
@@ -320,6 +320,34 @@ def test_double_backward_with_constant_upstream_gradient(impl, act, rng):
     (g2 * g2).sum().backward()
     assert x.grad is not None, "x.grad stayed None where eager gives a tensor"
     assert_close(x.grad, x2.grad, name="x.grad through the first derivative")
+
+
+@pytest.mark.parametrize("backend", ["cpu", "cuda"])
+def test_lrelu_double_backward_dispatches_no_more_than_eager(backend, rng):
+    """Found by the benchmark's device-operation counter: the exact-zero gradient of the first
+    derivative with respect to x went back through bias_act's forward node, one more
+    bias_act_backward (on zeros) than eager's leaky_relu_backward chain. It now goes to x's edge
+    directly; x.grad stays zeros, as eager's."""
+    from ganfast.bench.dispatch import count_device_ops
+
+    device = implementation_device(backend, "bias_act")
+    x = randn((4, 3, 5, 5), torch.float32, device, rng, requires_grad=True)
+    u = randn((4, 3, 5, 5), torch.float32, device, rng, requires_grad=True)
+    x2, u2 = (t.detach().clone().requires_grad_(True) for t in (x, u))
+
+    def step(act, x, u):
+        (g,) = torch.autograd.grad(act(x), x, grad_outputs=u, create_graph=True)
+        g.norm().backward()
+
+    with ganfast.use_backend(backend):
+        ours = count_device_ops(step, ganfast.nn.LeakyReLU(0.2), x, u)
+    theirs = count_device_ops(step, nn.LeakyReLU(0.2), x2, u2)
+    assert ours.by_op["ganfast::bias_act_backward"] == theirs.by_op["aten::leaky_relu_backward"] == 2, (
+        ours.format_top(), theirs.format_top())
+    assert ours.ops <= theirs.ops and ours.total_bytes <= theirs.total_bytes
+    assert x.grad is not None and (x.grad == 0).all()
+    assert_close(x.grad, x2.grad, name="x.grad (exact zeros)")
+    assert_close(u.grad, u2.grad, name="u.grad")
 
 
 def test_bias_act_module(impl, rng):

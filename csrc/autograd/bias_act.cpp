@@ -47,6 +47,29 @@ Tensor call_backward(const Tensor& grad, const std::optional<Tensor>& x, const s
   return op.call(grad, x, b, y, p.dim, p.act, p.alpha, p.gain, p.clamp, order);
 }
 
+struct BiasActBackward : public Node {
+  SavedVariable y;
+  SavedOptional x, b;
+  BiasActParams p;
+  bool has_bias = false;
+  std::string name() const override { return "ganfast::BiasActBackward"; }
+  void release_variables() override {
+    y.reset_data();
+    x.reset();
+    b.reset();
+  }
+  variable_list apply(variable_list&& grads) override {
+    variable_list out(2);
+    if (!grads[0].defined()) return out;
+    // Through the dispatcher with autograd on: when the graph of this backward is kept
+    // (create_graph), bias_act_backward records its own Node, so the next derivative exists.
+    const Tensor dx = call_backward(grads[0], x.unpack(), b.unpack(), y.unpack(c10::intrusive_ptr<Node>::reclaim_copy(this)), p, 1);
+    if (task_should_compute_output(0)) out[0] = dx;
+    if (has_bias && task_should_compute_output(1)) out[1] = bias_gradient(dx, p.dim);
+    return out;
+  }
+};
+
 // The derivative of bias_act_backward of order k: inputs (grad_output, x, b).
 struct BiasActBackwardBackward : public Node {
   SavedVariable grad_output, y;
@@ -64,9 +87,9 @@ struct BiasActBackwardBackward : public Node {
     variable_list out(4);
     const Tensor& u = grads[0];
     if (!u.defined()) return out;
-    // Input 3 is y, recorded only when x was not kept (a piecewise-linear activation): the
-    // derivative through it is exactly 0, made explicit as eager PyTorch does, so x.grad becomes
-    // zeros rather than staying None.
+    // Input 3 is y (or x's own edge, see bias_act_backward_autograd), recorded only when x was
+    // not kept (a piecewise-linear activation): the derivative through it is exactly 0, made
+    // explicit as eager PyTorch does, so x.grad becomes zeros rather than staying None.
     if (task_should_compute_output(3)) out[3] = at::zeros_like(y.unpack());
     const auto xs = x.unpack(), bs = b.unpack();
     const Tensor ys = y.unpack();
@@ -104,33 +127,20 @@ Tensor bias_act_backward_autograd(const Tensor& grad_output, const std::optional
     node->b.save(b);
     node->p = {dim, std::string(act), alpha, gain, clamp};
     node->order = order;
-    record(node, out, grad_output, x_or_undefined, b_or_undefined, y_edge);
+    auto edges = torch::autograd::collect_next_edges(grad_output, x_or_undefined, b_or_undefined, y_edge);
+    // The y edge carries an exact zero. When y comes from bias_act without a bias, send it
+    // straight to x's edge, as eager's leaky_relu_backward (which takes x) does: through y it
+    // would cost one more bias_act_backward, on zeros, before reaching x all the same.
+    if (y_edge.defined()) {
+      const auto* forward = dynamic_cast<const BiasActBackward*>(y_edge.grad_fn().get());
+      if (forward != nullptr && !forward->has_bias && forward->next_edge(0).is_valid())
+        edges[3] = forward->next_edge(0);
+    }
+    node->set_next_edges(std::move(edges));
+    torch::autograd::set_history(out, node);
   }
   return out;
 }
-
-struct BiasActBackward : public Node {
-  SavedVariable y;
-  SavedOptional x, b;
-  BiasActParams p;
-  bool has_bias = false;
-  std::string name() const override { return "ganfast::BiasActBackward"; }
-  void release_variables() override {
-    y.reset_data();
-    x.reset();
-    b.reset();
-  }
-  variable_list apply(variable_list&& grads) override {
-    variable_list out(2);
-    if (!grads[0].defined()) return out;
-    // Through the dispatcher with autograd on: when the graph of this backward is kept
-    // (create_graph), bias_act_backward records its own Node, so the next derivative exists.
-    const Tensor dx = call_backward(grads[0], x.unpack(), b.unpack(), y.unpack(c10::intrusive_ptr<Node>::reclaim_copy(this)), p, 1);
-    if (task_should_compute_output(0)) out[0] = dx;
-    if (has_bias && task_should_compute_output(1)) out[1] = bias_gradient(dx, p.dim);
-    return out;
-  }
-};
 
 Tensor bias_act_autograd(const Tensor& x, const std::optional<Tensor>& b, int64_t dim, c10::string_view act,
                          double alpha, double gain, double clamp) {
