@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import ganfast
 from ganfast.bench import harness as H
 from ganfast.bench import suite as S
 
@@ -81,6 +82,45 @@ def test_time_cpu_times_every_contender_with_enough_steps():
         med, p20, p80 = c.stats_us
         assert 0 < p20 <= med <= p80
         assert calls[c.name] == c.iterations + 2  # warm-up steps are not samples
+
+
+def _fake_do_bench(samples_ms, calls, has_all=True):
+    """triton.testing.do_bench's interface on any machine: runs the step once, returns fixed times."""
+    def do_bench(fn, warmup=25, rep=100, grad_to_none=None, quantiles=None, return_mode="mean"):
+        calls.append(dict(warmup=warmup, rep=rep, quantiles=quantiles, return_mode=return_mode))
+        if quantiles is None and return_mode == "all" and not has_all:
+            raise AssertionError  # older tritons assert on an unknown return_mode
+        fn()
+        if quantiles is not None:
+            s = sorted(samples_ms)
+            return [s[len(s) // 2], s[1], s[-2]]  # what such a triton returns for [0.5, 0.2, 0.8]
+        assert return_mode == "all"
+        return list(samples_ms)
+    return do_bench
+
+
+def test_time_cuda_computes_percentiles_from_every_do_bench_sample(monkeypatch):
+    """The GPU path (no GPU needed): do_bench's per-step times in ms become the same median / p20 /
+    p80 in us that the CPU path computes, with the real iteration count and the warm-up passed on."""
+    import triton.testing
+    calls, ran = [], []
+    monkeypatch.setattr(triton.testing, "do_bench", _fake_do_bench([1.0, 5.0, 2.0, 4.0, 3.0], calls))
+    c = H.Contender("ganfast[cuda]", note="compiled")
+    H.time_cuda([c], {"ganfast[cuda]": lambda: ran.append(1)}, rep_ms=100, warmup_ms=25)
+    assert calls == [dict(warmup=25, rep=100, quantiles=None, return_mode="all")] and ran == [1]
+    assert c.stats_us == pytest.approx((3000.0, 1800.0, 4200.0))
+    assert c.iterations == 5 and len(c.samples_ns) == 5 and c.note == "compiled; do_bench"
+
+
+def test_time_cuda_falls_back_to_do_bench_quantiles_on_an_older_triton(monkeypatch):
+    import triton.testing
+    calls = []
+    monkeypatch.setattr(triton.testing, "do_bench", _fake_do_bench([1.0, 2.0, 3.0, 4.0, 5.0], calls, has_all=False))
+    c = H.Contender("eager")
+    H.time_cuda([c], {"eager": lambda: None}, rep_ms=50, warmup_ms=10)
+    assert [k["quantiles"] for k in calls] == [None, [0.5, 0.2, 0.8]]
+    assert c.stats_us == pytest.approx((3000.0, 2000.0, 4000.0))
+    assert c.iterations == 50 // 3 and c.note == "do_bench"
 
 
 def test_environment_names_the_device_and_versions():
@@ -172,26 +212,31 @@ def test_a_missing_suite_directory_says_where_the_suite_lives(tmp_path):
 
 # ---- `ganfast bench --quick`, as CI runs it ------------------------------------------------------------
 
-@pytest.mark.slow
-def test_ganfast_bench_quick_runs_verifies_and_writes_its_report(tmp_path):
+def _run_bench_quick(out_dir, device):
     env = dict(os.environ)
     env.pop("TRITON_INTERPRET", None)  # a user's run: triton is timed on a GPU only
-    proc = subprocess.run([sys.executable, "-m", "ganfast.cli", "bench", "--quick", "--out", str(tmp_path)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "-m", "ganfast.cli", "bench", "--quick", "--device", device,
+                           "--out", str(out_dir)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"ganfast bench --quick failed (rc {proc.returncode}):\n{proc.stderr[-4000:]}"
-    report = json.loads((tmp_path / "suite-quick.json").read_text())
-    assert (tmp_path / "suite-quick.png").stat().st_size > 10_000
-    md = (tmp_path / "suite-quick.md").read_text()
+    return proc
+
+
+def _check_quick_report(out_dir, device, ganfast_rows):
+    """The report of one `ganfast bench --quick` run: every family, every contender verified, timed
+    and counted, torch.compile's double-backward refusals as their rows. Returns the metadata."""
+    report = json.loads((out_dir / "suite-quick.json").read_text())
+    assert (out_dir / "suite-quick.png").stat().st_size > 10_000
+    md = (out_dir / "suite-quick.md").read_text()
     meta, results = report["meta"], report["results"]
-    assert meta["device"] == "cpu" and meta["torch"] == torch.__version__ and meta["copy_gbs"] > 0
+    assert meta["device"] == device and meta["torch"] == torch.__version__ and meta["copy_gbs"] > 0
     assert {r["family"] for r in results} == {"losses", "penalty", "bias_act", "block", "step"}
     for res in results:
         rows = {r["contender"]: r for r in res["rows"]}
         assert not res["failures"], res["failures"]
-        for name in ("eager", "ganfast[cpu]"):
+        for name in ("eager", *ganfast_rows):
             r = rows[name]
             assert r["error"] is None and r["median_us"] > 0, (res["case"], name, r)
-            assert r["p20_us"] <= r["median_us"] <= r["p80_us"]
+            assert r["p20_us"] <= r["median_us"] <= r["p80_us"] and r["iterations"] >= 1
             assert r["ops"] > 0 and r["bytes_read"] + r["bytes_written"] > 0, (res["case"], name, r)
         c = rows["torch.compile"]
         double_backward = "double backward" in res["name"] or (res["family"] == "step" and "WGAN-GP" in res["name"])
@@ -200,4 +245,37 @@ def test_ganfast_bench_quick_runs_verifies_and_writes_its_report(tmp_path):
         else:
             assert c["error"] is None and c["median_us"] > 0, (res["case"], c)
         assert res["name"] in md
+    return meta
+
+
+@pytest.mark.slow
+def test_ganfast_bench_quick_runs_verifies_and_writes_its_report(tmp_path):
+    _run_bench_quick(tmp_path, "cpu")
+    meta = _check_quick_report(tmp_path, "cpu", ["ganfast[cpu]"])
     print(f"\nganfast bench --quick: {meta['wall_s']:.0f} s")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: times the CUDA and Triton backends with CUDA events")
+def test_ganfast_bench_quick_on_a_gpu_times_cuda_and_triton_with_do_bench(tmp_path):
+    _run_bench_quick(tmp_path, "cuda")
+    info = ganfast.available_backends()
+    expected = [f"ganfast[{b}]" for b in ("cuda", "triton") if info[b].available]
+    assert expected, "a GPU is visible but neither the CUDA nor the Triton backend is available"
+    meta = _check_quick_report(tmp_path, "cuda", expected)
+    assert meta["gpu"] and "CUDA events" in meta["timing"]
+    report = json.loads((tmp_path / "suite-quick.json").read_text())
+    for res in report["results"]:
+        for r in res["rows"]:
+            if r["median_us"] is not None:
+                assert "do_bench" in (r["note"] or ""), (res["case"], r)
+                assert r["iterations"] >= 1
+            if r["achieved_gbs"] is not None:
+                assert r["achieved_gbs"] > 0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given when no GPU is visible")
+def test_ganfast_bench_on_cuda_without_a_gpu_says_so(capsys, tmp_path):
+    assert S.main(["--device", "cuda", "--quick", "--out", str(tmp_path)]) == 2
+    assert "no GPU is visible" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

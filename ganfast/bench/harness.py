@@ -212,7 +212,11 @@ def time_cpu(contenders, steps, target_s: float, warmup_s: float, min_iters: int
 
 
 def time_cuda(contenders, steps, rep_ms: int, warmup_ms: int) -> None:
-    """triton.testing.do_bench per contender (CUDA events; warm-up excluded; L2 flushed)."""
+    """triton.testing.do_bench per contender (CUDA events; warm-up excluded; L2 flushed).
+
+    do_bench hands back every timed step (return_mode="all", in ms), so the GPU's median, p20
+    and p80 are computed exactly as the CPU's (percentiles_us) and the iteration count is the
+    real one; a triton without "all" gives its own quantiles instead."""
     try:
         from triton.testing import do_bench
     except Exception:  # noqa: BLE001  (triton missing or broken: plain CUDA events)
@@ -220,13 +224,22 @@ def time_cuda(contenders, steps, rep_ms: int, warmup_ms: int) -> None:
     for c in contenders:
         step = steps[c.name]
         with c.selected():
-            if do_bench is not None:
+            if do_bench is None:
+                c.stats_us = _cuda_events(step, rep_ms, warmup_ms, c)
+                continue
+            try:
+                times_ms = do_bench(step, warmup=warmup_ms, rep=rep_ms, return_mode="all")
+            except (TypeError, AssertionError):  # an older triton: no return_mode="all"
+                times_ms = None
+            if times_ms is not None:
+                c.samples_ns = [t * 1e6 for t in times_ms]
+                c.iterations = len(c.samples_ns)
+                c.stats_us = percentiles_us(c.samples_ns)
+            else:
                 med, p20, p80 = do_bench(step, warmup=warmup_ms, rep=rep_ms, quantiles=[0.5, 0.2, 0.8])
                 c.stats_us = (med * 1e3, p20 * 1e3, p80 * 1e3)
                 c.iterations = max(1, int(rep_ms / max(med, 1e-3)))  # do_bench's own count, estimated
-                c.note = (c.note + "; " if c.note else "") + "do_bench"
-            else:
-                c.stats_us = _cuda_events(step, rep_ms, warmup_ms, c)
+            c.note = (c.note + "; " if c.note else "") + "do_bench"
 
 
 def _cuda_events(step, rep_ms: int, warmup_ms: int, c: Contender):
