@@ -218,7 +218,6 @@ def _run_bench_quick(out_dir, device):
     proc = subprocess.run([sys.executable, "-m", "ganfast.cli", "bench", "--quick", "--device", device,
                            "--out", str(out_dir)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"ganfast bench --quick failed (rc {proc.returncode}):\n{proc.stderr[-4000:]}"
-    return proc
 
 
 def _check_quick_report(out_dir, device, ganfast_rows):
