@@ -41,7 +41,8 @@ def _check_tensor(t, name: str) -> None:
 def interpolate(real: Tensor, fake: Tensor, eps: Optional[Tensor] = None,
                 generator: Optional[torch.Generator] = None) -> Tensor:
     """x_hat = eps * real + (1 - eps) * fake with eps ~ U(0, 1) drawn per sample (or given, of
-    shape (B,) or (B, 1, ..., 1)), in one kernel; differentiable w.r.t. real and fake."""
+    shape (B,) or (B, 1, ..., 1)), in one kernel; differentiable w.r.t. real and fake. eps is drawn
+    from `generator` on the generator's own device and moved to real's."""
     _check_tensor(real, "real")
     _check_tensor(fake, "fake")
     if real.shape != fake.shape:
@@ -50,7 +51,10 @@ def interpolate(real: Tensor, fake: Tensor, eps: Optional[Tensor] = None,
     batch = real.shape[0]
     if eps is None:
         dtype = torch.float64 if real.dtype == torch.float64 else torch.float32
-        eps = torch.rand(batch, dtype=dtype, device=real.device, generator=generator)
+        # Drawn where the generator lives (torch refuses a CPU generator for CUDA tensors), then
+        # moved: a seeded generator gives the same eps whatever device the samples are on.
+        where = real.device if generator is None else generator.device
+        eps = torch.rand(batch, dtype=dtype, device=where, generator=generator).to(real.device)
     elif isinstance(eps, Tensor) and eps.dim() > 1 and eps.numel() == batch and eps.shape[0] == batch:
         eps = eps.reshape(batch)
     return ops.interpolate(real, fake, eps)

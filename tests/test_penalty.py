@@ -17,7 +17,7 @@ from torch import nn
 import ganfast
 import ganfast.losses as L
 import ganfast.penalty as P
-from conftest import assert_close, cpp_family_registered, family_fixtures, randn
+from conftest import GPU, assert_close, cpp_family_registered, family_fixtures, randn
 from ganfast import ops
 
 impl, kernel_impl = family_fixtures("penalty")
@@ -97,14 +97,42 @@ def test_interpolate_eps_shapes_and_generator(impl, rng):
     expected = interp_formula(real.double(), fake.double(), eps.double()).float()
     assert_close(P.interpolate(real, fake, eps), expected, name="eps (B,)")
     assert_close(P.interpolate(real, fake, eps.reshape(3, 1, 1, 1)), expected, name="eps (B,1,1,1)")
-    # eps=None: drawn with torch.rand(B) from the given generator
-    g1, g2 = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
-    out = P.interpolate(real, fake, generator=g1)
-    drawn = torch.rand(3, generator=g2)
-    assert_close(out, interp_formula(real.double(), fake.double(), drawn.double()).float(), name="eps=None")
+    # eps=None: drawn with torch.rand(B) from the given generator, on the generator's device (a CPU
+    # generator, and on a GPU also a CUDA one): compared with what that generator's twin draws there
+    for gen_device in sorted({"cpu", device}):
+        g1, g2 = (torch.Generator(gen_device).manual_seed(7) for _ in range(2))
+        out = P.interpolate(real, fake, generator=g1)
+        drawn = torch.rand(3, generator=g2, device=gen_device)
+        assert out.device == real.device
+        assert_close(out, interp_formula(real.double(), fake.double(), drawn.double().to(device)).float(),
+                     name=f"eps=None, generator on {gen_device}")
     # a fresh draw differs from the last one (with overwhelming probability)
     o1, o2 = P.interpolate(real, fake), P.interpolate(real, fake)
     assert not torch.equal(o1, o2), "eps=None must draw a fresh eps per call"
+
+
+@pytest.mark.parametrize("device", ["meta"] + (["cuda"] if GPU else []))
+def test_interpolate_generator_on_another_device(device, rng):
+    """A CPU generator with samples on another device: eps is drawn on the CPU from that generator
+    and moved (torch.rand refuses a CPU generator for CUDA tensors; for meta tensors it would
+    silently ignore the generator, which is how this shows on a GPU-less machine)."""
+    real = torch.randn((3, 2, 5), generator=rng, dtype=torch.float64).float().to(device)
+    fake = torch.randn((3, 2, 5), generator=rng, dtype=torch.float64).float().to(device)
+    g, twin = torch.Generator().manual_seed(11), torch.Generator().manual_seed(11)
+    out = P.interpolate(real, fake, generator=g)
+    drawn = torch.rand(3, generator=twin)
+    assert out.device == real.device and out.shape == real.shape
+    assert torch.equal(g.get_state(), twin.get_state()), "eps was not drawn from the given generator"
+    if device != "meta":
+        assert_close(out.cpu(), interp_formula(real.cpu().double(), fake.cpu().double(), drawn.double()).float(),
+                     name=f"eps from a CPU generator, samples on {device}")
+    if device == "cuda":  # and the other way round: a CUDA generator, CPU samples
+        gc, twinc = (torch.Generator("cuda").manual_seed(5) for _ in range(2))
+        out = P.interpolate(real.cpu(), fake.cpu(), generator=gc)
+        drawn = torch.rand(3, generator=twinc, device="cuda").cpu()
+        assert out.device.type == "cpu"
+        assert_close(out, interp_formula(real.cpu().double(), fake.cpu().double(), drawn.double()).float(),
+                     name="eps from a CUDA generator, CPU samples")
 
 
 def test_interpolate_eps_extremes_and_batch_one(impl, rng):
