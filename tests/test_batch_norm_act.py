@@ -420,3 +420,20 @@ def test_python_checks_match_cpp(rng):
         with pytest.raises(Exception) as py:
             _args.check_batch_norm_act("ganfast::batch_norm_act", *args, eps)
         assert type(cpp.value) is type(py.value) and str(py.value) in str(cpp.value), (cpp.value, py.value)
+
+
+# ---- the Triton ticket counters -------------------------------------------------------------------
+
+
+def test_triton_backward_counters_reset(rng):
+    """The backward reduction's per-channel-block ticket counters (C > 128: two blocks) are reset
+    by their last programs: two backward passes in a row are both right."""
+    import ganfast
+    from conftest import implementation_device
+    from ganfast.triton import _common
+
+    device = implementation_device("triton", "batch_norm_act")
+    with ganfast.use_backend("triton"):
+        for _ in range(2):
+            check_against_torch((2, 130, 3, 3), torch.float64, device, rng, act="lrelu")
+            assert not _common.counters(torch.device(device), 2).any()

@@ -1038,3 +1038,67 @@ def test_gan_loss_modules(impl, case, rng):
     check_against_oracle(g, lambda f: g_formula(kind, f), [xf], rng, name=f"GeneratorLoss({kind})")
     assert f"kind={kind!r}" in repr(d) and f"kind={kind!r}" in repr(g)
     assert list(d.state_dict()) == [] and list(g.state_dict()) == []
+
+
+# ---- the Triton ticket counter ------------------------------------------------------------------
+
+
+def test_triton_ticket_counter_cached_and_reset(rng):
+    """Reductions over several programs take tickets on one cached counter buffer that the last
+    program puts back to 0: no zeroed counter is made per call, a second call on the same buffer is
+    right (a counter left taken would leave its result unwritten), and the counter reads 0 after
+    each call (the interpreter runs programs one after another, so this is checked explicitly)."""
+    device = torch.device(implementation_device("triton"))
+    from ganfast.triton import _common
+    from ganfast.triton import losses as triton_losses
+
+    real = randn((3000,), torch.float64, device, rng, scale=2.0)  # 3 programs of BLOCK elements
+    fake = randn((2100,), torch.float64, device, rng, scale=2.0)
+    calls = [
+        (lambda: triton_losses.gan_d_loss(real, fake, "nonsaturating", 0.9, 0.1),
+         d_formula("nonsaturating", real, fake, 0.9, 0.1)),
+        (lambda: triton_losses.gan_g_loss(fake, "minimax"), g_formula("minimax", fake)),
+        (lambda: triton_losses.bce_with_logits(real, torch.sigmoid(real.flip(0)), None, None, "sum"),
+         F.binary_cross_entropy_with_logits(real, torch.sigmoid(real.flip(0)), reduction="sum")),
+    ]
+    buffer = _common.counters(device)
+    poison = torch.are_deterministic_algorithms_enabled()
+    for call, expected in calls:
+        for repeat in range(2):
+            torch.use_deterministic_algorithms(True)  # the 0-dim result NaN-filled until written
+            try:
+                got = call()
+            finally:
+                torch.use_deterministic_algorithms(poison)
+            assert_close(got, expected, name=f"call {repeat + 1}")
+            assert _common.counters(device) is buffer, "the counter buffer must be reused"
+            assert not buffer.any(), f"counter left at {buffer.nonzero().flatten().tolist()}"
+
+
+def test_triton_ticket_counter_dropped_after_failed_launch():
+    """A launch stopped part way (e.g. an interrupted interpreter run) may leave a ticket taken:
+    its counter buffer is dropped so the next launch starts from 0."""
+    from ganfast.triton import _common
+
+    device = torch.device("cpu")
+    stale = _common.counters(device)
+    stale[0] = 2
+    with pytest.raises(KeyboardInterrupt):
+        with _common._Launch(device):
+            raise KeyboardInterrupt
+    fresh = _common.counters(device)
+    assert fresh is not stale and not fresh.any()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_triton_ticket_counter_per_stream():
+    """Kernels on two streams may run at once: each stream has its own counter buffer."""
+    from ganfast.triton import _common
+
+    device = torch.device("cuda", torch.cuda.current_device())
+    first = _common.counters(device)
+    side = torch.cuda.Stream(device)
+    with torch.cuda.stream(side):
+        second = _common.counters(device)
+    assert first.data_ptr() != second.data_ptr()
+    assert _common.counters(device) is first

@@ -620,3 +620,23 @@ def test_error_discriminator_output(gp_impl):
         P.gradient_penalty(lambda t: t.sum(1), x, kind="wgan-gp")
     with pytest.raises(ValueError, match="batch dimension"):
         P.gradient_penalty(lambda t: t, torch.tensor(1.0), torch.tensor(1.0))
+
+
+@pytest.mark.parametrize("shape", [(2, 2048), (600, 4)], ids=["split-samples", "sample-groups"])
+def test_triton_penalty_reduce_counter_reset(shape, rng):
+    """The reduction's ticket counter is a cached buffer the last program resets: two calls in a
+    row (the second on the same counter) both right, the counter 0 after each, for both final sums
+    (samples split over programs; groups of samples per program)."""
+    from conftest import implementation_device
+    from ganfast.triton import _common
+    from ganfast.triton import penalty as triton_penalty
+
+    device = torch.device(implementation_device("triton", "penalty"))
+    rb, cb, iters, splits, pk, programs = triton_penalty.reduce_partition(*shape)
+    assert programs > 1 and (splits > 1) == (shape[1] >= 1024)
+    g = randn(shape, torch.float64, device, rng)
+    for _ in range(2):
+        penalty, norms = triton_penalty.penalty_from_grad(g, "wgan-gp", 1.0)
+        assert_close(penalty, penalty_formula(g, "wgan-gp"), name="penalty")
+        assert_close(norms, g.norm(dim=1), name="norms")
+        assert not _common.counters(device).any(), "ticket counter not reset"

@@ -9,6 +9,8 @@
     the launch context.
 """
 
+import threading
+
 import numpy as np
 import torch
 import triton
@@ -154,14 +156,24 @@ def _sum_partials(partial_ptr, count, ACC: tl.constexpr, PBLOCK: tl.constexpr):
 
 
 @triton.jit
+def _last_ticket(counter_ptr, count):
+    """Takes a ticket after this program's stores; True for the last of `count` programs, which
+    puts the counter back to 0: it lives in a cached buffer (counters()) that the next launch on
+    the stream reuses, so no memset launch precedes a reduction."""
+    tl.debug_barrier()  # every store of this program before its release
+    last = tl.atomic_add(counter_ptr, 1, sem="acq_rel") == count - 1
+    tl.store(counter_ptr, tl.zeros([], tl.int32), mask=last)
+    return last
+
+
+@triton.jit
 def _take_ticket(partial_ptr, counter_ptr, pid, s, s2, TWO: tl.constexpr):
-    """Publishes this program's partial(s); returns its ticket (the last one sums them)."""
+    """Publishes this program's partial(s); True for the last program (it sums them)."""
     G = tl.num_programs(0)
     tl.store(partial_ptr + pid, s)
     if TWO:
         tl.store(partial_ptr + G + pid, s2)
-    tl.debug_barrier()  # every store of this program before its release
-    return tl.atomic_add(counter_ptr, 1, sem="acq_rel")
+    return _last_ticket(counter_ptr, G)
 
 
 # ---- launch helpers ----------------------------------------------------------------------------
@@ -192,14 +204,36 @@ def _partition(nblocks):
     return max(1, _cdiv(nblocks, iters)), iters
 
 
+# Ticket counters, one int32 buffer per (device, stream): zeroed once when made, then left at 0 by
+# every kernel (_last_ticket), so launches in stream order can share it. Per stream because kernels
+# on two streams may run at once; per thread on CPU (the interpreter), where threads are the
+# concurrency. Under CUDA-graph capture the buffer of the capture stream is made (its memset
+# captured) or reused; either way every replay leaves it at 0. Not when tracing (fake tensors):
+# a fake tensor must not be cached.
+_COUNTERS = {}
+
+
+def _counter_key(device):
+    if device.type == "cuda":
+        return device, torch.cuda.current_stream(device).cuda_stream
+    return device, threading.get_ident()
+
+
+def counters(device, n=1):
+    """n ticket counters at 0 on device, from the cache of the current stream."""
+    key = _counter_key(device)
+    buf = _COUNTERS.get(key)
+    if buf is None or buf.numel() < n:
+        buf = torch.zeros(max(n, 64), dtype=torch.int32, device=device)
+        if not torch.compiler.is_compiling():
+            _COUNTERS[key] = buf
+    return buf
+
+
 def _scratch(programs, halves, acc, device):
-    """The partials buffer and the ticket counter (a real zeroed counter only when needed)."""
+    """The partials buffer and the ticket counter of a reduction over `programs` programs."""
     partial = torch.empty(max(programs, 1) * halves, dtype=acc, device=device)
-    if programs > 1:
-        counter = torch.zeros(1, dtype=torch.int32, device=device)
-    else:
-        counter = torch.empty(1, dtype=torch.int32, device=device)
-    return partial, counter
+    return partial, counters(device)
 
 
 class _Launch:
@@ -220,6 +254,10 @@ class _Launch:
         return self
 
     def __exit__(self, *exc):
+        if exc[0] is not None:
+            # a launch stopped part way (an interrupted interpreter run) may leave a counter
+            # taken: its buffer is dropped, the next launch makes a fresh one
+            _COUNTERS.pop(_counter_key(self.device), None)
         if self.device.type == "cpu":
             np.seterr(**self._state)
         elif self._ctx is not None:

@@ -42,7 +42,7 @@ import triton
 import triton.language as tl
 
 from .. import _args
-from ._common import _cdiv, _div, _Launch, acc_dtype
+from ._common import _cdiv, _div, _last_ticket, _Launch, acc_dtype, counters
 from .bias_act import _act_derivative, _act_value
 
 TILE = 2048          # elements of one [BLOCK_S, BLOCK_C] tile
@@ -234,9 +234,7 @@ def _bn_act_backward_reduce_kernel(g_ptr, x_ptr, w_ptr, b_ptr, mean_ptr, invstd_
     out = pid_t.to(tl.int64) * C + c
     tl.store(partial_ptr + out, tl.sum(acc, axis=0), mask=cmask)
     tl.store(partial_ptr + T.to(tl.int64) * C + out, tl.sum(acc2, axis=0), mask=cmask)
-    tl.debug_barrier()  # this program's partials stored before its ticket is taken
-    ticket = tl.atomic_add(counter_ptr + pid_c, 1, sem="acq_rel")
-    if ticket == T - 1:
+    if _last_ticket(counter_ptr + pid_c, T):
         # the last program of this channel block: the T partials added in index order
         s1 = tl.zeros([BLOCK_T, BLOCK_C], ACC)
         s2 = tl.zeros([BLOCK_T, BLOCK_C], ACC)
@@ -454,7 +452,7 @@ def batch_norm_act_backward(grad_output, input, weight, bias, save_mean, save_in
     walk = Walk(x)
     partial = torch.empty((2, walk.T, C), dtype=acc[0], device=device)
     terms = torch.empty((2, C), dtype=acc[0], device=device)
-    counter = torch.zeros(walk.cblocks, dtype=torch.int32, device=device)
+    counter = counters(device, walk.cblocks)  # one per channel block
     w = weight if weight is not None else save_mean
     b = bias if bias is not None else save_mean
     nw = _num_warps(walk.block_s * walk.block_c)

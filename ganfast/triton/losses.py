@@ -11,9 +11,9 @@ tensor results, same dtype rules). The math is csrc/gan_math.h's, formula for fo
     interpreter). log(p) for binary_cross_entropy is tl.log (libdevice logf on the GPU).
   * float64: tl.exp / tl.log, log1p by Kahan's u = 1 + e; log(u) * e / (u - 1).
 
-Kernels (one launch per call; the only other device work is a tiny torch.zeros ticket counter,
-for reductions spanning more than one program, and the dtype conversions / .contiguous() copies
-the C++ ops make too, only when an operand is not already contiguous in the input's dtype):
+Kernels (one launch per call; the only other device work is the dtype conversions /
+.contiguous() copies the C++ ops make too, only when an operand is not already contiguous in the
+input's dtype; the ticket counter is _common.counters()' cached buffer, reset by the kernel):
 
   _loss_forward_kernel   bce_with_logits / binary_cross_entropy, reduction none/mean/sum
   _loss_backward_kernel  their gradients w.r.t. input or target
@@ -24,8 +24,8 @@ the C++ ops make too, only when an operand is not already contiguous in the inpu
 
 Reductions are deterministic: program p sums `iters` consecutive BLOCKs (lane-wise in the
 accumulation dtype, then one tree sum) into partials[p]; then takes a ticket with
-tl.atomic_add(counter, 1, sem="acq_rel"); the program holding the last ticket sums the partials
-in index order (PBLOCK lanes, then a tree) and writes the 0-dim result. A single program writes
+tl.atomic_add(counter, 1, sem="acq_rel"); the program holding the last ticket puts the counter
+back to 0 and sums the partials in index order (PBLOCK lanes, then a tree) and writes the 0-dim result. A single program writes
 the result directly. The partition depends only on the element count, so the result is the same
 on every run and every GPU. The upstream gradient is always read inside the kernels from its
 pointer: no host synchronisation anywhere.
@@ -266,8 +266,7 @@ def _loss_forward_kernel(
         if tl.num_programs(0) == 1:
             _store_reduced(out_ptr, s, n, REDUCTION == "mean", ACC)
         else:
-            ticket = _take_ticket(partial_ptr, counter_ptr, pid, s, s, False)
-            if ticket == tl.num_programs(0) - 1:
+            if _take_ticket(partial_ptr, counter_ptr, pid, s, s, False):
                 total = _sum_partials(partial_ptr, tl.num_programs(0), ACC, PBLOCK)
                 _store_reduced(out_ptr, total, n, REDUCTION == "mean", ACC)
 
@@ -363,8 +362,7 @@ def _gan_d_forward_kernel(
     if G == 1:
         tl.store(out_ptr, (_mean(sr, nr, ACC) + _mean(sf, nf, ACC)).to(out_ptr.dtype.element_ty))
     else:
-        ticket = _take_ticket(partial_ptr, counter_ptr, pid, sr, sf, True)
-        if ticket == G - 1:
+        if _take_ticket(partial_ptr, counter_ptr, pid, sr, sf, True):
             tr = _sum_partials(partial_ptr, G, ACC, PBLOCK)
             tf = _sum_partials(partial_ptr + G, G, ACC, PBLOCK)
             tl.store(out_ptr, (_mean(tr, nr, ACC) + _mean(tf, nf, ACC)).to(out_ptr.dtype.element_ty))
@@ -399,8 +397,7 @@ def _gan_g_forward_kernel(
     if G == 1:
         _store_reduced(out_ptr, s, n, True, ACC)
     else:
-        ticket = _take_ticket(partial_ptr, counter_ptr, pid, s, s, False)
-        if ticket == G - 1:
+        if _take_ticket(partial_ptr, counter_ptr, pid, s, s, False):
             total = _sum_partials(partial_ptr, G, ACC, PBLOCK)
             _store_reduced(out_ptr, total, n, True, ACC)
 

@@ -49,8 +49,8 @@ import triton.language as tl
 from .._args import (check_interpolate, check_interpolate_backward, check_kernel_dtype, check_penalty_grad,
                      check_penalty_grad_grad, check_penalty_grad_output, check_penalty_norms,
                      parse_penalty_kind, penalty_compute_dtype, samples_are_blocks)
-from ._common import (BLOCK, MAX_PARTIALS, PBLOCK, _cdiv, _div, _keep_nan, _Launch, _load, _mean,
-                      _scratch, acc_dtype, num_warps)
+from ._common import (BLOCK, MAX_PARTIALS, PBLOCK, _cdiv, _div, _keep_nan, _last_ticket, _Launch, _load,
+                      _mean, _scratch, _sum_partials, acc_dtype, num_warps)
 
 
 # ---- the math (csrc/gan_math.h) -----------------------------------------------------------------
@@ -344,21 +344,14 @@ def _penalty_reduce_kernel(x_ptr, v_ptr, norms_ptr, vec_ptr, out_ptr, partial_pt
             tl.store(out_ptr, _batch_mean(part, B, WHAT, ACC).to(out_ptr.dtype.element_ty))
         else:
             tl.store(partial_ptr + pid, part)
-            tl.debug_barrier()  # every store of this program before its release
-            ticket = tl.atomic_add(counter_ptr, 1, sem="acq_rel")
-            if ticket == G - 1:
-                total = tl.zeros([PBLOCK], ACC)
-                for s in range(0, G, PBLOCK):
-                    o = s + tl.arange(0, PBLOCK)
-                    total += tl.load(partial_ptr + o, mask=o < G, other=0.0, cache_modifier=".cg")
-                tl.store(out_ptr, _batch_mean(tl.sum(total, axis=0), B, WHAT, ACC).to(out_ptr.dtype.element_ty))
+            if _last_ticket(counter_ptr, G):
+                total = _sum_partials(partial_ptr, G, ACC, PBLOCK)
+                tl.store(out_ptr, _batch_mean(total, B, WHAT, ACC).to(out_ptr.dtype.element_ty))
     else:
         # RB == 1: this program's partial sum of sample `group`, at partials[group splits + split];
         # the last program sums them per sample over [PBLOCK / PK, PK] tiles (samples x splits)
         tl.store(partial_ptr + rows * splits + split, sums, mask=ok)
-        tl.debug_barrier()  # every store of this program before its release
-        ticket = tl.atomic_add(counter_ptr, 1, sem="acq_rel")
-        if ticket == G - 1:
+        if _last_ticket(counter_ptr, G):
             PR: tl.constexpr = PBLOCK // PK
             total = tl.zeros([PR], ACC)
             for b in range(0, B, PR):
