@@ -24,6 +24,16 @@ from ganfast import backend as _backend  # noqa: E402
 
 GPU = torch.cuda.is_available()
 
+# IEEE float32 for every test: on Ampere and later cuDNN convolutions default to TF32 (torch 2.14:
+# torch.backends.cudnn.conv.fp32_precision == "tf32"), operands rounded to 10 mantissa bits, far
+# outside the float32 tolerances of the comparisons with float64. The TF32 path has its own test and
+# tolerance (test_conv_block.py). The legacy allow_tf32 flag goes first: the new API does not update
+# it, and torch raises when anything reads it while it disagrees with the new flags.
+torch.backends.cudnn.allow_tf32 = False
+torch.backends.fp32_precision = "ieee"
+torch.backends.cudnn.conv.fp32_precision = "ieee"
+torch.backends.cudnn.rnn.fp32_precision = "ieee"
+
 # Every implementation of an op family, in the order the tests report them.
 IMPLEMENTATIONS = ("reference", "cpu", "triton", "cuda")
 

@@ -10,6 +10,7 @@ state_dict both ways. Error cases.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import re
 
@@ -126,10 +127,11 @@ def _tol(dtype):
     return {torch.float64: (1e-9, 1e-8), torch.float32: (2e-5, 2e-4)}[dtype]
 
 
-def _compare(name, actual, expected64, dtype, eager_err=None, scale=None):
-    """float32/float64: allclose to the float64 oracle (atol relative to the tensor's scale).
-    bfloat16: the error against float64 no more than twice eager torch's own bfloat16 error (+ a
-    rounding unit), so the check tracks what the format allows and still catches real bugs."""
+def _compare(name, actual, expected64, dtype, eager_err=None, scale=None, tol=None):
+    """float32/float64: allclose to the float64 oracle (atol relative to the tensor's scale; tol:
+    (atol, rtol) instead of the dtype's). bfloat16: the error against float64 no more than twice
+    eager torch's own bfloat16 error (+ a rounding unit), so the check tracks what the format
+    allows and still catches real bugs."""
     actual = actual.detach().double().cpu()
     expected64 = expected64.detach().double().cpu()
     if scale is None:
@@ -139,7 +141,7 @@ def _compare(name, actual, expected64, dtype, eager_err=None, scale=None):
         bound = 2.0 * eager_err + 8e-3 * max(scale, 1e-3)
         assert err <= bound, f"{name}: bfloat16 max error {err:.3g} > {bound:.3g} (eager bf16 error {eager_err:.3g})"
         return
-    atol, rtol = _tol(dtype)
+    atol, rtol = tol if tol is not None else _tol(dtype)
     assert_close(actual, expected64, atol=atol * max(scale, 1.0), rtol=rtol, check_dtype=False, name=name)
 
 
@@ -154,7 +156,7 @@ def _seq_name(block_name: str) -> str:
     return block_name.replace("conv.", "0.", 1).replace("bn.", "1.", 1)
 
 
-def run_block_check(device, case, variant, norm, training, dtype, channels_last, steps, gen):
+def run_block_check(device, case, variant, norm, training, dtype, channels_last, steps, gen, tol=None):
     n, cin, h, w, cout, k, s, p = case
     act, bias, momentum = variant
     block = ConvTransposeBlock(cin, cout, k, s, p, bias=bias, norm=norm, act=act, momentum=momentum)
@@ -187,25 +189,25 @@ def run_block_check(device, case, variant, norm, training, dtype, channels_last,
             for nme, g in _grads_of(eager, xe, oe, up).items():
                 eager_errs[nme] = (g.double() - ref_grads[nme]).abs().max().item()
         where = f"step {step}"
-        _compare(f"{where} output", out, ref, dtype, eager_errs.get("out"))
+        _compare(f"{where} output", out, ref, dtype, eager_errs.get("out"), tol=tol)
         for nme, g in grads.items():
             key = _seq_name(nme) if nme != "input" else nme
             # With batch statistics the conv bias cancels: its gradient is 0 up to the rounding of
             # sum(dz), whose scale is the BatchNorm bias gradient's.
             scale = ref_grads["1.bias"].abs().max().item() if key == "0.bias" and "1.bias" in ref_grads \
                 and training else None
-            _compare(f"{where} grad {nme}", g, ref_grads[key], dtype, eager_errs.get(key), scale)
+            _compare(f"{where} grad {nme}", g, ref_grads[key], dtype, eager_errs.get(key), scale, tol=tol)
         if not training or block.bn is None:
             # no autograd: the CPU backend's oneDNN post-op path (sampling); stateless here
             with torch.no_grad():
-                _compare(f"{where} output under no_grad", block(x), ref, dtype, eager_errs.get("out"))
+                _compare(f"{where} output under no_grad", block(x), ref, dtype, eager_errs.get("out"), tol=tol)
         if block.bn is not None:
             for buf in ("running_mean", "running_var"):
                 got = getattr(block.bn, buf)
                 assert got.dtype == dtype
                 _compare(f"{where} {buf}", got, getattr(oracle[1], buf), dtype,
                          (getattr(eager[1], buf).double() - getattr(oracle[1], buf)).abs().max().item()
-                         if eager is not None else None)
+                         if eager is not None else None, tol=tol)
             assert int(block.bn.num_batches_tracked) == int(oracle[1].num_batches_tracked), where
         if eager is not None and training and block.bn is not None:
             eager[1].load_state_dict(oracle[1].state_dict())  # eager bf16 follows the oracle's statistics
@@ -254,6 +256,39 @@ def test_block_bfloat16(impl, ci, training, channels_last, rng):
     _triton_guard(name, CASE_IDS[ci])
     run_block_check(device, CASES[ci], VARIANTS[ci % len(VARIANTS)], "batch", training, torch.bfloat16,
                     channels_last, steps=2, gen=rng)
+
+
+@contextlib.contextmanager
+def cudnn_conv_tf32():
+    """cuDNN convolutions in TF32 (torch's default on Ampere and later, switched off for the suite
+    by conftest.py), restored on exit."""
+    saved = torch.backends.cudnn.conv.fp32_precision
+    torch.backends.cudnn.conv.fp32_precision = "tf32"
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.conv.fp32_precision = saved
+
+
+# TF32 keeps 10 mantissa bits: each product is off by up to ~2**-10 relative, so a K-term sum of
+# random-sign terms by ~1e-3 of its scale (the normalised output and the gradients alike); 5e-3
+# of the scale leaves room for the largest of many outputs and still fails on any real bug.
+TF32_TOL = (5e-3, 5e-3)
+
+
+@pytest.mark.skipif(not GPU, reason="TF32 is GPU arithmetic (cuDNN on Ampere and later)")
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("name", ["auto", "cuda"])
+def test_block_float32_tf32_convolution(name, training, rng):
+    """The block with cuDNN's TF32 convolution (what users get by default) against float64, with
+    a TF32 tolerance; K = 48 x 4 taps, so the rounding is visible at IEEE tolerances."""
+    if name == "cuda":
+        block_device("cuda")  # skips where the CUDA kernels are not built
+    with ganfast.use_backend(name), cudnn_conv_tf32():
+        assert torch.backends.cudnn.conv.fp32_precision == "tf32"
+        run_block_check("cuda", (4, 48, 5, 5, 40, 4, 2, 1), ("relu", True, 0.1), "batch", training,
+                        torch.float32, training, steps=2, gen=rng, tol=TF32_TOL)
+    assert torch.backends.cudnn.conv.fp32_precision == "ieee"
 
 
 def test_cpu_weight_kept_channels_last(rng):

@@ -130,76 +130,38 @@ def _const(x, v):
 
 
 @triton.jit
-def _act_derivative(x, alpha, ACT: tl.constexpr, ORDER: tl.constexpr):
-    """d^ORDER f / dx^ORDER at x (ORDER in 1..3)."""
-    if ACT == "linear":
-        if ORDER == 1:
-            d = _keep_nan(x, _const(x, 1.0))
-        else:
-            d = _keep_nan(x, _const(x, 0.0))
-    elif ACT == "relu":
-        if ORDER == 1:
-            d = _keep_nan(x, tl.where(x > 0.0, 1.0, 0.0))  # relu'(0) = 0, as torch's
-        else:
-            d = _keep_nan(x, _const(x, 0.0))
-    elif ACT == "lrelu":
-        if ORDER == 1:
-            d = _keep_nan(x, tl.where(x > 0.0, 1.0, alpha))
-        else:
-            d = _keep_nan(x, _const(x, 0.0))
-    elif ACT == "tanh":
-        t = _tanh(x)
-        q = 1.0 - t * t
-        if ORDER == 1:
-            d = q
-        elif ORDER == 2:
-            d = -2.0 * t * q
-        else:
-            d = q * (6.0 * t * t - 2.0)
-    elif ACT == "sigmoid" or ACT == "softplus" or ACT == "swish":
-        # sigmoid: s1 = s (1 - s), s2 = s1 (1 - 2 s), s3 = s1 (1 - 6 s + 6 s^2);
-        # softplus of order k is sigmoid of order k - 1; swish of order k is k s_(k-1) + x s_k.
-        s = _sigmoid(x)
+def _sigmoid_derivative(s, K: tl.constexpr):
+    """d^K sigmoid / dx^K from s = sigmoid(x), K in 0..3: s, s1 = s (1 - s), s1 (1 - 2 s),
+    s1 (1 - 6 s + 6 s^2)."""
+    if K == 0:
+        d = s
+    else:
         s1 = s * (1.0 - s)
-        if ACT == "sigmoid":
-            if ORDER == 1:
-                d = s1
-            elif ORDER == 2:
-                d = s1 * (1.0 - 2.0 * s)
-            else:
-                d = s1 * (1.0 - 6.0 * s + 6.0 * s * s)
-        elif ACT == "softplus":
-            if ORDER == 1:
-                d = s
-            elif ORDER == 2:
-                d = s1
-            else:
-                d = s1 * (1.0 - 2.0 * s)
+        if K == 1:
+            d = s1
+        elif K == 2:
+            d = s1 * (1.0 - 2.0 * s)
         else:
-            if ORDER == 1:
-                d = s + x * s1
-            elif ORDER == 2:
-                d = 2.0 * s1 + x * (s1 * (1.0 - 2.0 * s))
-            else:
-                d = 3.0 * (s1 * (1.0 - 2.0 * s)) + x * (s1 * (1.0 - 6.0 * s + 6.0 * s * s))
-    elif ACT == "elu":
-        # order 1: x > 0: 1, else alpha e^x (torch: elu'(0) = alpha); order >= 2: x < 0: alpha
-        # e^x, else 0 (torch's double backward masks with x < 0); NaN takes the exp branch
-        if ORDER == 1:
-            d = tl.where(x > 0.0, 1.0, alpha * _exp_nonpos(_nonpos(x)))
-        else:
-            d = tl.where(x >= 0.0, 0.0, alpha * _exp_nonpos(_nonpos(x)))
-    else:  # selu
-        if ORDER == 1:
-            d = tl.where(x > 0.0, _SELU_L, _SELU_LA * _exp_nonpos(_nonpos(x)))
-        else:
-            d = tl.where(x >= 0.0, 0.0, _SELU_LA * _exp_nonpos(_nonpos(x)))
+            d = s1 * (1.0 - 6.0 * s + 6.0 * s * s)
+    return d
+
+
+@triton.jit
+def _exp_branch_derivative(v, neg, slope, ORDER: tl.constexpr):
+    """elu / selu derivatives from v (x, or f = f(x) of the same sign), neg their value for x < 0.
+    Order 1: slope where v > 0, else neg (torch: elu'(0) = alpha); order >= 2: neg where v < 0,
+    else 0 (torch's double backward masks with x < 0); NaN takes the neg branch."""
+    if ORDER == 1:
+        d = tl.where(v > 0.0, slope, neg)
+    else:
+        d = tl.where(v >= 0.0, 0.0, neg)
     return d
 
 
 @triton.jit
 def _act_derivative_from_y(f, alpha, ACT: tl.constexpr, ORDER: tl.constexpr):
-    """The same derivative from f = f(x) (the activations act_derivatives_from_y accepts)."""
+    """d^ORDER f / dx^ORDER (ORDER in 1..3) from f = f(x), for the activations
+    act_derivatives_from_y accepts (softplus and swish never come here)."""
     if ACT == "linear":
         if ORDER == 1:
             d = _keep_nan(f, _const(f, 1.0))
@@ -207,7 +169,7 @@ def _act_derivative_from_y(f, alpha, ACT: tl.constexpr, ORDER: tl.constexpr):
             d = _keep_nan(f, _const(f, 0.0))
     elif ACT == "relu":
         if ORDER == 1:
-            d = _keep_nan(f, tl.where(f > 0.0, 1.0, 0.0))
+            d = _keep_nan(f, tl.where(f > 0.0, 1.0, 0.0))  # relu'(0) = 0, as torch's
         else:
             d = _keep_nan(f, _const(f, 0.0))
     elif ACT == "lrelu":
@@ -224,25 +186,34 @@ def _act_derivative_from_y(f, alpha, ACT: tl.constexpr, ORDER: tl.constexpr):
         else:
             d = q * (6.0 * f * f - 2.0)
     elif ACT == "sigmoid":
-        q = f * (1.0 - f)
-        if ORDER == 1:
-            d = q
-        elif ORDER == 2:
-            d = q * (1.0 - 2.0 * f)
-        else:
-            d = q * (1.0 - 6.0 * f + 6.0 * f * f)
+        d = _sigmoid_derivative(f, ORDER)
     elif ACT == "elu":
-        if ORDER == 1:
-            d = tl.where(f > 0.0, 1.0, f + alpha)  # alpha e^x = f + alpha
-        else:
-            d = tl.where(f >= 0.0, 0.0, f + alpha)  # 0 at x = 0, as above
-    elif ACT == "selu":
-        if ORDER == 1:
-            d = tl.where(f > 0.0, _SELU_L, f + _SELU_LA)
-        else:
-            d = tl.where(f >= 0.0, 0.0, f + _SELU_LA)
-    else:
-        d = f  # unused: softplus and swish always take x (act_derivatives_from_y)
+        d = _exp_branch_derivative(f, f + alpha, 1.0, ORDER)  # alpha e^x = f + alpha
+    else:  # selu
+        d = _exp_branch_derivative(f, f + _SELU_LA, _SELU_L, ORDER)
+    return d
+
+
+@triton.jit
+def _act_derivative(x, alpha, ACT: tl.constexpr, ORDER: tl.constexpr):
+    """d^ORDER f / dx^ORDER at x (ORDER in 1..3), through the formulas in f where they exist."""
+    if ACT == "linear" or ACT == "relu" or ACT == "lrelu":
+        # a slope chosen by x > 0 and NaN kept: the formula in f read on x itself (any alpha)
+        d = _act_derivative_from_y(x, alpha, ACT, ORDER)
+    elif ACT == "tanh":
+        d = _act_derivative_from_y(_tanh(x), alpha, ACT, ORDER)
+    elif ACT == "sigmoid":
+        d = _sigmoid_derivative(_sigmoid(x), ORDER)
+    elif ACT == "softplus":
+        d = _sigmoid_derivative(_sigmoid(x), ORDER - 1)  # softplus' = sigmoid
+    elif ACT == "swish":
+        # (x s)^(k) = k s^(k-1) + x s^(k)
+        s = _sigmoid(x)
+        d = ORDER * _sigmoid_derivative(s, ORDER - 1) + x * _sigmoid_derivative(s, ORDER)
+    elif ACT == "elu":
+        d = _exp_branch_derivative(x, alpha * _exp_nonpos(_nonpos(x)), 1.0, ORDER)
+    else:  # selu
+        d = _exp_branch_derivative(x, _SELU_LA * _exp_nonpos(_nonpos(x)), _SELU_L, ORDER)
     return d
 
 
