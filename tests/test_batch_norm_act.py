@@ -422,7 +422,60 @@ def test_python_checks_match_cpp(rng):
         assert type(cpp.value) is type(py.value) and str(py.value) in str(cpp.value), (cpp.value, py.value)
 
 
-# ---- the Triton ticket counters -------------------------------------------------------------------
+# ---- the Triton finalize and ticket counters ------------------------------------------------------
+
+
+def test_triton_finalize_rows():
+    from ganfast.triton import batch_norm_act as tbn
+
+    assert tbn.finalize_rows(1) == (tbn.FINALIZE_ROWS, 1)
+    assert tbn.finalize_rows(2048) == (64, 32)  # DCGAN's last BatchNorm at batch 128
+    rows, chunks = tbn.finalize_rows(100000)  # rows grow so the second level stays short
+    assert chunks <= tbn.FINALIZE_CHUNKS and rows * chunks >= 100000 and rows % tbn.BLOCK_T == 0
+    assert tbn.finalize_rows(100, rows=8) == (8, 13)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("T,rows", [(100, 8), (2048, None)], ids=["shrunk-chunks", "production-chunks"])
+def test_triton_finalize_two_levels(T, rows, dtype, rng):
+    """The finalize's two-level sum over T partial rows (chunks of rows in parallel, then the chunk
+    sums) against float64: mean (with the shift), invstd, unbiased variance, the running statistics;
+    C > 128 so two channel blocks each take tickets; bit-identical on repeat; counters left at 0."""
+    from conftest import implementation_device
+    from ganfast.triton import _common
+    from ganfast.triton import batch_norm_act as tbn
+
+    device = torch.device(implementation_device("triton", "batch_norm_act"))
+    C, per_row = 130, 3
+    assert tbn.finalize_rows(T, rows)[1] > 1, "the test must use both levels"
+    x = randn((T, per_row, C), torch.float64, device, rng, scale=2.0) + 50.0  # |mean| >> std
+    shift = x[0, 0].clone()
+    acc = _common.acc_dtype(dtype)
+    partial = torch.stack([(x - shift).sum(1), ((x - shift) ** 2).sum(1)]).to(acc[0])
+    M = T * per_row
+    rm0 = randn((C,), acc[0], device, rng)
+    rv0 = 0.5 + torch.rand(C, generator=rng, dtype=acc[0]).to(device)
+    # float64 oracle from the same (rounded) partials
+    p64 = partial.double().sum(1)
+    d = p64[0] / M
+    var = (p64[1] / M - d * d).clamp_min(0)
+    mean64, unbiased64 = d + shift, var * M / (M - 1)
+    tol = {} if dtype == torch.float64 else {"atol": 1e-6, "rtol": 1e-6}
+    results = []
+    for _ in range(2):
+        rm, rv = rm0.clone(), rv0.clone()
+        mean, invstd, var_out = tbn.finalize(partial, T, C, M, rm, rv, True, MOMENTUM, EPS, acc, device,
+                                             shift=shift, shift_stride=1, var_out=True, rows=rows)
+        assert_close(mean, mean64.to(acc[0]), name="mean", **tol)
+        assert_close(invstd, (var + EPS).rsqrt().to(acc[0]), name="invstd", **tol)
+        assert_close(var_out, unbiased64.to(acc[0]), name="unbiased variance", **tol)
+        assert_close(rm, ((1 - MOMENTUM) * rm0.double() + MOMENTUM * mean64).to(acc[0]), name="running_mean", **tol)
+        assert_close(rv, ((1 - MOMENTUM) * rv0.double() + MOMENTUM * unbiased64).to(acc[0]),
+                     name="running_var", **tol)
+        assert not _common.counters(device, 2).any(), "finalize left a ticket counter taken"
+        results.append((mean, invstd, var_out, rm, rv))
+    for a, b in zip(*results):
+        assert torch.equal(a, b), "finalize must be bit-identical on repeat"
 
 
 def test_triton_backward_counters_reset(rng):

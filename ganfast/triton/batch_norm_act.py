@@ -19,11 +19,13 @@ Kernels:
                            partial (2, T, C), shift[c] = the channel's first value (the variance
                            is shift-invariant; the shift keeps E[x^2] - E[x]^2 from cancelling
                            when |mean| >> std). fp32 accumulation (fp64 for fp64).
-  _bn_finalize_kernel      grid (C blocks): training: the T partials summed in index order (in
-                           float64: the tile sums are fp32, their combination need not lose more),
-                           mean, biased variance, invstd = 1 / sqrt(var + eps), running stats
-                           updated in place (unbiased variance); eval: mean, invstd from the running
-                           statistics. Deterministic: no atomics.
+  _bn_finalize_kernel      grid (R, C blocks): training: the T partials summed in float64 (the
+                           tile sums are fp32, their combination need not lose more) in two
+                           levels: R programs per channel block each sum a chunk of rows in index
+                           order, the last of them (a ticket) sums the R chunk sums in index
+                           order; then mean, biased variance, invstd = 1 / sqrt(var + eps),
+                           running stats updated in place (unbiased variance); eval: mean, invstd
+                           from the running statistics. Deterministic: a fixed order of sums.
   _bn_act_kernel           out = act((x - mean) * (w invstd) + b), one pass.
   _bn_act_backward_reduce_kernel
                            grid (T, C blocks): dz = dy act'(z) (z recomputed from x), per-tile sums
@@ -49,6 +51,8 @@ TILE = 2048          # elements of one [BLOCK_S, BLOCK_C] tile
 MAX_TILES = 512      # the statistics partials: at most about this many tile rows T
 MAX_BLOCK_C = 128    # channels per tile (channels_last)
 BLOCK_T = 8          # rows of the partials summed at once by the finalize (float64)
+FINALIZE_ROWS = 64   # the finalize's first level: at least this many partial rows per program
+FINALIZE_CHUNKS = 64  # ... and at most about this many programs per channel block
 
 
 # ---- device helpers ----------------------------------------------------------------------------
@@ -118,42 +122,78 @@ def _bn_stats_kernel(x_ptr, partial_ptr, S, C, per_outer, s_outer, s_s, s_c,
 
 
 @triton.jit
-def _bn_finalize_kernel(partial_ptr, shift_ptr, rm_ptr, rv_ptr, mean_ptr, invstd_ptr, var_ptr,
-                        T, C, M, s_c, momentum: tl.float64, eps: tl.float64,
+def _rows_sum(ptr, t_lo, t_hi, nrows, C, c, cmask, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
+    """float64 sums over rows [t_lo, t_hi) of both halves of ptr (2, nrows, C) at channels c:
+    lane-wise over BLOCK_T rows in index order, then a tree (a fixed order: deterministic)."""
+    acc = tl.zeros([BLOCK_T, BLOCK_C], tl.float64)
+    acc2 = tl.zeros([BLOCK_T, BLOCK_C], tl.float64)
+    half = tl.cast(nrows, tl.int64) * C
+    for t0 in range(t_lo, t_hi, BLOCK_T):
+        t = t0 + tl.arange(0, BLOCK_T)
+        offs = t[:, None].to(tl.int64) * C + c[None, :]
+        mask = (t[:, None] < t_hi) & cmask[None, :]
+        # .cg: the second level reads rows other programs of this launch wrote
+        acc += tl.load(ptr + offs, mask=mask, other=0.0, cache_modifier=".cg").to(tl.float64)
+        acc2 += tl.load(ptr + half + offs, mask=mask, other=0.0, cache_modifier=".cg").to(tl.float64)
+    return tl.sum(acc, axis=0), tl.sum(acc2, axis=0)
+
+
+@triton.jit
+def _bn_statistics(total, total2, shift_ptr, rm_ptr, rv_ptr, mean_ptr, invstd_ptr, var_ptr, c, cmask,
+                   M, s_c, momentum, eps, SHIFT: tl.constexpr, RUNNING: tl.constexpr,
+                   VAR_OUT: tl.constexpr, ACC: tl.constexpr):
+    """mean, invstd (and the running statistics, the unbiased variance) from the float64 channel
+    sums of x - shift and of its square."""
+    m = tl.cast(M, tl.float64)
+    d = total / m          # mean of x - shift
+    var = total2 / m - d * d
+    var = tl.maximum(var, 0.0)
+    if SHIFT:
+        d += tl.load(shift_ptr + c.to(tl.int64) * s_c, mask=cmask, other=0.0).to(tl.float64)
+    mean = d.to(ACC)
+    invstd = _rsqrt_rn(var.to(ACC) + tl.full([], eps, ACC))
+    unbiased = (var * (m / tl.maximum(m - 1.0, 1.0))).to(ACC)
+    if RUNNING:
+        _running_update(rm_ptr, rv_ptr, c, cmask, mean, unbiased, momentum, ACC)
+    if VAR_OUT:
+        tl.store(var_ptr + c, unbiased, mask=cmask)
+    tl.store(mean_ptr + c, mean, mask=cmask)
+    tl.store(invstd_ptr + c, invstd, mask=cmask)
+
+
+@triton.jit
+def _bn_finalize_kernel(partial_ptr, chunk_ptr, counter_ptr, shift_ptr, rm_ptr, rv_ptr, mean_ptr,
+                        invstd_ptr, var_ptr, T, C, M, s_c, rows, momentum: tl.float64, eps: tl.float64,
                         TRAINING: tl.constexpr, SHIFT: tl.constexpr, RUNNING: tl.constexpr,
                         VAR_OUT: tl.constexpr, ACC: tl.constexpr, BLOCK_T: tl.constexpr,
                         BLOCK_C: tl.constexpr):
-    pid_c = tl.program_id(0)
+    """Grid (R, C blocks). Training: program (r, cb) sums partial rows [r rows, (r + 1) rows);
+    with R = 1 it finishes the statistics itself, else it stores its sums in chunk (2, R, C) and
+    the last program of the channel block (a ticket) sums the R chunks and finishes."""
+    pid_r = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    R = tl.num_programs(0)
     c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = c < C
     if TRAINING:
-        acc = tl.zeros([BLOCK_T, BLOCK_C], tl.float64)
-        acc2 = tl.zeros([BLOCK_T, BLOCK_C], tl.float64)
-        for t0 in range(0, T, BLOCK_T):
-            t = t0 + tl.arange(0, BLOCK_T)
-            offs = t[:, None].to(tl.int64) * C + c[None, :]
-            mask = (t[:, None] < T) & cmask[None, :]
-            acc += tl.load(partial_ptr + offs, mask=mask, other=0.0).to(tl.float64)
-            acc2 += tl.load(partial_ptr + T.to(tl.int64) * C + offs, mask=mask, other=0.0).to(tl.float64)
-        m = M.to(tl.float64)
-        d = tl.sum(acc, axis=0) / m          # mean of x - shift
-        var = tl.sum(acc2, axis=0) / m - d * d
-        var = tl.maximum(var, 0.0)
-        if SHIFT:
-            d += tl.load(shift_ptr + c.to(tl.int64) * s_c, mask=cmask, other=0.0).to(tl.float64)
-        mean = d.to(ACC)
-        invstd = _rsqrt_rn(var.to(ACC) + tl.full([], eps, ACC))
-        unbiased = (var * (m / tl.maximum(m - 1.0, 1.0))).to(ACC)
-        if RUNNING:
-            _running_update(rm_ptr, rv_ptr, c, cmask, mean, unbiased, momentum, ACC)
-        if VAR_OUT:
-            tl.store(var_ptr + c, unbiased, mask=cmask)
+        t_lo = pid_r * rows
+        s1, s2 = _rows_sum(partial_ptr, t_lo, tl.minimum(t_lo + rows, T), T, C, c, cmask, BLOCK_T, BLOCK_C)
+        if R == 1:
+            _bn_statistics(s1, s2, shift_ptr, rm_ptr, rv_ptr, mean_ptr, invstd_ptr, var_ptr, c, cmask,
+                           M, s_c, momentum, eps, SHIFT, RUNNING, VAR_OUT, ACC)
+        else:
+            out = pid_r.to(tl.int64) * C + c
+            tl.store(chunk_ptr + out, s1, mask=cmask)
+            tl.store(chunk_ptr + R.to(tl.int64) * C + out, s2, mask=cmask)
+            if _last_ticket(counter_ptr + pid_c, R):
+                s1, s2 = _rows_sum(chunk_ptr, 0, R, R, C, c, cmask, BLOCK_T, BLOCK_C)
+                _bn_statistics(s1, s2, shift_ptr, rm_ptr, rv_ptr, mean_ptr, invstd_ptr, var_ptr, c, cmask,
+                               M, s_c, momentum, eps, SHIFT, RUNNING, VAR_OUT, ACC)
     else:
         mean = tl.load(rm_ptr + c, mask=cmask, other=0.0).to(ACC)
         rv = tl.load(rv_ptr + c, mask=cmask, other=1.0).to(ACC)
-        invstd = _rsqrt_rn(rv + tl.full([], eps, ACC))
-    tl.store(mean_ptr + c, mean, mask=cmask)
-    tl.store(invstd_ptr + c, invstd, mask=cmask)
+        tl.store(mean_ptr + c, mean, mask=cmask)
+        tl.store(invstd_ptr + c, _rsqrt_rn(rv + tl.full([], eps, ACC)), mask=cmask)
 
 
 @triton.jit
@@ -338,11 +378,21 @@ def _num_warps(block):
 
 # ---- launchers ---------------------------------------------------------------------------------
 
+def finalize_rows(T, rows=None):
+    """(partial rows per finalize program, programs R) for T partial rows: at least FINALIZE_ROWS
+    rows each (a multiple of BLOCK_T), and at most about FINALIZE_CHUNKS programs, so the second
+    level sums few rows too. From T alone: the same order of sums on every run and device."""
+    rows = FINALIZE_ROWS if rows is None else rows
+    rows = _cdiv(max(rows, _cdiv(T, FINALIZE_CHUNKS), 1), BLOCK_T) * BLOCK_T
+    return rows, max(1, _cdiv(T, rows))
+
+
 def finalize(partial, T, C, M, running_mean, running_var, training, momentum, eps, acc, device,
-             shift=None, shift_stride=0, var_out=False):
+             shift=None, shift_stride=0, var_out=False, rows=None):
     """(mean, invstd, var or None) of C channels from partial (2, T, C) (training) or the running
     statistics (eval); running statistics updated in place in training when given; var_out: also
-    the batch's unbiased variance (training). One launch."""
+    the batch's unbiased variance (training). One launch: the T rows summed in parallel chunks of
+    `rows` (finalize_rows), then the chunks. The sums are float64 whatever partial's dtype."""
     torch_acc, tl_acc = acc
     mean = torch.empty(C, dtype=torch_acc, device=device)
     invstd = torch.empty(C, dtype=torch_acc, device=device)
@@ -352,11 +402,15 @@ def finalize(partial, T, C, M, running_mean, running_var, training, momentum, ep
     running = running_mean is not None
     dummy = mean
     block_c = min(_pow2(C), 128)
+    cblocks = _cdiv(C, block_c)
+    rows, chunks = finalize_rows(T, rows) if training else (1, 1)
+    chunk = torch.empty((2, chunks, C), dtype=torch.float64, device=device) if chunks > 1 else dummy
     with _Launch(device):
-        _bn_finalize_kernel[(_cdiv(C, block_c),)](
-            partial if partial is not None else dummy, shift if shift is not None else dummy,
+        _bn_finalize_kernel[(chunks, cblocks)](
+            partial if partial is not None else dummy, chunk, counters(device, cblocks),
+            shift if shift is not None else dummy,
             running_mean if running else dummy, running_var if running else dummy, mean, invstd,
-            var if var_out else dummy, T, C, M, shift_stride, float(momentum), float(eps),
+            var if var_out else dummy, T, C, M, shift_stride, rows, float(momentum), float(eps),
             TRAINING=training, SHIFT=shift is not None, RUNNING=running, VAR_OUT=var_out, ACC=tl_acc,
             BLOCK_T=BLOCK_T, BLOCK_C=block_c, num_warps=4)
     return mean, invstd, var
