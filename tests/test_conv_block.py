@@ -310,6 +310,75 @@ def test_cpu_weight_kept_channels_last(rng):
     assert torch.equal(seq[0].weight, before)
 
 
+# ---- which implementation runs the block ----------------------------------------------------------
+
+def _resolve_as_cuda(monkeypatch, kernels_built):
+    """Every op resolves as for CUDA tensors in an install with (or without) the CUDA kernels: the
+    routing a GPU machine sees, exercised here on CPU tensors (Triton through the interpreter)."""
+    monkeypatch.setattr(_backend, "cuda_kernels_built", lambda: kernels_built)
+    monkeypatch.setattr(_backend, "resolve",
+                        lambda t: _backend._resolve_uncached(_backend.get_backend(), "cuda"))
+
+
+@pytest.mark.parametrize("selected,kernels_built,expected", [
+    ("auto", False, block_ops.ATEN),      # cuDNN's convolution, not the IEEE-float32 implicit GEMM
+    ("auto", True, block_ops.ATEN),
+    ("cuda", True, block_ops.ATEN),
+    ("triton", False, block_ops.TRITON),  # the Triton GEMM only when chosen by name
+    ("triton", True, block_ops.TRITON),
+    ("reference", False, block_ops.REFERENCE),
+])
+def test_block_routing_on_cuda_tensors(monkeypatch, selected, kernels_built, expected):
+    _resolve_as_cuda(monkeypatch, kernels_built)
+    with ganfast.use_backend(selected):
+        assert block_ops.block_impl(torch.empty(1)) == expected
+    if not kernels_built:
+        with ganfast.use_backend("cuda"), pytest.raises(ganfast.BackendUnavailableError):
+            block_ops.block_impl(torch.empty(1))
+
+
+def test_block_routing_on_cpu_tensors():
+    x = torch.empty(1)
+    for selected, expected in (("auto", block_ops.ATEN), ("cpu", block_ops.ATEN),
+                               ("reference", block_ops.REFERENCE)):
+        with ganfast.use_backend(selected):
+            assert block_ops.block_impl(x) == expected
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_block_auto_without_cuda_kernels_runs_aten_conv_and_triton_batch_norm(monkeypatch, training, rng):
+    """auto on CUDA tensors without the CUDA kernels: ATen's convolution (cuDNN there), the
+    BatchNorm + activation on Triton (in training; eval folds it into the convolution), never the
+    Triton implicit GEMM; and the result is the torch.nn block's."""
+    try:
+        _backend._resolve_uncached("triton", "cpu")
+    except ganfast.BackendUnavailableError as exc:
+        pytest.skip(f"triton backend: {exc}")
+    from ganfast.ops import triton_conv_block
+    from ganfast.triton import batch_norm_act as triton_bn
+
+    calls = {"conv": 0, "bn": 0}
+
+    def no_triton_gemm(*args, **kwargs):
+        raise AssertionError("the Triton implicit GEMM ran under auto")
+
+    def counted(name, fn):
+        def inner(*args, **kwargs):
+            calls[name] += args[0].dtype == torch.float32  # (not the float64 oracle's calls)
+            return fn(*args, **kwargs)
+        return inner
+
+    monkeypatch.setattr(triton_conv_block, "conv_transpose_block", no_triton_gemm)
+    monkeypatch.setattr(triton_bn, "batch_norm_act", counted("bn", triton_bn.batch_norm_act))
+    monkeypatch.setattr(torch.nn.functional, "conv_transpose2d",
+                        counted("conv", torch.nn.functional.conv_transpose2d))
+    _resolve_as_cuda(monkeypatch, kernels_built=False)
+    with ganfast.use_backend("auto"):
+        run_block_check("cpu", CASES[2], VARIANTS[1], "batch", training, torch.float32, False, steps=1, gen=rng)
+    assert calls["conv"] > 0
+    assert calls["bn"] == (1 if training else 0)
+
+
 def test_block_empty_batch_eval(impl):
     _, device = impl
     block = ConvTransposeBlock(3, 4).eval().to(device)

@@ -1,7 +1,12 @@
 """The transposed-convolution generator block: ConvTranspose2d -> (BatchNorm2d) -> activation.
 
-conv_transpose_block dispatches by ganfast.backend.resolve(x):
-  CPP        ATen's transposed convolution (oneDNN on CPU, cuDNN on CUDA), then
+conv_transpose_block dispatches by block_impl(x), which is ganfast.backend.resolve(x) except for
+"auto" on CUDA tensors where this install has no CUDA kernels: resolve says TRITON, the block runs
+the ATEN path (cuDNN's convolution, with TF32 tensor cores where torch allows them) and only its
+BatchNorm + activation on Triton (ganfast.ops.batch_norm_act resolves to Triton itself). The Triton
+implicit GEMM multiplies float32 in IEEE (no tensor cores), expected 5-10x slower than cuDNN in
+TF32, so it runs only when chosen by name (backend "triton").
+  ATEN       ATen's transposed convolution (oneDNN on CPU, cuDNN on CUDA), then
              ganfast.ops.batch_norm_act (batch statistics + normalise + affine + activation in
              one fused C++ kernel, its backward fused too). In eval the BatchNorm is folded into
              the convolution's weight and bias and the activation applied in place: one
@@ -9,6 +14,7 @@ conv_transpose_block dispatches by ganfast.backend.resolve(x):
              CPU_CHANNELS_LAST): oneDNN's NHWC kernels are faster at the DCGAN shapes, and the
              output stays channels_last, so the next block needs no conversion; where nothing
              needs a gradient the activation runs as the convolution's oneDNN post-op.
+             (the CPP implementation of the other families, and "auto" on CUDA without them).
   TRITON     ganfast.ops.triton_conv_block.conv_transpose_block (implicit GEMM, fused epilogues)
   REFERENCE  ganfast.reference.conv_block
 """
@@ -31,6 +37,20 @@ CPU_CHANNELS_LAST = True
 # Where no gradient is needed (sampling), run the CPU convolution with its activation fused as a
 # oneDNN post-op (see _cpu_inference). Set False to use F.conv_transpose2d + the activation.
 CPU_FUSED_INFERENCE = True
+
+
+# The block's implementations: ATen's convolution + ganfast.ops.batch_norm_act, the Triton block, the
+# reference (the names backend.resolve gives, and the routing of block_impl below).
+ATEN, TRITON, REFERENCE = backend.CPP, backend.TRITON, backend.REFERENCE
+
+
+def block_impl(x: Tensor) -> str:
+    """ATEN, TRITON or REFERENCE: the implementation of the block that runs on x."""
+    impl = backend.resolve(x)
+    if impl == backend.TRITON and backend.get_backend() == "auto":
+        # auto on CUDA without the CUDA kernels: cuDNN beats the IEEE-float32 implicit GEMM
+        return ATEN
+    return impl
 
 
 def check_block_args(op: str, x: Tensor, conv_weight: Tensor, conv_bias: Optional[Tensor],
@@ -123,8 +143,8 @@ def _needs_grad(*tensors) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def _cpp(x, conv_weight, conv_bias, bn_weight, bn_bias, running_mean, running_var, norm, training,
-         momentum, eps, stride, padding, act, alpha):
+def _aten(x, conv_weight, conv_bias, bn_weight, bn_bias, running_mean, running_var, norm, training,
+          momentum, eps, stride, padding, act, alpha):
     if x.is_cpu and CPU_CHANNELS_LAST:
         x = x.contiguous(memory_format=torch.channels_last)
         conv_weight = conv_weight.contiguous(memory_format=torch.channels_last)
@@ -165,13 +185,13 @@ def conv_transpose_block(x: Tensor, conv_weight: Tensor, conv_bias: Optional[Ten
     bn_bias; double backward through the fused BatchNorm raises an error.
     """
     check_block_args("ganfast.ops.conv_transpose_block", x, conv_weight, conv_bias, stride, padding, act)
-    impl = backend.resolve(x)
+    impl = block_impl(x)
     args = (x, conv_weight, conv_bias, bn_weight, bn_bias, running_mean, running_var)
-    if impl == backend.CPP:
-        return _cpp(*args, norm, training, momentum, eps, stride, padding, act, alpha)
+    if impl == ATEN:
+        return _aten(*args, norm, training, momentum, eps, stride, padding, act, alpha)
     kwargs = dict(norm=norm, training=training, momentum=momentum, eps=eps, stride=stride,
                   padding=padding, act=act, alpha=alpha)
-    if impl == backend.TRITON:
+    if impl == TRITON:
         from .triton_conv_block import conv_transpose_block as triton_block
 
         return triton_block(*args, **kwargs)
