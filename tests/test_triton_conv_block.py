@@ -82,12 +82,17 @@ def test_conv_transpose2d_forward_and_stats(mods, device, rng, case, channels_la
     w = _rand(ws, rng, device=device)
     b = _rand((ws[1],), rng, device=device)
     z = F.conv_transpose2d(x, w, b, stride=stride, padding=padding)
-    out, partial = conv.conv_transpose2d(x, w, b, stride, padding, act="relu", stats=True)
+    out, stats = conv.conv_transpose2d(x, w, b, stride, padding, act="relu", stats=True)
     assert_close(out, F.relu(z), name="out")
     assert out.is_contiguous(memory_format=_layout(x))
+    partial, shift = stats
     assert partial.dtype == torch.float64 and partial.shape[0] == 2 and partial.shape[2] == ws[1]
-    assert_close(partial[0].sum(0), z.sum((0, 2, 3)), name="sum")
-    assert_close(partial[1].sum(0), (z * z).sum((0, 2, 3)), name="sum of squares")
+    # the sums are shifted by the channel's first value (output pixel (0, 0) of image 0)
+    assert shift.dtype == torch.float64 and shift.shape == (ws[1],)
+    assert_close(shift, z[0, :, 0, 0], name="shift")
+    d = z - shift[:, None, None]
+    assert_close(partial[0].sum(0), d.sum((0, 2, 3)), name="shifted sum")
+    assert_close(partial[1].sum(0), (d * d).sum((0, 2, 3)), name="shifted sum of squares")
     # per-channel scale / shift (the folded eval BatchNorm) and another activation, no bias
     scale, shift = _rand((ws[1],), rng, device=device), _rand((ws[1],), rng, device=device)
     out2, none = conv.conv_transpose2d(x, w, None, stride, padding, scale=scale, shift=shift, act="tanh")
@@ -185,21 +190,25 @@ def test_batch_norm_act(mods, device, rng, shape, channels_last, training):
 
 
 def test_batch_norm_act_partial_sums(mods, device, rng):
-    """The statistics from the convolution's epilogue replace the statistics pass."""
+    """The statistics from the convolution's epilogue (sums of y - shift) replace the statistics
+    pass: finalize with that shift, then normalise, as the block op does."""
     conv, bn, _ = mods
     x = _rand((2, 4, 3, 3), rng, device=device)
     w = _rand((4, 5, 4, 4), rng, device=device)
     cb = _rand((5,), rng, device=device, shift=4.0)
-    y, partial = conv.conv_transpose2d(x, w, cb, (2, 2), (1, 1), stats=True)
+    y, stats = conv.conv_transpose2d(x, w, cb, (2, 2), (1, 1), stats=True)
     rm, rv = torch.zeros(5, dtype=torch.float64), torch.ones(5, dtype=torch.float64)
     rm2, rv2 = rm.clone(), rv.clone()
-    out, mean, invstd = bn.batch_norm_act(y, None, None, rm, rv, True, 0.3, 1e-5, "relu", 0.0, partial_sums=partial)
+    mean, invstd, _ = bn.finalize(stats.partial, stats.partial.size(1), 5, y.numel() // 5, rm, rv, True, 0.3, 1e-5,
+                                  bn.acc_dtype(y.dtype), y.device, shift=stats.shift, shift_stride=1)
+    out = bn.normalize(y, None, None, mean, invstd, "relu", 0.0)
     ref = F.relu(F.batch_norm(y, rm2, rv2, None, None, True, 0.3, 1e-5))
     assert_close(out, ref, name="out")
     assert_close(rm, rm2, name="running_mean")
     assert_close(rv, rv2, name="running_var")
     with pytest.raises(ValueError, match="partial_sums must have shape"):
-        bn.batch_norm_act(y, None, None, None, None, True, 0.1, 1e-5, "relu", 0.0, partial_sums=partial[:, :, :3])
+        bn.batch_norm_act(y, None, None, None, None, True, 0.1, 1e-5, "relu", 0.0,
+                          partial_sums=stats.partial[:, :, :3])
 
 
 def test_batch_norm_act_float32_large_mean(mods, device, rng):
@@ -328,6 +337,36 @@ def test_block_float32(mods, device, rng):
     ref.backward(g)
     for name, p, q in zip(("x", "conv_weight", "bn_weight", "bn_bias"), a[:2] + a[3:], r[:2] + r[3:]):
         assert_close(p.grad, q.grad, atol=1e-3, rtol=1e-3, check_dtype=False, name=f"grad {name}")
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_block_float32_large_mean(mods, device, rng, channels_last):
+    """float32, the convolution's output with a mean ~4e3 times its spread (a large conv bias, as a
+    block after a layer that drifted): the epilogue's shifted sums keep the batch variance, so the
+    normalised output, the running variance and the gradients match float64. Unshifted float32
+    sums of y and y^2 cancel to a variance off by O(1) relative."""
+    ops = mods[2]
+    from ganfast.reference import conv_block as reference
+
+    x, w, _, bw, bb, rm, rv = _block_inputs(rng, (3, 5, 3, 4), (5, 6, 4, 4), device, torch.float32,
+                                             conv_bias=False, channels_last=channels_last)
+    cb = _rand((6,), rng, torch.float32, device, scale=1e3, shift=1e4)  # the outputs' spread: ~2
+    a = [t.clone().requires_grad_() for t in (x, w, cb, bw, bb)]
+    r = [t.double().requires_grad_() for t in (x, w, cb, bw, bb)]
+    rm2, rv2 = rm.double(), rv.double()
+    kw = _kw(True, True, (2, 2), (1, 1), "linear", momentum=0.5)
+    out = ops.conv_transpose_block(*a, rm, rv, **kw)
+    ref = reference.conv_transpose_block(*r, rm2, rv2, **kw)
+    # float32 stores y ~ 1e4 to 2**-11 absolute: ~3e-4 of its spread, the floor of any float32 BatchNorm
+    assert_close(out, ref, atol=3e-3, rtol=3e-3, check_dtype=False, name="out")
+    assert_close(rm, rm2, atol=0, rtol=1e-6, check_dtype=False, name="running_mean")
+    assert_close(rv, rv2, atol=0, rtol=3e-3, check_dtype=False, name="running_var")
+    g = torch.randn(ref.shape, generator=rng, dtype=torch.float64)
+    out.backward(g.float())
+    ref.backward(g)
+    for name, p, q in zip(("x", "conv_weight", "bn_weight", "bn_bias"), a[:2] + a[3:], r[:2] + r[3:]):
+        assert_close(p.grad, q.grad, atol=1e-2 * q.grad.abs().max().item(), rtol=1e-2, check_dtype=False,
+                     name=f"grad {name}")
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

@@ -1,5 +1,7 @@
 """The Triton transposed-convolution block: ConvTranspose2d -> BatchNorm2d -> activation as
-ganfast_triton:: custom ops around ganfast/triton/conv_block.py and batch_norm_act.py.
+ganfast_triton:: custom ops around ganfast/triton/conv_block.py and batch_norm_act.py. Runs under
+the backend "triton" chosen by name only: "auto" on CUDA sends the convolution to cuDNN (see
+ganfast.ops.conv_block.block_impl), as this GEMM multiplies float32 in IEEE, without tensor cores.
 
 Ops (explicit fake kernels: triton_op's automatic one touches storage under the interpreter):
   conv_transpose_block           (out, saved, save_mean, save_invstd, batch_var); functional
@@ -7,7 +9,8 @@ Ops (explicit fake kernels: triton_op's automatic one touches storage under the 
                                  norm False: out = act(convT(x) + b), one launch (saved is empty,
                                  or the pre-activation when act' cannot be read from out); norm
                                  True, training: convT with the statistics epilogue (saved = its
-                                 output), finalize, then normalise + affine + act; norm True,
+                                 output; sums of it minus each channel's first value), finalize
+                                 (adding that shift back), then normalise + affine + act; norm True,
                                  eval: convT, then the BatchNorm with the running statistics (the
                                  differentiable eval path).
   batch_norm_running_update      running_mean / running_var updated in place from the block's
@@ -144,7 +147,7 @@ def _t_block(x: Tensor, conv_weight: Tensor, conv_bias: Optional[Tensor], bn_wei
             return out, z, empty, empty.clone(), empty.clone()
         out, _ = conv.conv_transpose2d(x, conv_weight, conv_bias, stride, padding, act=act, alpha=alpha)
         return out, empty, empty.clone(), empty.clone(), empty.clone()
-    y, partial = conv.conv_transpose2d(x, conv_weight, conv_bias, stride, padding, stats=training)
+    y, stats = conv.conv_transpose2d(x, conv_weight, conv_bias, stride, padding, stats=training)
     acc = bn.acc_dtype(x.dtype)
     C = conv_weight.size(1)
     if training and x.size(0) == 0:  # an empty batch: nothing to normalise, no statistics
@@ -152,8 +155,9 @@ def _t_block(x: Tensor, conv_weight: Tensor, conv_bias: Optional[Tensor], bn_wei
         return torch.empty_like(y), y, z, z.clone(), z.clone()
     if training:
         M = x.size(0) * hout * wout
-        mean, invstd, var = bn.finalize(partial, partial.size(1), C, M, None, None, True, 0.0, eps, acc,
-                                        x.device, var_out=True)
+        # the epilogue's sums are of y - stats.shift: finalize adds the shift back to the mean
+        mean, invstd, var = bn.finalize(stats.partial, stats.partial.size(1), C, M, None, None, True, 0.0, eps,
+                                        acc, x.device, shift=stats.shift, shift_stride=1, var_out=True)
     else:
         mean, invstd, _ = bn.finalize(None, 0, C, 0, running_mean, running_var, False, 0.0, eps, acc, x.device)
         var = empty.clone()

@@ -18,8 +18,11 @@ Cout tiles, phases).
                      pre-packed (kh, kw, Cin, Cout) so a K slice is a contiguous [BLOCK_K, BLOCK_N]
                      block. Epilogue: + bias[co]; STATS: the tile's per-channel [sum, sum of
                      squares] of that value (as rounded to the output dtype: the tensor BatchNorm
-                     sees) into partial (2, T, Cout), T = phases x M tiles, deterministic (no
-                     atomics; empty tiles write zeros); EPI "affine": * scale[co] + shift[co];
+                     sees) minus shift[co] into partial (2, T, Cout), T = phases x M tiles,
+                     deterministic (no atomics; empty tiles write zeros); shift[co] = the value at
+                     output pixel (0, 0) of image 0, recomputed by each program (a Cin x taps dot
+                     product) so a mean much larger than the spread keeps the variance's digits,
+                     as batch_norm_act.py's statistics pass; EPI "affine": * scale[co] + shift[co];
                      EPI "bn": the eval BatchNorm (v - running_mean) w / sqrt(running_var + eps)
                      + b, folded per channel in the epilogue; then the activation; one store.
 Backward:
@@ -35,6 +38,8 @@ Indexing: pixel and channel index math in int32 within one image (the launchers 
 pixel counts fit), the batch offset in int64; BIG (an image or the weight of 2**31 elements or
 more): int64 throughout. Activations are bias_act.py's.
 """
+
+from typing import NamedTuple
 
 import torch
 import triton
@@ -91,6 +96,34 @@ def _dot(a, b, acc, ACC: tl.constexpr, DOT_IEEE: tl.constexpr):
     else:
         acc = tl.dot(a, b, acc, out_dtype=ACC)
     return acc
+
+
+@triton.jit
+def _origin_value(x_ptr, w_ptr, bias_ptr, co, comask, Cin, H, W, Cout, sxc, sxh, sxw,
+                  KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
+                  PH: tl.constexpr, PW: tl.constexpr, HAS_BIAS: tl.constexpr, ACC: tl.constexpr,
+                  BIG: tl.constexpr, BLOCK_K: tl.constexpr):
+    """conv_transpose2d(x, w) + bias at output pixel (0, 0) of image 0, channels co (the statistics'
+    shift). Its taps: kh = PH - SH ih for the input rows ih >= 0 with kh < KH (likewise kw)."""
+    kk = tl.arange(0, BLOCK_K)
+    s = tl.zeros(co.shape, ACC)
+    for ih in range(0, PH // SH + 1):
+        kh = PH - SH * ih
+        for iw in range(0, PW // SW + 1):
+            kw = PW - SW * iw
+            inside = (kh < KH) & (kw < KW) & (ih < H) & (iw < W)
+            x_pix = x_ptr + (_wide(ih, BIG) * sxh + _wide(iw, BIG) * sxw)
+            w_tap = w_ptr + _wide(kh * KW + kw, BIG) * Cin * Cout
+            for c0 in range(0, Cin, BLOCK_K):
+                k = c0 + kk
+                kmask = (k < Cin) & inside
+                a = tl.load(x_pix + _wide(k, BIG) * sxc, mask=kmask, other=0.0).to(ACC)
+                b = tl.load(w_tap + _wide(k, BIG)[:, None] * Cout + co[None, :],
+                            mask=kmask[:, None] & comask[None, :], other=0.0).to(ACC)
+                s += tl.sum(a[:, None] * b, axis=0)
+    if HAS_BIAS:
+        s += tl.load(bias_ptr + co, mask=comask, other=0.0).to(ACC)
+    return s
 
 
 @triton.jit
@@ -156,12 +189,20 @@ def _conv_t_kernel(x_ptr, w_ptr, bias_ptr, p0_ptr, p1_ptr, p2_ptr, p3_ptr, out_p
     if HAS_BIAS:
         v += tl.load(bias_ptr + co, mask=comask, other=0.0).to(ACC)[None, :]
     if STATS:
+        # Sums of v - first[co], the channel's first value (every program computes the same
+        # one, in the same order): plain sums of v and v^2 would lose the variance's digits when the
+        # mean dwarfs the spread (as batch_norm_act.py's statistics). Rounded to the output dtype
+        # like v, so v - first is exact near it. Stored after the 2 T partial rows (Stats.shift).
+        first = _origin_value(x_ptr, w_ptr, bias_ptr, co, comask, Cin, H, W, Cout, sxc, sxh, sxw,
+                              KH, KW, SH, SW, PH, PW, HAS_BIAS, ACC, BIG, BLOCK_K)
+        first = first.to(out_ptr.dtype.element_ty).to(ACC)
         keep = mmask[:, None] & comask[None, :]
-        vs = tl.where(keep, v.to(out_ptr.dtype.element_ty).to(ACC), 0.0)
+        vs = tl.where(keep, v.to(out_ptr.dtype.element_ty).to(ACC) - first[None, :], 0.0)
         t = phase * tiles_m + pid_m
         T = tiles_m * (SH * SW)
         tl.store(partial_ptr + t * Cout + co, tl.sum(vs, axis=0), mask=comask)
         tl.store(partial_ptr + (T + t) * Cout + co, tl.sum(vs * vs, axis=0), mask=comask)
+        tl.store(partial_ptr + 2 * T * Cout + co, first, mask=comask & (t == 0))
     if EPI == "affine":
         scale = tl.load(p0_ptr + co, mask=comask, other=1.0).to(ACC)
         shift = tl.load(p1_ptr + co, mask=comask, other=0.0).to(ACC)
@@ -353,11 +394,19 @@ def _channel_param(t, C, dtype, device, default):
 
 # ---- launchers ---------------------------------------------------------------------------------
 
+class Stats(NamedTuple):
+    """The statistics epilogue's output, in the accumulation dtype (float32; float64 for float64):
+    partial (2, T, Cout), per tile and channel [sum, sum of squares] of v - shift[co], v =
+    conv_transpose2d(x, weight) + bias as stored; shift (Cout,), v at output pixel (0, 0) of image 0
+    (what batch_norm_act.finalize takes as shift, stride 1)."""
+    partial: torch.Tensor
+    shift: torch.Tensor
+
+
 def conv_transpose2d(x, weight, bias, stride, padding, scale=None, shift=None, act="linear", alpha=0.0,
                      stats=False, *, bn=None):
-    """(out, partial_sums or None): out = act(scale[co] (conv_transpose2d(x, weight) + bias[co]) +
-    shift[co]) in one launch; stats=True: partial_sums (2, T, Cout) of per-tile [sum, sum of squares]
-    of conv_transpose2d(x, weight) + bias per channel (float32; float64 for float64 x).
+    """(out, Stats or None): out = act(scale[co] (conv_transpose2d(x, weight) + bias[co]) +
+    shift[co]) in one launch; stats=True: also the shifted per-tile sums of Stats (one buffer).
     bn=(running_mean, running_var, bn_weight, bn_bias, eps) instead of scale/shift: the eval
     BatchNorm in the epilogue."""
     op = "ganfast::conv_transpose2d"
@@ -372,9 +421,10 @@ def conv_transpose2d(x, weight, bias, stride, padding, scale=None, shift=None, a
     bm, bn_, bk = _blocks(N * _cdiv(hout, sh) * _cdiv(wout, sw), Cout, Cin, big)
     tiles_m = _cdiv(N * _cdiv(hout, sh) * _cdiv(wout, sw), bm)
     T = tiles_m * sh * sw
-    partial = torch.empty((2, T, Cout), dtype=torch_acc, device=device) if stats else None
+    partial = torch.empty((2 * T + 1, Cout), dtype=torch_acc, device=device) if stats else None
+    result = Stats(partial[:2 * T].view(2, T, Cout), partial[2 * T]) if stats else None
     if out.numel() == 0:
-        return out, partial
+        return out, result
     if bn is not None:
         epi = "bn"
         rm, rv, bw, bb, eps = bn
@@ -395,7 +445,7 @@ def conv_transpose2d(x, weight, bias, stride, padding, scale=None, shift=None, a
             KH=KH, KW=KW, SH=sh, SW=sw, PH=ph, PW=pw, HAS_BIAS=bias is not None, EPI=epi, ACT=act,
             STATS=bool(stats), ACC=tl_acc, DOT_IEEE=_dot_ieee(x), BIG=big, BLOCK_M=bm, BLOCK_N=bn_, BLOCK_K=bk,
             **launch_options())
-    return out, partial
+    return out, result
 
 
 def channel_sum(t):
