@@ -138,6 +138,14 @@ def _load(ptrs, mask, ACC: tl.constexpr, MASKED: tl.constexpr):
 
 
 @triton.jit
+def _block(n, BLOCK: tl.constexpr):
+    """This program's block of an elementwise kernel over n elements: (start, int64 offsets, mask)."""
+    start = tl.program_id(0).to(tl.int64) * BLOCK
+    offs = start + tl.arange(0, BLOCK)
+    return start, offs, offs < n
+
+
+@triton.jit
 def _mean(total, n, ACC: tl.constexpr):
     """total / n; the mean of nothing is NaN."""
     q = _div(total, tl.cast(tl.maximum(n, 1), ACC))

@@ -82,6 +82,20 @@ def _channel(ptr, c, cmask, default, ACC: tl.constexpr, PRESENT: tl.constexpr):
 
 
 @triton.jit
+def _channel_affine(w_ptr, b_ptr, mean_ptr, invstd_ptr, pid_c, C, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
+                    ACC: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Channel block pid_c: (c, cmask, mean, invstd, scale = w invstd, shift = b), so that
+    z = (x - mean) scale + shift."""
+    c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = c < C
+    mean = tl.load(mean_ptr + c, mask=cmask, other=0.0).to(ACC)
+    invstd = tl.load(invstd_ptr + c, mask=cmask, other=0.0).to(ACC)
+    scale = _channel(w_ptr, c, cmask, 1.0, ACC, HAS_W) * invstd
+    shift = _channel(b_ptr, c, cmask, 0.0, ACC, HAS_B)
+    return c, cmask, mean, invstd, scale, shift
+
+
+@triton.jit
 def _rsqrt_rn(v):
     """1 / sqrt(v) with both operations rounded to nearest (tl.rsqrt is approximate on the GPU)."""
     if v.dtype == tl.float64:
@@ -225,12 +239,9 @@ def _bn_act_kernel(x_ptr, w_ptr, b_ptr, mean_ptr, invstd_ptr, out_ptr,
                    ITERS: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr):
     pid_t = tl.program_id(0)
     pid_c = tl.program_id(1)
-    c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = c < C
+    c, cmask, mean, invstd, scale, shift = _channel_affine(w_ptr, b_ptr, mean_ptr, invstd_ptr, pid_c, C,
+                                                           HAS_W, HAS_B, ACC, BLOCK_C)
     a = tl.full([], alpha, ACC)
-    mean = tl.load(mean_ptr + c, mask=cmask, other=0.0).to(ACC)
-    scale = _channel(w_ptr, c, cmask, 1.0, ACC, HAS_W) * tl.load(invstd_ptr + c, mask=cmask, other=0.0).to(ACC)
-    shift = _channel(b_ptr, c, cmask, 0.0, ACC, HAS_B)
     for i in range(ITERS):
         offs, mask = _tile_offsets(pid_t, pid_c, i, S, C, per_outer, s_outer, s_s, s_c,
                                    ITERS, BLOCK_S, BLOCK_C)
@@ -251,13 +262,9 @@ def _bn_act_backward_reduce_kernel(g_ptr, x_ptr, w_ptr, b_ptr, mean_ptr, invstd_
     pid_t = tl.program_id(0)
     pid_c = tl.program_id(1)
     T = tl.num_programs(0)
-    c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = c < C
+    c, cmask, mean, invstd, scale, shift = _channel_affine(w_ptr, b_ptr, mean_ptr, invstd_ptr, pid_c, C,
+                                                           HAS_W, HAS_B, ACC, BLOCK_C)
     a = tl.full([], alpha, ACC)
-    mean = tl.load(mean_ptr + c, mask=cmask, other=0.0).to(ACC)
-    invstd = tl.load(invstd_ptr + c, mask=cmask, other=0.0).to(ACC)
-    scale = _channel(w_ptr, c, cmask, 1.0, ACC, HAS_W) * invstd
-    shift = _channel(b_ptr, c, cmask, 0.0, ACC, HAS_B)
     acc = tl.zeros([BLOCK_S, BLOCK_C], ACC)
     acc2 = tl.zeros([BLOCK_S, BLOCK_C], ACC)
     for i in range(ITERS):
@@ -302,12 +309,9 @@ def _bn_act_backward_kernel(g_ptr, x_ptr, w_ptr, b_ptr, mean_ptr, invstd_ptr, te
                             BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr):
     pid_t = tl.program_id(0)
     pid_c = tl.program_id(1)
-    c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = c < C
+    c, cmask, mean, invstd, scale, shift = _channel_affine(w_ptr, b_ptr, mean_ptr, invstd_ptr, pid_c, C,
+                                                           HAS_W, HAS_B, ACC, BLOCK_C)
     a = tl.full([], alpha, ACC)
-    mean = tl.load(mean_ptr + c, mask=cmask, other=0.0).to(ACC)
-    scale = _channel(w_ptr, c, cmask, 1.0, ACC, HAS_W) * tl.load(invstd_ptr + c, mask=cmask, other=0.0).to(ACC)
-    shift = _channel(b_ptr, c, cmask, 0.0, ACC, HAS_B)
     mean_dz = tl.load(terms_ptr + c, mask=cmask, other=0.0)
     k = tl.load(terms_ptr + C + c, mask=cmask, other=0.0)
     for i in range(ITERS):

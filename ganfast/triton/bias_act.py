@@ -41,7 +41,7 @@ import triton.language as tl
 from .._args import (check_bias_act, check_bias_act_backward, check_kernel_dtype, is_expanded_scalar,
                      parse_act)
 from ._common import (_EXP_C3, _EXP_C4, _EXP_C5, _EXP_C6, _EXP_C7, _LN2_HI, _LN2_LO, _LOG2E, BLOCK,
-                      _cdiv, _div, _exp_nonpos, _f32_div, _keep_nan, _Launch, _load, _sigmoid,
+                      _block, _cdiv, _div, _exp_nonpos, _f32_div, _keep_nan, _Launch, _load, _sigmoid,
                       _softplus, acc_dtype, num_warps)
 
 # gan_math.h: kSeluLambda, kSeluAlpha (T(k) rounds them to float32 in float32 kernels)
@@ -281,10 +281,7 @@ def _bias_act_kernel(x_ptr, b_ptr, y_ptr, n, inner, C,
                      alpha: tl.float64, gain: tl.float64, clamp: tl.float64,
                      ACT: tl.constexpr, CLAMP: tl.constexpr, BIAS: tl.constexpr, ACC: tl.constexpr,
                      BLOCK: tl.constexpr):
-    pid = tl.program_id(0)
-    start = pid.to(tl.int64) * BLOCK
-    offs = start + tl.arange(0, BLOCK)
-    mask = offs < n
+    start, offs, mask = _block(n, BLOCK)
     a = tl.full([], alpha, ACC)
     g = tl.full([], gain, ACC)
     cl = tl.full([], clamp, ACC)
@@ -328,10 +325,7 @@ def _bias_act_backward_kernel(g_ptr, x_ptr, b_ptr, y_ptr, out_ptr, n, inner, C,
                               CLAMP: tl.constexpr, BIAS: tl.constexpr, GRAD_SCALAR: tl.constexpr,
                               ACC: tl.constexpr, BLOCK: tl.constexpr):
     """out = grad_output * d^ORDER y / dx^ORDER (from x + b when not FROM_Y, else from y)."""
-    pid = tl.program_id(0)
-    start = pid.to(tl.int64) * BLOCK
-    offs = start + tl.arange(0, BLOCK)
-    mask = offs < n
+    start, offs, mask = _block(n, BLOCK)
     a = tl.full([], alpha, ACC)
     g = tl.full([], gain, ACC)
     cl = tl.full([], clamp, ACC)

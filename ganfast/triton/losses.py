@@ -49,7 +49,7 @@ import triton.language as tl
 
 from .._args import (check_g_logits, check_gan_logits, check_kernel_dtype, check_scalar_grad,
                     parse_gan_kind, prepare_loss_grad, prepare_loss_operands)
-from ._common import (BLOCK, MAX_PARTIALS, PBLOCK, _cdiv, _div, _exp_nonpos, _f32,  # noqa: F401
+from ._common import (BLOCK, MAX_PARTIALS, PBLOCK, _block, _cdiv, _div, _exp_nonpos, _f32,  # noqa: F401
                       _keep_nan, _Launch, _load, _log1p_unit, _mean, _partition, _scratch, _sigmoid,
                       _softplus, _sum_partials, _take_ticket, acc_dtype, num_warps)
 
@@ -233,9 +233,7 @@ def _loss_forward_kernel(
     out)."""
     pid = tl.program_id(0)
     if REDUCTION == "none":
-        start = pid.to(tl.int64) * BLOCK
-        offs = start + tl.arange(0, BLOCK)
-        mask = offs < n
+        start, offs, mask = _block(n, BLOCK)
         if start + BLOCK <= n:
             v = _loss_block(x_ptr, t_ptr, w_ptr, pw_ptr, flag_ptr, offs, mask,
                             w_inner, w_period, pw_inner, pw_period,
@@ -280,10 +278,7 @@ def _loss_backward_kernel(
 ):
     """out_i = upstream_i * dl_i/d(WRT): upstream is grad[0] (times 1/n for MEAN) when
     GRAD_SCALAR, else grad[i]."""
-    pid = tl.program_id(0)
-    start = pid.to(tl.int64) * BLOCK
-    offs = start + tl.arange(0, BLOCK)
-    mask = offs < n
+    start, offs, mask = _block(n, BLOCK)
     if GRAD_SCALAR:
         g0 = tl.load(g_ptr).to(ACC)
         if MEAN:

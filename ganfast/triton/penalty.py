@@ -49,8 +49,8 @@ import triton.language as tl
 from .._args import (check_interpolate, check_interpolate_backward, check_kernel_dtype, check_penalty_grad,
                      check_penalty_grad_grad, check_penalty_grad_output, check_penalty_norms,
                      parse_penalty_kind, penalty_compute_dtype, samples_are_blocks)
-from ._common import (BLOCK, MAX_PARTIALS, PBLOCK, _cdiv, _div, _keep_nan, _last_ticket, _Launch, _load,
-                      _mean, _scratch, _sum_partials, acc_dtype, num_warps)
+from ._common import (BLOCK, MAX_PARTIALS, PBLOCK, _block, _cdiv, _div, _keep_nan, _last_ticket, _Launch,
+                      _load, _mean, _scratch, _sum_partials, acc_dtype, num_warps)
 
 
 # ---- the math (csrc/gan_math.h) -----------------------------------------------------------------
@@ -80,15 +80,22 @@ def _penalty_value(n, c, KIND: tl.constexpr):
 
 
 @triton.jit
+def _scaled(n, c, KIND: tl.constexpr):
+    """Where s(n) = 2 (n - c) / n applies (wgan-gp: n > 0; one-sided: n > c and n > 0)."""
+    if KIND == "wgan-gp":
+        on = n > 0.0
+    else:
+        on = (n > c) & (n > 0.0)
+    return on
+
+
+@triton.jit
 def _penalty_scale(n, c, KIND: tl.constexpr):
     """s(n) = phi'(n) / n (0 at n = 0 for wgan-gp and one-sided; NaN kept)."""
     if KIND == "r1":
         s = _keep_nan(n, tl.full(n.shape, 2.0, n.dtype))
     else:
-        if KIND == "wgan-gp":
-            on = n > 0.0
-        else:
-            on = (n > c) & (n > 0.0)
+        on = _scaled(n, c, KIND)
         s = _keep_nan(n, tl.where(on, _div(2.0 * (n - c), tl.where(on, n, 1.0)), 0.0))
     return s
 
@@ -99,10 +106,7 @@ def _penalty_scale_dn_over_n(n, c, KIND: tl.constexpr):
     if KIND == "r1":
         t = _keep_nan(n, tl.full(n.shape, 0.0, n.dtype))
     else:
-        if KIND == "wgan-gp":
-            on = n > 0.0
-        else:
-            on = (n > c) & (n > 0.0)
+        on = _scaled(n, c, KIND)
         m = tl.where(on, n, 1.0)
         t = _keep_nan(n, tl.where(on, _div(2.0 * c, m * m * m), 0.0))
     return t
@@ -117,10 +121,12 @@ def _interp(real, fake, eps):
 # ---- per-sample indexing --------------------------------------------------------------------------
 
 @triton.jit
-def _samples(offs, start, L, B, SEG: tl.constexpr):
-    """The sample of each lane of the block at `start`: (first, second, in_second).
-    "wide" (L >= BLOCK): first and second are the scalar samples b0 and min(b0 + 1, B - 1) and
-    in_second marks the lanes of the second. "narrow": first is the sample of each lane."""
+def _lanes(n, L, B, SEG: tl.constexpr, BLOCK: tl.constexpr):
+    """This program's block and the sample of each lane: (start, offs, mask, first, second,
+    in_second). "wide" (L >= BLOCK): first and second are the scalar samples b0 = start // L and
+    min(b0 + 1, B - 1), in_second marks the lanes of the second. "narrow": first is the sample of
+    each lane."""
+    start, offs, mask = _block(n, BLOCK)
     b0 = start // L
     if SEG == "wide":
         b1 = tl.minimum(b0 + 1, B - 1)
@@ -129,7 +135,7 @@ def _samples(offs, start, L, B, SEG: tl.constexpr):
         b0 = b0 + (offs - b0 * L).to(tl.int32) // L
         b1 = b0
         in_second = b0 < 0  # unused
-    return b0, b1, in_second
+    return start, offs, mask, b0, b1, in_second
 
 
 @triton.jit
@@ -143,9 +149,11 @@ def _at(ptr, b, B, SEG: tl.constexpr, ACC: tl.constexpr):
 
 
 @triton.jit
-def _pick(in_second, v0, v1, SEG: tl.constexpr):
+def _at_lanes(ptr, b0, b1, in_second, B, SEG: tl.constexpr, ACC: tl.constexpr):
+    """ptr[sample of each lane] in ACC (see _lanes)."""
+    v0 = _at(ptr, b0, B, SEG, ACC)
     if SEG == "wide":
-        v = tl.where(in_second, v1, v0)
+        v = tl.where(in_second, _at(ptr, b1, B, SEG, ACC), v0)
     else:
         v = v0
     return v
@@ -171,12 +179,8 @@ def _interpolate_block(real_ptr, fake_ptr, out_ptr, offs, mask, e, ACC: tl.const
 @triton.jit
 def _interpolate_kernel(real_ptr, fake_ptr, eps_ptr, out_ptr, n, L, B,
                         SEG: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
-    pid = tl.program_id(0)
-    start = pid.to(tl.int64) * BLOCK
-    offs = start + tl.arange(0, BLOCK)
-    mask = offs < n
-    b0, b1, in_second = _samples(offs, start, L, B, SEG)
-    e = _pick(in_second, _at(eps_ptr, b0, B, SEG, ACC), _at(eps_ptr, b1, B, SEG, ACC), SEG)
+    start, offs, mask, b0, b1, in_second = _lanes(n, L, B, SEG, BLOCK)
+    e = _at_lanes(eps_ptr, b0, b1, in_second, B, SEG, ACC)
     if start + BLOCK <= n:
         _interpolate_block(real_ptr, fake_ptr, out_ptr, offs, mask, e, ACC, False)
     else:
@@ -194,12 +198,8 @@ def _interpolate_backward_block(g_ptr, gr_ptr, gf_ptr, offs, mask, e, ACC: tl.co
 @triton.jit
 def _interpolate_backward_kernel(g_ptr, eps_ptr, gr_ptr, gf_ptr, n, L, B,
                                  SEG: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
-    pid = tl.program_id(0)
-    start = pid.to(tl.int64) * BLOCK
-    offs = start + tl.arange(0, BLOCK)
-    mask = offs < n
-    b0, b1, in_second = _samples(offs, start, L, B, SEG)
-    e = _pick(in_second, _at(eps_ptr, b0, B, SEG, ACC), _at(eps_ptr, b1, B, SEG, ACC), SEG)
+    start, offs, mask, b0, b1, in_second = _lanes(n, L, B, SEG, BLOCK)
+    e = _at_lanes(eps_ptr, b0, b1, in_second, B, SEG, ACC)
     if start + BLOCK <= n:
         _interpolate_backward_block(g_ptr, gr_ptr, gf_ptr, offs, mask, e, ACC, False)
     else:
@@ -211,13 +211,9 @@ def _penalty_backward_kernel(go_ptr, g_ptr, norms_ptr, out_ptr, n, L, B, center:
                              KIND: tl.constexpr, SEG: tl.constexpr, ACC: tl.constexpr,
                              BLOCK: tl.constexpr):
     """out = (grad_output / B) s(n_b) g."""
-    pid = tl.program_id(0)
-    start = pid.to(tl.int64) * BLOCK
-    offs = start + tl.arange(0, BLOCK)
-    mask = offs < n
+    start, offs, mask, b0, b1, in_second = _lanes(n, L, B, SEG, BLOCK)
     c = tl.full([], center, ACC)
     gb = _div(tl.load(go_ptr).to(ACC), tl.cast(B, ACC))
-    b0, b1, in_second = _samples(offs, start, L, B, SEG)
     k0 = gb * _penalty_scale(_at(norms_ptr, b0, B, SEG, ACC), c, KIND)
     if SEG == "wide":
         k1 = gb * _penalty_scale(_at(norms_ptr, b1, B, SEG, ACC), c, KIND)
@@ -243,13 +239,9 @@ def _penalty_double_backward_kernel(go_ptr, v_ptr, g_ptr, norms_ptr, dots_ptr, o
                                     center: tl.float64, KIND: tl.constexpr, SEG: tl.constexpr,
                                     ACC: tl.constexpr, BLOCK: tl.constexpr):
     """d_grad = (gamma / B) (s(n_b) V + (s'(n_b) / n_b d_b) g), d_b = dots[b]."""
-    pid = tl.program_id(0)
-    start = pid.to(tl.int64) * BLOCK
-    offs = start + tl.arange(0, BLOCK)
-    mask = offs < n
+    start, offs, mask, b0, b1, in_second = _lanes(n, L, B, SEG, BLOCK)
     c = tl.full([], center, ACC)
     gb = _div(tl.load(go_ptr).to(ACC), tl.cast(B, ACC))
-    b0, b1, in_second = _samples(offs, start, L, B, SEG)
     n0 = _at(norms_ptr, b0, B, SEG, ACC)
     s0 = _penalty_scale(n0, c, KIND)
     t0 = _penalty_scale_dn_over_n(n0, c, KIND) * _at(dots_ptr, b0, B, SEG, ACC)
@@ -433,6 +425,20 @@ def _reduce(what, x, v, norms, vec, out, kind, center):
         )
 
 
+def _per_block(kernel, t, op, *args, **kwargs):
+    """kernel(*args, n, L, B, **kwargs) with one program per BLOCK of t's n elements (B samples of
+    L), the sample map, accumulation dtype and warps of t's dtype; nothing launched when n = 0."""
+    n = t.numel()
+    if n == 0:
+        return
+    check_kernel_dtype(t.dtype, op)
+    B = t.size(0)
+    L = n // B
+    with _Launch(t.device):
+        kernel[(_cdiv(n, BLOCK),)](*args, n, L, B, SEG=_seg(L), ACC=acc_dtype(t.dtype)[1], BLOCK=BLOCK,
+                                   num_warps=num_warps(t.dtype), **kwargs)
+
+
 # ---- launchers (the ops of csrc/ganfast.cpp) --------------------------------------------------------
 
 def interpolate(real, fake, eps):
@@ -443,18 +449,7 @@ def interpolate(real, fake, eps):
     else:
         r, f = real.contiguous(), fake.contiguous()
     out = torch.empty_like(r)
-    n = r.numel()
-    if n == 0:
-        return out
-    check_kernel_dtype(r.dtype, "ganfast_interpolate")
-    B = r.size(0)
-    L = n // B
-    e = eps.to(r.dtype).contiguous()
-    _, tl_acc = acc_dtype(r.dtype)
-    with _Launch(r.device):
-        _interpolate_kernel[(_cdiv(n, BLOCK),)](
-            r, f, e, out, n, L, B, SEG=_seg(L), ACC=tl_acc, BLOCK=BLOCK, num_warps=num_warps(r.dtype),
-        )
+    _per_block(_interpolate_kernel, r, "ganfast_interpolate", r, f, eps.to(r.dtype).contiguous(), out)
     return out
 
 
@@ -463,19 +458,8 @@ def interpolate_backward(grad_output, eps):
     check_interpolate_backward(op, grad_output, eps)
     g = _blocks(grad_output)
     grad_real, grad_fake = torch.empty_like(g), torch.empty_like(g)
-    n = g.numel()
-    if n == 0:
-        return grad_real, grad_fake
-    check_kernel_dtype(g.dtype, "ganfast_interpolate_backward")
-    B = g.size(0)
-    L = n // B
-    e = eps.to(g.dtype).contiguous()
-    _, tl_acc = acc_dtype(g.dtype)
-    with _Launch(g.device):
-        _interpolate_backward_kernel[(_cdiv(n, BLOCK),)](
-            g, e, grad_real, grad_fake, n, L, B, SEG=_seg(L), ACC=tl_acc, BLOCK=BLOCK,
-            num_warps=num_warps(g.dtype),
-        )
+    _per_block(_interpolate_backward_kernel, g, "ganfast_interpolate_backward", g, eps.to(g.dtype).contiguous(),
+               grad_real, grad_fake)
     return grad_real, grad_fake
 
 
@@ -499,19 +483,8 @@ def penalty_from_grad_backward(grad_output, grad, norms, kind, center):
     kind = parse_penalty_kind(kind)
     g = _blocks(grad)
     out = torch.empty_like(g)
-    n = g.numel()
-    if n == 0:
-        return out
-    check_kernel_dtype(g.dtype, "ganfast_penalty")
-    B = g.size(0)
-    L = n // B
-    go = grad_output.reshape(()).to(g.dtype)
-    _, tl_acc = acc_dtype(g.dtype)
-    with _Launch(g.device):
-        _penalty_backward_kernel[(_cdiv(n, BLOCK),)](
-            go, g, norms.contiguous(), out, n, L, B, float(center),
-            KIND=_kernel_kind(kind), SEG=_seg(L), ACC=tl_acc, BLOCK=BLOCK, num_warps=num_warps(g.dtype),
-        )
+    _per_block(_penalty_backward_kernel, g, "ganfast_penalty", grad_output.reshape(()).to(g.dtype), g,
+               norms.contiguous(), out, center=float(center), KIND=_kernel_kind(kind))
     return out
 
 
@@ -526,20 +499,11 @@ def penalty_from_grad_double_backward(grad_grad, grad_output, grad, norms, kind,
     g = _blocks(grad)
     v = _like(grad_grad, g)
     nrm = norms.contiguous()
-    B = g.size(0)
-    n = g.numel()
-    acc, tl_acc = acc_dtype(g.dtype)
+    acc = acc_dtype(g.dtype)[0]
     d_grad_output = torch.empty((), dtype=g.dtype, device=g.device)
     d_grad = torch.empty_like(g)
-    dots = torch.empty(B, dtype=acc, device=g.device)
+    dots = torch.empty(g.size(0), dtype=acc, device=g.device)
     _reduce("dot", g, v, nrm, dots, d_grad_output, kind, center)
-    if n == 0:
-        return d_grad_output, d_grad
-    L = n // B
-    go = grad_output.reshape(()).to(g.dtype)
-    with _Launch(g.device):
-        _penalty_double_backward_kernel[(_cdiv(n, BLOCK),)](
-            go, v, g, nrm, dots, d_grad, n, L, B, float(center),
-            KIND=_kernel_kind(kind), SEG=_seg(L), ACC=tl_acc, BLOCK=BLOCK, num_warps=num_warps(g.dtype),
-        )
+    _per_block(_penalty_double_backward_kernel, g, "ganfast_penalty", grad_output.reshape(()).to(g.dtype), v, g,
+               nrm, dots, d_grad, center=float(center), KIND=_kernel_kind(kind))
     return d_grad_output, d_grad
