@@ -216,8 +216,8 @@ def _partition(nblocks):
 # every kernel (_last_ticket), so launches in stream order can share it. Per stream because kernels
 # on two streams may run at once; per thread on CPU (the interpreter), where threads are the
 # concurrency. Under CUDA-graph capture the buffer of the capture stream is made (its memset
-# captured) or reused; either way every replay leaves it at 0. Not when tracing (fake tensors):
-# a fake tensor must not be cached.
+# captured) or reused; either way every replay leaves it at 0. Not while torch.compile traces: a
+# traced tensor must not be cached, nor a cached one become a mutated graph constant.
 _COUNTERS = {}
 
 
@@ -229,12 +229,12 @@ def _counter_key(device):
 
 def counters(device, n=1):
     """n ticket counters at 0 on device, from the cache of the current stream."""
+    if torch.compiler.is_compiling():
+        return torch.zeros(n, dtype=torch.int32, device=device)  # traced: the graph's own
     key = _counter_key(device)
     buf = _COUNTERS.get(key)
     if buf is None or buf.numel() < n:
-        buf = torch.zeros(max(n, 64), dtype=torch.int32, device=device)
-        if not torch.compiler.is_compiling():
-            _COUNTERS[key] = buf
+        buf = _COUNTERS[key] = torch.zeros(max(n, 64), dtype=torch.int32, device=device)
     return buf
 
 
