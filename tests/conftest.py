@@ -15,10 +15,12 @@ import torch
 if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
 
+import contextlib  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
+import cuda_emu  # noqa: E402  (tests/cuda_emu: csrc/cuda's kernels run on the CPU)
 import ganfast  # noqa: E402
 from ganfast import backend as _backend  # noqa: E402
 
@@ -34,8 +36,26 @@ torch.backends.fp32_precision = "ieee"
 torch.backends.cudnn.conv.fp32_precision = "ieee"
 torch.backends.cudnn.rnn.fp32_precision = "ieee"
 
-# Every implementation of an op family, in the order the tests report them.
-IMPLEMENTATIONS = ("reference", "cpu", "triton", "cuda")
+# Every implementation of an op family, in the order the tests report them: the CUDA kernels run
+# twice over, on a GPU ("cuda") and through the emulator in each of its configurations
+# ("cuda-emu-<config>", on CPU tensors; GANFAST_CUDA_EMU=0 skips them).
+KERNEL_IMPLEMENTATIONS = ("cpu", "triton", "cuda") + cuda_emu.IMPLEMENTATIONS
+IMPLEMENTATIONS = ("reference",) + KERNEL_IMPLEMENTATIONS
+
+
+def is_emulated(name: str) -> bool:
+    return name in cuda_emu.IMPLEMENTATIONS
+
+
+def selected(name: str):
+    """A context manager selecting implementation `name` for the body: its backend and, for an
+    emulated one, the routing of ganfast's C++ ops to the emulated CUDA kernels."""
+    if not is_emulated(name):
+        return ganfast.use_backend(name)
+    stack = contextlib.ExitStack()
+    stack.enter_context(ganfast.use_backend("cpu"))
+    stack.enter_context(cuda_emu.emulating(cuda_emu.config_of(name)))
+    return stack
 
 
 # ---- which implementations this machine can run -----------------------------------------------
@@ -61,6 +81,16 @@ def implementation_device(name: str, family="losses") -> str:
         devices = [implementation_device(name, f) for f in family]
         return devices[0]
     if name == "reference":
+        return "cpu"
+    if is_emulated(name):
+        if not cuda_emu.enabled():
+            pytest.skip("the CUDA emulator is switched off (GANFAST_CUDA_EMU=0)")
+        try:
+            cuda_emu.load()
+        except RuntimeError as exc:  # it builds wherever the tests run: a failure is a failure
+            pytest.fail(str(exc))
+        if not cuda_emu.has_kernel(FAMILY_OPS[family]):
+            pytest.skip(f"{name}: ganfast::{FAMILY_OPS[family]} has no CUDA kernel (csrc/cuda)")
         return "cpu"
     if name == "cpu":
         info = ganfast.available_backends()["cpu"]
@@ -101,16 +131,16 @@ def impl(request):
     of the test; absent ones are skipped with the reason."""
     name = request.param
     device = implementation_device(name)
-    with ganfast.use_backend(name):
+    with selected(name):
         yield name, device
 
 
-@pytest.fixture(params=("cpu", "triton", "cuda"))
+@pytest.fixture(params=KERNEL_IMPLEMENTATIONS)
 def kernel_impl(request):
     """Like `impl`, without the reference: the implementations that are compiled kernels."""
     name = request.param
     device = implementation_device(name)
-    with ganfast.use_backend(name):
+    with selected(name):
         yield name, device
 
 
@@ -123,13 +153,13 @@ def family_fixtures(*families, names=("impl", "kernel_impl")):
     @pytest.fixture(params=IMPLEMENTATIONS, name=names[0])
     def _impl(request):
         device = implementation_device(request.param, families)
-        with ganfast.use_backend(request.param):
+        with selected(request.param):
             yield request.param, device
 
-    @pytest.fixture(params=("cpu", "triton", "cuda"), name=names[1])
+    @pytest.fixture(params=KERNEL_IMPLEMENTATIONS, name=names[1])
     def _kernel_impl(request):
         device = implementation_device(request.param, families)
-        with ganfast.use_backend(request.param):
+        with selected(request.param):
             yield request.param, device
 
     return _impl, _kernel_impl

@@ -399,7 +399,7 @@ void launch_elementwise(const M& m, c10::DeviceIndex device, cudaStream_t stream
   int64_t blocks = segment_blocks(m);
   if (blocks == 0) return;
   blocks = std::min(blocks, wave_blocks(elementwise_kernel<M>, device, resident));
-  elementwise_kernel<M><<<static_cast<unsigned int>(blocks), kThreads, 0, stream>>>(m);
+  GANFAST_LAUNCH(static_cast<unsigned int>(blocks), kThreads, 0, stream, elementwise_kernel<M>)(m);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -480,7 +480,7 @@ Tensor launch_reduce(const char* op, const Term& t, const Geometry& g, bool alig
     const double inv_inner = 1.0 / static_cast<double>(g.inner);
     dispatch_bool(vec, [&](auto v) {
       constexpr int V = decltype(v)::value ? VV : 1;
-      rows_reduce_kernel<V, Term><<<static_cast<unsigned int>(blocks), kThreads, 0, stream>>>(
+      GANFAST_LAUNCH(static_cast<unsigned int>(blocks), kThreads, 0, stream, rows_reduce_kernel<V, Term>)(
           t, g.C, g.inner, inv_inner, g.M, P, partial.mutable_data_ptr<acc_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
@@ -496,7 +496,7 @@ Tensor launch_reduce(const char* op, const Term& t, const Geometry& g, bool alig
     const int64_t blocks = tiles * P;
     check_launch(op, g.n, blocks);
     if (blocks == 0) return;
-    cyclic_reduce_kernel<V, Term><<<static_cast<unsigned int>(blocks), kThreads, 0, stream>>>(
+    GANFAST_LAUNCH(static_cast<unsigned int>(blocks), kThreads, 0, stream, cyclic_reduce_kernel<V, Term>)(
         t, g.C, g.M, P, tiles, partial.mutable_data_ptr<acc_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -572,13 +572,13 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_act(const Tensor& input, const std
         rs.var = rv.mutable_data_ptr<acc_t>();
         rs.momentum = static_cast<acc_t>(momentum);
       }
-      finalize_stats_kernel<scalar_t, acc_t><<<static_cast<unsigned int>(g.C), kThreads, 0, stream>>>(
+      GANFAST_LAUNCH(static_cast<unsigned int>(g.C), kThreads, 0, stream, finalize_stats_kernel<scalar_t, acc_t>)(
           partial.const_data_ptr<acc_t>(), g.C, P, M, t.x, t.k_stride, ptr_or_null<acc_t>(w), ptr_or_null<acc_t>(b),
           rs, static_cast<acc_t>(eps), save_mean.mutable_data_ptr<acc_t>(), save_invstd.mutable_data_ptr<acc_t>(),
           coef.mutable_data_ptr<acc_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     } else {
-      finalize_eval_kernel<acc_t><<<static_cast<unsigned int>(ceil_div(g.C, kThreads)), kThreads, 0, stream>>>(
+      GANFAST_LAUNCH(static_cast<unsigned int>(ceil_div(g.C, kThreads)), kThreads, 0, stream, finalize_eval_kernel<acc_t>)(
           g.C, rm.const_data_ptr<acc_t>(), rv.const_data_ptr<acc_t>(), ptr_or_null<acc_t>(w), ptr_or_null<acc_t>(b),
           static_cast<acc_t>(eps), save_mean.mutable_data_ptr<acc_t>(), save_invstd.mutable_data_ptr<acc_t>(),
           coef.mutable_data_ptr<acc_t>());
@@ -644,7 +644,7 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_act_backward(const Tensor& grad_ou
     const DzTerm<scalar_t, A> t{xp, gp, ch, static_cast<acc_t>(alpha)};
     int64_t P = 0;
     const Tensor partial = launch_reduce(op, t, g, is_aligned(xp) && is_aligned(gp), x, stream, &P);
-    finalize_backward_kernel<acc_t><<<static_cast<unsigned int>(g.C), kThreads, 0, stream>>>(
+    GANFAST_LAUNCH(static_cast<unsigned int>(g.C), kThreads, 0, stream, finalize_backward_kernel<acc_t>)(
         partial.const_data_ptr<acc_t>(), g.C, P, M, ch, training, grad_weight.mutable_data_ptr<acc_t>(),
         grad_bias.mutable_data_ptr<acc_t>(), coef.mutable_data_ptr<acc_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -17,6 +17,15 @@
 #include <cstring>
 #include <type_traits>
 
+// kernel<<<grid, block, smem, stream>>>(args...), written so that a host compiler can parse it too:
+// GANFAST_LAUNCH(grid, block, smem, stream, kernel)(args...) (the kernel last: its template
+// argument list may hold commas). Under the CPU emulator (tests: CUDA_EMU) the emulator launches.
+#if defined(CUDA_EMU)
+#define GANFAST_LAUNCH(grid, block, smem, stream, ...) CUDA_EMU_LAUNCH(grid, block, smem, stream, __VA_ARGS__)
+#else
+#define GANFAST_LAUNCH(grid, block, smem, stream, ...) __VA_ARGS__<<<grid, block, smem, stream>>>
+#endif
+
 namespace ganfast::cuda {
 namespace {
 
@@ -203,7 +212,7 @@ inline void launch_map(const M0& m0, const M1& m1, c10::DeviceIndex device, cuda
     b1 = std::max<int64_t>(b1 > 0 ? 1 : 0, wave - share0);
     b0 = share0;
   }
-  map_kernel<<<static_cast<unsigned int>(b0 + b1), kThreads, 0, stream>>>(m0, m1, static_cast<int>(b0));
+  GANFAST_LAUNCH(static_cast<unsigned int>(b0 + b1), kThreads, 0, stream, map_kernel)(m0, m1, static_cast<int>(b0));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

@@ -114,7 +114,7 @@ void launch_reduce(const S0& s0, const S1& s1, int64_t units, const Tensor& out,
     counter = reinterpret_cast<unsigned int*>(partials + nparts);
     C10_CUDA_CHECK(cudaMemsetAsync(counter, 0, sizeof(unsigned int), stream));
   }
-  reduce_kernel<scalar_t><<<static_cast<unsigned int>(blocks), kThreads, 0, stream>>>(
+  GANFAST_LAUNCH(static_cast<unsigned int>(blocks), kThreads, 0, stream, reduce_kernel<scalar_t>)(
       s0, s1, partials, counter, out.mutable_data_ptr<scalar_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

@@ -524,7 +524,7 @@ Tensor launch_sample_reduce(SampleReduceArgs<scalar_t>& a, const Tensor& x, c10:
       a.counter = counter;
       C10_CUDA_CHECK(cudaMemsetAsync(counter, 0, sizeof(unsigned int), stream));
     }
-    sample_reduce_kernel<scalar_t, V, kDot><<<static_cast<unsigned int>(blocks), kThreads, 0, stream>>>(a);
+    GANFAST_LAUNCH(static_cast<unsigned int>(blocks), kThreads, 0, stream, sample_reduce_kernel<scalar_t, V, kDot>)(a);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return workspace;
