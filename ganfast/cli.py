@@ -2,6 +2,7 @@
 
     ganfast train [flags]                     train a GAN (ring8 by default), see `ganfast train --help`
     ganfast sample --ckpt RUN --n N --out F   samples of a trained generator (.png grid or .npy)
+    ganfast check [--quick] [--json FILE]     every kernel against the float64 reference, on this machine
 
 Subcommands live in COMMANDS (name -> Command); another one is added with
 `register_command(Command(name, help, add_arguments, run))` before `main()` runs.
@@ -276,6 +277,31 @@ register_command(Command(
                 "operations and bytes moved; write JSON, Markdown and a PNG chart to benchmarks/results. "
                 "--quick takes under 2 minutes on a 2-core CPU. --gpu-report writes the static sm_80/sm_90 "
                 "register / shared memory / spill report instead."))
+
+
+# ---- ganfast check -------------------------------------------------------------------------------
+
+
+def _add_check_arguments(p: argparse.ArgumentParser) -> None:
+    from .check import add_arguments
+
+    add_arguments(p)
+
+
+def _run_check(args: argparse.Namespace) -> int:
+    from .check import run
+
+    return run(args)
+
+
+register_command(Command(
+    "check", "check every kernel on this machine against the float64 reference (run it first on a GPU)",
+    _add_check_arguments, _run_check,
+    description="Check every op family x every backend available here x float32/float16/bfloat16, at small "
+                "and production shapes (and, on a GPU without --quick, sizes that need 64-bit indexing): the "
+                "value, the gradients and the promised second derivatives against the reference run in "
+                "float64, each reduction twice (bit-identical). Prints a table; exits 1 naming any failure "
+                "and how to fall back. --quick: under a minute on a GPU, under 3 minutes on a 2-core CPU."))
 
 
 # ---- entry point --------------------------------------------------------------------------------
