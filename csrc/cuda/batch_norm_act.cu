@@ -54,11 +54,15 @@ constexpr int64_t kPieceVectors = int64_t(kThreads) * 4;
 // Cyclic: positions per reduce block (8 per warp).
 constexpr int64_t kPiecePositions = int64_t(kWarps) * 8;
 constexpr int kTileColumns = 32;
-// Every kernel here is declared __launch_bounds__(kThreads, 1): with the thread count alone, ptxas
-// (CUDA 13) trims registers to an occupancy step of its choosing (32, 40, 64) and spills a few cold
-// values to local memory to stay there (seen on several reduce and elementwise instantiations);
-// a minimum of one resident block lets it allocate what the code needs (at most ~95 here), and
-// these kernels are bandwidth-bound with enough blocks in flight either way.
+// Every kernel here is declared __launch_bounds__(kThreads, kMinBlocks): with the thread count
+// alone, ptxas (CUDA 13) trims registers to an occupancy step of its choosing (32, 40, 64) and
+// spills a few cold values to local memory to stay there (seen on several reduce and elementwise
+// instantiations). A minimum of two resident blocks caps registers at 128 per thread, above what
+// the code needs (at most ~95 here, no spill: tests/test_cuda_build.py), and keeps at least 512
+// threads per SM, each with a 16-byte load in flight: with one block (as before) an SM had 256
+// loads in flight, too few to cover DRAM latency on these bandwidth-bound passes. The one-wave
+// grids (wave_blocks) follow the occupancy calculator, so they grow with it.
+constexpr int kMinBlocks = 2;
 
 // ---------------------------------------------------------------------------------------------
 // Per-channel operands on the device (compute dtype, contiguous; null: absent)
@@ -129,12 +133,39 @@ struct DzTerm {
   }
 };
 
+// W elements of x and, where a pass reads it, of g: what one step of a pass loads.
+template <typename scalar_t, int W, bool kGrad>
+struct XG {
+  Vec<scalar_t, W> x, g;
+
+  __device__ __forceinline__ static XG load(const scalar_t* x, const scalar_t* g, int64_t off) {
+    XG r;
+    r.x = load_vec<W>(x + off);
+    if constexpr (kGrad) r.g = load_vec<W>(g + off);
+    return r;
+  }
+  template <typename acc_t>
+  __device__ __forceinline__ acc_t g_at(int k) const {
+    if constexpr (kGrad) {
+      return static_cast<acc_t>(g.v[k]);
+    } else {
+      return acc_t(0);
+    }
+  }
+};
+
+// add(k, x, g) for the V elements of a loaded step.
+template <typename acc_t, typename scalar_t, int V, bool kGrad, typename Add>
+__device__ __forceinline__ void for_each_element(const XG<scalar_t, V, kGrad>& v, const Add& add) {
+#pragma unroll
+  for (int k = 0; k < V; ++k) add(k, static_cast<acc_t>(v.x.v[k]), v.template g_at<acc_t>(k));
+}
+
 // partial: [2][C][P] (the two sums of piece p of channel c at [k][c][p]).
 template <int V, typename Term>
-__global__ void __launch_bounds__(kThreads, 1)
+__global__ void __launch_bounds__(kThreads, kMinBlocks)
     rows_reduce_kernel(const Term t, const int64_t C, const int64_t inner, const double inv_inner, const int64_t M,
                        const int64_t P, typename Term::acc_t* __restrict__ partial) {
-  using scalar_t = typename Term::scalar_t;
   using acc_t = typename Term::acc_t;
   // 32-bit division: blocks < 2^31 (check_launch); a 64-bit one is a subroutine call.
   const uint32_t block = blockIdx.x;
@@ -142,21 +173,18 @@ __global__ void __launch_bounds__(kThreads, 1)
   const typename Term::Param prm = t.param(c);
   const int64_t nvec = M / V;
   const int64_t q1 = std::min(nvec, (p + 1) * kPieceVectors);
+  using Step = XG<typename Term::scalar_t, V, Term::kGrad>;
   acc_t a = 0, b = 0;
-  for (int64_t q = p * kPieceVectors + threadIdx.x; q < q1; q += kThreads) {
-    int64_t r;
-    const int64_t n = div_mod(q * V, inner, inv_inner, r);
-    const int64_t off = (n * C + c) * inner + r;
-    const Vec<scalar_t, V> xv = load_vec<V>(t.x + off);
-    Vec<scalar_t, V> gv;
-    if constexpr (Term::kGrad) gv = load_vec<V>(t.g + off);
-#pragma unroll
-    for (int k = 0; k < V; ++k) {
-      acc_t gk = acc_t(0);
-      if constexpr (Term::kGrad) gk = static_cast<acc_t>(gv.v[k]);
-      t.add(prm, static_cast<acc_t>(xv.v[k]), gk, a, b);
-    }
-  }
+  strided_pairs(
+      p * kPieceVectors + threadIdx.x, q1, kThreads,
+      [&](int64_t q) {
+        int64_t r;
+        const int64_t n = div_mod(q * V, inner, inv_inner, r);
+        return Step::load(t.x, t.g, (n * C + c) * inner + r);
+      },
+      [&](int64_t, const Step& v) {
+        for_each_element<acc_t>(v, [&](int, acc_t xk, acc_t gk) { t.add(prm, xk, gk, a, b); });
+      });
   a = block_sum(a);
   b = block_sum(b);
   if (threadIdx.x == 0) {
@@ -167,10 +195,9 @@ __global__ void __launch_bounds__(kThreads, 1)
 
 // positions: M (each a run of C contiguous values); tiles: column tiles of kTileColumns vectors.
 template <int V, typename Term>
-__global__ void __launch_bounds__(kThreads, 1)
+__global__ void __launch_bounds__(kThreads, kMinBlocks)
     cyclic_reduce_kernel(const Term t, const int64_t C, const int64_t M, const int64_t P, const int64_t tiles,
                          typename Term::acc_t* __restrict__ partial) {
-  using scalar_t = typename Term::scalar_t;
   using acc_t = typename Term::acc_t;
   __shared__ acc_t folds[2][kWarps][kTileColumns * V];
   const uint32_t block = blockIdx.x;  // 32-bit division, as in rows_reduce_kernel
@@ -185,19 +212,13 @@ __global__ void __launch_bounds__(kThreads, 1)
     typename Term::Param prm[V];
 #pragma unroll
     for (int k = 0; k < V; ++k) prm[k] = t.param(c0 + k);
+    using Step = XG<typename Term::scalar_t, V, Term::kGrad>;
     const int64_t pos1 = std::min(M, (p + 1) * kPiecePositions);
-    for (int64_t pos = p * kPiecePositions + ty; pos < pos1; pos += kWarps) {
-      const int64_t off = pos * C + c0;
-      const Vec<scalar_t, V> xv = load_vec<V>(t.x + off);
-      Vec<scalar_t, V> gv;
-      if constexpr (Term::kGrad) gv = load_vec<V>(t.g + off);
-#pragma unroll
-      for (int k = 0; k < V; ++k) {
-        acc_t gk = acc_t(0);
-        if constexpr (Term::kGrad) gk = static_cast<acc_t>(gv.v[k]);
-        t.add(prm[k], static_cast<acc_t>(xv.v[k]), gk, a[k], b[k]);
-      }
-    }
+    strided_pairs(
+        p * kPiecePositions + ty, pos1, kWarps, [&](int64_t pos) { return Step::load(t.x, t.g, pos * C + c0); },
+        [&](int64_t, const Step& v) {
+          for_each_element<acc_t>(v, [&](int k, acc_t xk, acc_t gk) { t.add(prm[k], xk, gk, a[k], b[k]); });
+        });
   }
 #pragma unroll
   for (int k = 0; k < V; ++k) {
@@ -219,14 +240,16 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
 }
 
-// The two sums of channel c's P pieces, in a fixed order, valid in thread 0.
+// The two sums of channel c's P pieces, in double and in a fixed order, valid in thread 0. From
+// here on a channel's statistics are computed in double, as the CPU twin's: a float finalize
+// loses digits of E[x^2] - E[x]^2 and of 1 / sqrt(var + eps) that the CPU kernels keep.
 template <typename acc_t>
-__device__ __forceinline__ void channel_totals(const acc_t* partial, int64_t C, int64_t P, int64_t c, acc_t& s1,
-                                               acc_t& s2) {
-  acc_t a = 0, b = 0;
+__device__ __forceinline__ void channel_totals(const acc_t* partial, int64_t C, int64_t P, int64_t c, double& s1,
+                                               double& s2) {
+  double a = 0, b = 0;
   for (int64_t i = threadIdx.x; i < P; i += kThreads) {
-    a += partial[c * P + i];
-    b += partial[(C + c) * P + i];
+    a += static_cast<double>(partial[c * P + i]);
+    b += static_cast<double>(partial[(C + c) * P + i]);
   }
   s1 = block_sum(a);
   s2 = block_sum(b);
@@ -236,79 +259,84 @@ template <typename acc_t>
 struct RunningStats {
   acc_t* mean = nullptr;  // null: not updated
   acc_t* var = nullptr;
-  acc_t momentum = 0;
+  double momentum = 0;
 };
+
+// save_mean, save_invstd and the forward's coef [2][C] = scale, shift of channel c, from its
+// mean and invstd in double.
+template <typename acc_t>
+__device__ __forceinline__ void store_channel_coefficients(int64_t c, int64_t C, double mean, double invstd,
+                                                           const acc_t* weight, const acc_t* bias, acc_t* save_mean,
+                                                           acc_t* save_invstd, acc_t* coef) {
+  const double scale = (weight != nullptr ? static_cast<double>(weight[c]) : 1.0) * invstd;
+  save_mean[c] = static_cast<acc_t>(mean);
+  save_invstd[c] = static_cast<acc_t>(invstd);
+  coef[c] = static_cast<acc_t>(scale);
+  coef[C + c] = static_cast<acc_t>((bias != nullptr ? static_cast<double>(bias[c]) : 0.0) - mean * scale);
+}
 
 // One block per channel: mean, invstd, the running statistics, scale / shift (coef [2][C]).
 template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads, 1)
+__global__ void __launch_bounds__(kThreads, kMinBlocks)
     finalize_stats_kernel(const acc_t* __restrict__ partial, const int64_t C, const int64_t P, const int64_t M,
                           const scalar_t* __restrict__ x, const int64_t k_stride, const acc_t* __restrict__ weight,
-                          const acc_t* __restrict__ bias, const RunningStats<acc_t> running, const acc_t eps,
+                          const acc_t* __restrict__ bias, const RunningStats<acc_t> running, const double eps,
                           acc_t* __restrict__ save_mean, acc_t* __restrict__ save_invstd, acc_t* __restrict__ coef) {
   const int64_t c = blockIdx.x;
-  acc_t s1, s2;
+  double s1, s2;
   channel_totals(partial, C, P, c, s1, s2);
   if (threadIdx.x != 0) return;
-  acc_t mean = 0, var = 0;
+  double mean = 0, var = 0;
   if (M > 0) {
-    const acc_t d = s1 / static_cast<acc_t>(M);
-    mean = static_cast<acc_t>(load_ro(x + c * k_stride)) + d;
-    var = std::max(s2 / static_cast<acc_t>(M) - d * d, acc_t(0));
+    const double d = s1 / static_cast<double>(M);
+    mean = static_cast<double>(static_cast<acc_t>(load_ro(x + c * k_stride))) + d;
+    var = std::max(s2 / static_cast<double>(M) - d * d, 0.0);
     if (running.mean != nullptr) {  // training guarantees M > 1
-      const acc_t m = running.momentum;
-      running.mean[c] = (acc_t(1) - m) * running.mean[c] + m * mean;
-      running.var[c] = (acc_t(1) - m) * running.var[c] + m * var * static_cast<acc_t>(M) / static_cast<acc_t>(M - 1);
+      const double m = running.momentum;
+      const double unbias = static_cast<double>(M) / static_cast<double>(M - 1);
+      running.mean[c] = static_cast<acc_t>((1.0 - m) * static_cast<double>(running.mean[c]) + m * mean);
+      running.var[c] = static_cast<acc_t>((1.0 - m) * static_cast<double>(running.var[c]) + m * var * unbias);
     }
   }
-  const acc_t invstd = acc_t(1) / std::sqrt(var + eps);
-  const acc_t scale = (weight != nullptr ? weight[c] : acc_t(1)) * invstd;
-  save_mean[c] = mean;
-  save_invstd[c] = invstd;
-  coef[c] = scale;
-  coef[C + c] = (bias != nullptr ? bias[c] : acc_t(0)) - mean * scale;
+  store_channel_coefficients(c, C, mean, 1.0 / std::sqrt(var + eps), weight, bias, save_mean, save_invstd, coef);
 }
 
 // One thread per channel: the running statistics as the batch's.
 template <typename acc_t>
-__global__ void __launch_bounds__(kThreads, 1)
+__global__ void __launch_bounds__(kThreads, kMinBlocks)
     finalize_eval_kernel(const int64_t C, const acc_t* __restrict__ running_mean, const acc_t* __restrict__ running_var,
-                         const acc_t* __restrict__ weight, const acc_t* __restrict__ bias, const acc_t eps,
+                         const acc_t* __restrict__ weight, const acc_t* __restrict__ bias, const double eps,
                          acc_t* __restrict__ save_mean, acc_t* __restrict__ save_invstd, acc_t* __restrict__ coef) {
   const int64_t c = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   if (c >= C) return;
-  const acc_t mean = running_mean[c];
-  const acc_t invstd = acc_t(1) / std::sqrt(running_var[c] + eps);
-  const acc_t scale = (weight != nullptr ? weight[c] : acc_t(1)) * invstd;
-  save_mean[c] = mean;
-  save_invstd[c] = invstd;
-  coef[c] = scale;
-  coef[C + c] = (bias != nullptr ? bias[c] : acc_t(0)) - mean * scale;
+  store_channel_coefficients(c, C, static_cast<double>(running_mean[c]),
+                             1.0 / std::sqrt(static_cast<double>(running_var[c]) + eps), weight, bias, save_mean,
+                             save_invstd, coef);
 }
 
 // One block per channel: grad_bias = sum dz, grad_weight = invstd sum dz (x - mean), and grad_input's
 // coefficients coef [6][C] = scale, shift, mean, a, mean_dz, k (gan_math.h's batch_norm_grad_input).
 template <typename acc_t>
-__global__ void __launch_bounds__(kThreads, 1)
+__global__ void __launch_bounds__(kThreads, kMinBlocks)
     finalize_backward_kernel(const acc_t* __restrict__ partial, const int64_t C, const int64_t P, const int64_t M,
                              const ChannelIn<acc_t> ch, const bool training, acc_t* __restrict__ grad_weight,
                              acc_t* __restrict__ grad_bias, acc_t* __restrict__ coef) {
   const int64_t c = blockIdx.x;
-  acc_t s1, s2;
+  double s1, s2;
   channel_totals(partial, C, P, c, s1, s2);
   if (threadIdx.x != 0) return;
   acc_t scale, shift, mean;
   ch.affine(c, scale, shift, mean);
-  const acc_t invstd = ch.invstd[c];
-  grad_bias[c] = s1;
-  grad_weight[c] = s2 * invstd;
+  const double invstd = static_cast<double>(ch.invstd[c]);
+  grad_bias[c] = static_cast<acc_t>(s1);
+  grad_weight[c] = static_cast<acc_t>(s2 * invstd);
   const bool centre = training && M > 0;
   coef[c] = scale;
   coef[C + c] = shift;
   coef[2 * C + c] = mean;
   coef[3 * C + c] = scale;  // a = weight * invstd
-  coef[4 * C + c] = centre ? s1 / static_cast<acc_t>(M) : acc_t(0);
-  coef[5 * C + c] = centre ? invstd * invstd * s2 / static_cast<acc_t>(M) : acc_t(0);
+  coef[4 * C + c] = centre ? static_cast<acc_t>(s1 / static_cast<double>(M)) : acc_t(0);
+  coef[5 * C + c] = centre ? static_cast<acc_t>(invstd * invstd * s2 / static_cast<double>(M)) : acc_t(0);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -316,75 +344,64 @@ __global__ void __launch_bounds__(kThreads, 1)
 // (inner = Rows' inner or 1, period = C), the per-channel coefficients read from coef.
 // ---------------------------------------------------------------------------------------------
 
-template <typename scalar_t, int V, ActKind A>
-struct ForwardMap {
+// out[i] = op(x[i], g[i], the coefficients of i's channel): the elementwise pass of both
+// directions. Op::kGrad says whether g is read; op(x, g, cf, C) reads the channel's coefficients
+// at cf, cf + C, ... (coef [k][C]).
+template <typename scalar_t, int V, typename Op>
+struct ChannelMap {
   static constexpr int kWidth = V;
   using acc_t = at::opmath_type<scalar_t>;
   const scalar_t* x;
+  const scalar_t* g;  // unused unless Op::kGrad
   scalar_t* out;
-  BcastRef<acc_t> ch;  // data: coef [2][C]
+  BcastRef<acc_t> ch;  // data: coef
   int64_t n;
-  acc_t alpha;
+  Op op;
 
   __device__ __forceinline__ void run(int64_t tid, int64_t nthreads) const {
     const int64_t C = ch.period;
-    vec_loop<V>(n, tid, nthreads, [&](auto width, int64_t i) {
-      constexpr int W = decltype(width)::value;
-      BcastCursor cur;
-      cur.start(ch, i);
-      const Vec<scalar_t, W> xv = load_vec<W>(x + i);
-      Vec<scalar_t, W> o;
-#pragma unroll
-      for (int k = 0; k < W; ++k) {
-        const acc_t scale = load_ro(ch.data + cur.idx), shift = load_ro(ch.data + C + cur.idx);
-        o.v[k] = static_cast<scalar_t>(math::batch_norm_act_value<A>(static_cast<acc_t>(xv.v[k]), scale, shift, alpha));
-        if (k + 1 < W) cur.advance(ch);
-      }
-      store_vec<W>(out + i, o);
-    });
+    vec_loop_pairs<V>(
+        n, tid, nthreads,
+        [&](auto width, int64_t i) { return XG<scalar_t, decltype(width)::value, Op::kGrad>::load(x, g, i); },
+        [&](auto width, int64_t i, const auto& v) {
+          constexpr int W = decltype(width)::value;
+          BcastCursor cur;
+          cur.start(ch, i);
+          Vec<scalar_t, W> o;
+          for_each_element<acc_t>(v, [&](int k, acc_t xk, acc_t gk) {
+            o.v[k] = static_cast<scalar_t>(op(xk, gk, ch.data + cur.idx, C));
+            if (k + 1 < W) cur.advance(ch);
+          });
+          store_vec<W>(out + i, o);
+        });
   }
 };
 
-template <typename scalar_t, int V, ActKind A>
-struct GradInputMap {
-  static constexpr int kWidth = V;
-  using acc_t = at::opmath_type<scalar_t>;
-  const scalar_t* g;
-  const scalar_t* x;
-  scalar_t* out;
-  BcastRef<acc_t> ch;  // data: coef [6][C]
-  int64_t n;
+// The forward: act(x * scale + shift), coef [2][C] = scale, shift.
+template <typename acc_t, ActKind A>
+struct ForwardOp {
+  static constexpr bool kGrad = false;
   acc_t alpha;
-
-  __device__ __forceinline__ void run(int64_t tid, int64_t nthreads) const {
-    const int64_t C = ch.period;
-    vec_loop<V>(n, tid, nthreads, [&](auto width, int64_t i) {
-      constexpr int W = decltype(width)::value;
-      BcastCursor cur;
-      cur.start(ch, i);
-      const Vec<scalar_t, W> xv = load_vec<W>(x + i);
-      const Vec<scalar_t, W> gv = load_vec<W>(g + i);
-      acc_t r[W];
-#pragma unroll
-      for (int k = 0; k < W; ++k) {
-        const acc_t* cf = ch.data + cur.idx;
-        const acc_t xk = static_cast<acc_t>(xv.v[k]);
-        const acc_t dz = math::batch_norm_act_dz<A>(static_cast<acc_t>(gv.v[k]), xk, load_ro(cf), load_ro(cf + C), alpha);
-        r[k] = math::batch_norm_grad_input(dz, xk, load_ro(cf + 2 * C), load_ro(cf + 3 * C), load_ro(cf + 4 * C),
-                                           load_ro(cf + 5 * C));
-        if (k + 1 < W) cur.advance(ch);
-      }
-      Vec<scalar_t, W> o;
-#pragma unroll
-      for (int k = 0; k < W; ++k) o.v[k] = static_cast<scalar_t>(r[k]);
-      store_vec<W>(out + i, o);
-    });
+  __device__ __forceinline__ acc_t operator()(acc_t xv, acc_t, const acc_t* cf, int64_t C) const {
+    return math::batch_norm_act_value<A>(xv, load_ro(cf), load_ro(cf + C), alpha);
   }
 };
 
-// map_kernel of cuda_utils.cuh with one segment and __launch_bounds__(kThreads, 1) (see above).
+// grad_input from g and x, coef [6][C] (finalize_backward_kernel's).
+template <typename acc_t, ActKind A>
+struct GradInputOp {
+  static constexpr bool kGrad = true;
+  acc_t alpha;
+  __device__ __forceinline__ acc_t operator()(acc_t xv, acc_t gv, const acc_t* cf, int64_t C) const {
+    const acc_t dz = math::batch_norm_act_dz<A>(gv, xv, load_ro(cf), load_ro(cf + C), alpha);
+    return math::batch_norm_grad_input(dz, xv, load_ro(cf + 2 * C), load_ro(cf + 3 * C), load_ro(cf + 4 * C),
+                                       load_ro(cf + 5 * C));
+  }
+};
+
+// map_kernel of cuda_utils.cuh with one segment and __launch_bounds__(kThreads, kMinBlocks) (see above).
 template <typename M>
-__global__ void __launch_bounds__(kThreads, 1) elementwise_kernel(const M m) {
+__global__ void __launch_bounds__(kThreads, kMinBlocks) elementwise_kernel(const M m) {
   m.run(static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x, static_cast<int64_t>(gridDim.x) * kThreads);
 }
 
@@ -435,14 +452,6 @@ Geometry geometry(const Tensor& x, int64_t M) {
   g.rows = x.is_contiguous() && inner > 1;
   g.inner = g.rows ? inner : 1;
   return g;
-}
-
-// t in like's dtype and strides (like is dense, of t's shape): t itself where it already is.
-Tensor to_layout_of(const Tensor& t, const Tensor& like) {
-  if (t.scalar_type() == like.scalar_type() && t.strides() == like.strides()) return t;
-  Tensor r = at::empty_like(like);
-  r.copy_(t);
-  return r;
 }
 
 // A per-channel operand in the compute dtype, contiguous (undefined where absent).
@@ -514,6 +523,36 @@ BcastRef<acc_t> channel_ref(const Tensor& coef, const Geometry& g) {
   return r;
 }
 
+// What both ops set up before they launch: the input in a layout the kernels walk, its geometry,
+// the compute dtype, the per-channel weight and bias in it, the stream. The caller holds the
+// device guard (constructed before this, so the stream is the input device's).
+struct Setup {
+  ActKind act;
+  Tensor x;
+  Geometry g;
+  at::ScalarType compute;
+  at::TensorOptions copts;
+  Tensor w, b;  // undefined where absent
+  cudaStream_t stream;
+  c10::DeviceIndex device;
+};
+
+Setup setup(const char* op, const Tensor& input, int64_t M, const std::optional<Tensor>& weight,
+            const std::optional<Tensor>& bias, c10::string_view act_name) {
+  Setup s;
+  s.act = parse_act(act_name);
+  s.x = walkable(input);
+  s.g = geometry(s.x, M);
+  check_launch(op, s.g.n, 0);
+  s.compute = batch_norm_compute_dtype(s.x.scalar_type());
+  s.copts = s.x.options().dtype(s.compute);
+  s.w = channel_operand(weight, s.compute);
+  s.b = channel_operand(bias, s.compute);
+  s.stream = c10::cuda::getCurrentCUDAStream();
+  s.device = s.x.device().index();
+  return s;
+}
+
 template <typename F>
 void dispatch_batch_norm_act(at::ScalarType t, ActKind act, F&& f) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t, "ganfast_batch_norm_act_cuda", [&] {
@@ -533,19 +572,11 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_act(const Tensor& input, const std
                                                   double alpha) {
   constexpr const char* op = "ganfast::batch_norm_act";
   const int64_t M = check_batch_norm_act(op, input, weight, bias, running_mean, running_var, training, eps);
-  const ActKind act = parse_act(act_name);
-  const Tensor x = walkable(input);
+  const c10::cuda::CUDAGuard device_guard(input.device());
+  const auto [act, x, g, compute, copts, w, b, stream, device] = setup(op, input, M, weight, bias, act_name);
   Tensor out = at::empty_like(x);
-  const Geometry g = geometry(x, M);
-  const auto compute = batch_norm_compute_dtype(x.scalar_type());
-  const auto copts = x.options().dtype(compute);
   Tensor save_mean = at::empty({g.C}, copts), save_invstd = at::empty({g.C}, copts);
   if (g.C == 0) return {out, save_mean, save_invstd};
-  check_launch(op, g.n, 0);
-  const c10::cuda::CUDAGuard device_guard(x.device());
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const c10::DeviceIndex device = x.device().index();
-  const Tensor w = channel_operand(weight, compute), b = channel_operand(bias, compute);
   Tensor coef = at::empty({2, g.C}, copts);
   // The running statistics are updated in place where they are compute-dtype and contiguous (the
   // usual float32 buffers), else through a compute-dtype copy written back.
@@ -570,17 +601,17 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_act(const Tensor& input, const std
       if (has_running && M > 0) {
         rs.mean = rm.mutable_data_ptr<acc_t>();
         rs.var = rv.mutable_data_ptr<acc_t>();
-        rs.momentum = static_cast<acc_t>(momentum);
+        rs.momentum = momentum;
       }
       GANFAST_LAUNCH(static_cast<unsigned int>(g.C), kThreads, 0, stream, finalize_stats_kernel<scalar_t, acc_t>)(
           partial.const_data_ptr<acc_t>(), g.C, P, M, t.x, t.k_stride, ptr_or_null<acc_t>(w), ptr_or_null<acc_t>(b),
-          rs, static_cast<acc_t>(eps), save_mean.mutable_data_ptr<acc_t>(), save_invstd.mutable_data_ptr<acc_t>(),
+          rs, eps, save_mean.mutable_data_ptr<acc_t>(), save_invstd.mutable_data_ptr<acc_t>(),
           coef.mutable_data_ptr<acc_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     } else {
       GANFAST_LAUNCH(static_cast<unsigned int>(ceil_div(g.C, kThreads)), kThreads, 0, stream, finalize_eval_kernel<acc_t>)(
           g.C, rm.const_data_ptr<acc_t>(), rv.const_data_ptr<acc_t>(), ptr_or_null<acc_t>(w), ptr_or_null<acc_t>(b),
-          static_cast<acc_t>(eps), save_mean.mutable_data_ptr<acc_t>(), save_invstd.mutable_data_ptr<acc_t>(),
+          eps, save_mean.mutable_data_ptr<acc_t>(), save_invstd.mutable_data_ptr<acc_t>(),
           coef.mutable_data_ptr<acc_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
@@ -599,7 +630,8 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_act(const Tensor& input, const std
     const BcastRef<acc_t> ch = channel_ref<acc_t>(coef, g);
     dispatch_bool(is_aligned(xp) && is_aligned(op_), [&](auto aligned) {
       constexpr int V = decltype(aligned)::value ? kVec<scalar_t> : 1;
-      launch_elementwise(ForwardMap<scalar_t, V, A>{xp, op_, ch, g.n, static_cast<acc_t>(alpha)}, device, stream);
+      launch_elementwise(ChannelMap<scalar_t, V, ForwardOp<acc_t, A>>{xp, nullptr, op_, ch, g.n, {static_cast<acc_t>(alpha)}},
+                         device, stream);
     });
   });
   return {out, save_mean, save_invstd};
@@ -612,21 +644,13 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_act_backward(const Tensor& grad_ou
                                                            bool training, c10::string_view act_name, double alpha) {
   constexpr const char* op = "ganfast::batch_norm_act_backward";
   const int64_t M = check_batch_norm_act_backward(op, grad_output, input, weight, bias, save_mean, save_invstd);
-  const ActKind act = parse_act(act_name);
-  const Tensor x = walkable(input);
-  Tensor grad_input = at::empty_like(x);
-  const Geometry g = geometry(x, M);
-  const auto compute = batch_norm_compute_dtype(x.scalar_type());
+  const c10::cuda::CUDAGuard device_guard(input.device());
+  const auto [act, x, g, compute, copts, w, b, stream, device] = setup(op, input, M, weight, bias, act_name);
   const auto param_dtype = weight.has_value() && weight->defined() ? weight->scalar_type() : input.scalar_type();
-  const auto copts = x.options().dtype(compute);
+  Tensor grad_input = at::empty_like(x);
   Tensor grad_weight = at::empty({g.C}, copts), grad_bias = at::empty({g.C}, copts);
   if (g.C == 0) return {grad_input, grad_weight.to(param_dtype), grad_bias.to(param_dtype)};
-  check_launch(op, g.n, 0);
-  const c10::cuda::CUDAGuard device_guard(x.device());
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const c10::DeviceIndex device = x.device().index();
   const Tensor gw = to_layout_of(grad_output, x);
-  const Tensor w = channel_operand(weight, compute), b = channel_operand(bias, compute);
   const Tensor mean = save_mean.contiguous(), invstd = save_invstd.contiguous();
   Tensor coef = at::empty({6, g.C}, copts);
   dispatch_batch_norm_act(x.scalar_type(), act, [&](auto tag, auto a) {
@@ -652,8 +676,9 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_act_backward(const Tensor& grad_ou
     const BcastRef<acc_t> cref = channel_ref<acc_t>(coef, g);
     dispatch_bool(is_aligned(xp) && is_aligned(gp) && is_aligned(op_), [&](auto aligned) {
       constexpr int V = decltype(aligned)::value ? kVec<scalar_t> : 1;
-      launch_elementwise(GradInputMap<scalar_t, V, A>{gp, xp, op_, cref, g.n, static_cast<acc_t>(alpha)}, device,
-                         stream);
+      launch_elementwise(
+          ChannelMap<scalar_t, V, GradInputOp<acc_t, A>>{xp, gp, op_, cref, g.n, {static_cast<acc_t>(alpha)}}, device,
+          stream);
     });
   });
   return {grad_input, grad_weight.to(param_dtype), grad_bias.to(param_dtype)};

@@ -42,22 +42,6 @@ using at::Tensor;
 // Host helpers
 // ---------------------------------------------------------------------------------------------
 
-// Whether a and b, of one shape, put every element at the same offset from their first.
-bool same_layout(const Tensor& a, const Tensor& b) {
-  if (a.sizes() != b.sizes()) return false;
-  for (int64_t d = 0; d < a.dim(); ++d)
-    if (a.size(d) > 1 && a.stride(d) != b.stride(d)) return false;
-  return true;
-}
-
-// t in like's dtype and layout (like is dense): t itself where it already is, else a copy.
-Tensor to_layout_of(const Tensor& t, const Tensor& like) {
-  if (t.scalar_type() == like.scalar_type() && same_layout(t, like)) return t;
-  Tensor r = at::empty_like(like);
-  r.copy_(t);
-  return r;
-}
-
 // Whether the kernels run over t's memory as is: contiguous, or 4-D channels_last with dim 1.
 bool runs_as_is(const Tensor& t, int64_t dim) {
   return t.is_contiguous() || (t.dim() == 4 && dim == 1 && t.is_contiguous(at::MemoryFormat::ChannelsLast));

@@ -108,6 +108,40 @@ __device__ __forceinline__ void vec_loop(int64_t n, int64_t tid, int64_t nthread
   for (int64_t v = tid; v < nvec; v += nthreads) body(std::integral_constant<int, V>{}, v * V);
 }
 
+// use(i, load(i)) for i = first, first + stride, ... below end, two at a time: both loads of a
+// pair are issued before either use, so each thread keeps two loads in flight (memory-level
+// parallelism for passes of one load, a little math and one store per element). load must only
+// read; the uses run in order.
+template <typename Load, typename Use>
+__device__ __forceinline__ void strided_pairs(int64_t first, int64_t end, int64_t stride, const Load& load,
+                                              const Use& use) {
+  int64_t i = first;
+  for (; i + stride < end; i += 2 * stride) {
+    const auto a = load(i);
+    const auto b = load(i + stride);
+    use(i, a);
+    use(i + stride, b);
+  }
+  if (i < end) use(i, load(i));
+}
+
+// vec_loop with the body split as strided_pairs': load(width, i) -> the values at [i, i + W),
+// use(width, i, values); the V-vectors two at a time.
+template <int V, typename Load, typename Use>
+__device__ __forceinline__ void vec_loop_pairs(int64_t n, int64_t tid, int64_t nthreads, const Load& load,
+                                               const Use& use) {
+  const int64_t nvec = n / V;
+  if constexpr (V > 1) {
+    constexpr std::integral_constant<int, 1> one{};
+    const int64_t i = nvec * V + tid;
+    if (i < n) use(one, i, load(one, i));
+  }
+  constexpr std::integral_constant<int, V> vec{};
+  strided_pairs(
+      tid, nvec, nthreads, [&](int64_t v) { return load(vec, v * V); },
+      [&](int64_t v, const auto& values) { use(vec, v * V, values); });
+}
+
 // ---------------------------------------------------------------------------------------------
 // Block reduction (fixed order: deterministic)
 // ---------------------------------------------------------------------------------------------
@@ -185,6 +219,22 @@ inline int64_t wave_blocks(Kernel kernel, c10::DeviceIndex device, std::atomic<i
     if (cacheable) cache[device].store(per_sm, std::memory_order_relaxed);
   }
   return static_cast<int64_t>(per_sm) * multiprocessor_count(device);
+}
+
+// Whether a and b, of one shape, put every element at the same offset from their first.
+inline bool same_layout(const at::Tensor& a, const at::Tensor& b) {
+  if (a.sizes() != b.sizes()) return false;
+  for (int64_t d = 0; d < a.dim(); ++d)
+    if (a.size(d) > 1 && a.stride(d) != b.stride(d)) return false;
+  return true;
+}
+
+// t in like's dtype and layout (like is dense): t itself where it already is, else a copy.
+inline at::Tensor to_layout_of(const at::Tensor& t, const at::Tensor& like) {
+  if (t.scalar_type() == like.scalar_type() && same_layout(t, like)) return t;
+  at::Tensor r = at::empty_like(like);
+  r.copy_(t);
+  return r;
 }
 
 inline bool is_aligned(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }

@@ -64,22 +64,6 @@ constexpr int64_t kWarpFinishChunks = 8;
 // Host helpers
 // ---------------------------------------------------------------------------------------------
 
-// Whether a and b, of one shape, put every element at the same offset from their first.
-bool same_layout(const Tensor& a, const Tensor& b) {
-  if (a.sizes() != b.sizes()) return false;
-  for (int64_t d = 0; d < a.dim(); ++d)
-    if (a.size(d) > 1 && a.stride(d) != b.stride(d)) return false;
-  return true;
-}
-
-// t in like's dtype and layout (like is dense): t itself where it already is, else a copy.
-Tensor to_layout_of(const Tensor& t, const Tensor& like) {
-  if (t.scalar_type() == like.scalar_type() && same_layout(t, like)) return t;
-  Tensor r = at::empty_like(like);
-  r.copy_(t);
-  return r;
-}
-
 // A per-sample operand as the kernels read it: as is when its samples are blocks of memory.
 Tensor as_sample_blocks(const Tensor& t) { return samples_are_blocks(t) ? t : t.contiguous(); }
 
@@ -489,14 +473,32 @@ __global__ void __launch_bounds__(kThreads) sample_reduce_kernel(const SampleRed
   finish_samples<kDot>(a);
 }
 
-// One launch of sample_reduce_kernel over `x` (and `w`, kDot), both in one layout whose samples
-// are blocks of memory; fills in the shape and workspace fields of `a`. Returns the workspace,
-// which holds the coefficients a.coefs (kDot) and so must outlive the launches that read them.
+// What a launch of sample_reduce_kernel leaves for the launches after it: the workspace, which
+// holds the coefficients (kDot) and so must outlive the launches that read them.
+template <typename acc_t>
+struct SampleReduceResult {
+  Tensor workspace;
+  const acc_t* coefs = nullptr;  // kDot: 2 a sample
+};
+
+// One launch of sample_reduce_kernel over grad x (and grad_grad w, kDot, in x's layout), both in a
+// layout whose samples are blocks of memory: the norms written (!kDot) or read (kDot), the 0-dim
+// result into out. The one launch path of penalty_from_grad and of its double backward.
 template <bool kDot, typename scalar_t>
-Tensor launch_sample_reduce(SampleReduceArgs<scalar_t>& a, const Tensor& x, c10::DeviceIndex device,
-                            cudaStream_t stream) {
+SampleReduceResult<at::opmath_type<scalar_t>> launch_sample_reduce(const Tensor& x, const scalar_t* w,
+                                                                   PenaltyKind kind, double center,
+                                                                   at::opmath_type<scalar_t>* norms, Tensor& out,
+                                                                   cudaStream_t stream) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int64_t kV = kVec<scalar_t>;
+  SampleReduceArgs<scalar_t> a;
+  a.x = x.const_data_ptr<scalar_t>();
+  a.w = w;
+  a.kind = kind;
+  a.center = static_cast<acc_t>(center);
+  a.norms = norms;
+  a.out = out.mutable_data_ptr<scalar_t>();
+  const c10::DeviceIndex device = x.device().index();
   const int64_t numel = x.numel();
   a.batch = x.size(0);
   a.per = numel / a.batch;
@@ -527,7 +529,7 @@ Tensor launch_sample_reduce(SampleReduceArgs<scalar_t>& a, const Tensor& x, c10:
     GANFAST_LAUNCH(static_cast<unsigned int>(blocks), kThreads, 0, stream, sample_reduce_kernel<scalar_t, V, kDot>)(a);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return workspace;
+  return {workspace, a.coefs};
 }
 
 // Calls f(scalar_t tag) for a floating dtype.
@@ -618,13 +620,7 @@ std::tuple<Tensor, Tensor> penalty_from_grad(const Tensor& grad, c10::string_vie
   dispatch_floating(g.scalar_type(), [&](auto tag) {
     using scalar_t = decltype(tag);
     using acc_t = at::opmath_type<scalar_t>;
-    SampleReduceArgs<scalar_t> a;
-    a.x = g.const_data_ptr<scalar_t>();
-    a.kind = kind;
-    a.center = static_cast<acc_t>(center);
-    a.norms = norms.mutable_data_ptr<acc_t>();
-    a.out = out.mutable_data_ptr<scalar_t>();
-    launch_sample_reduce<false>(a, g, g.device().index(), stream);
+    launch_sample_reduce<false, scalar_t>(g, nullptr, kind, center, norms.mutable_data_ptr<acc_t>(), out, stream);
   });
   return {out, norms};
 }
@@ -689,17 +685,13 @@ std::tuple<Tensor, Tensor> penalty_from_grad_double_backward(const Tensor& grad_
     using scalar_t = decltype(tag);
     using acc_t = at::opmath_type<scalar_t>;
     // Launch 1: the per-sample dots, the coefficients s_b and u_b of d_grad, and d_grad_output.
-    SampleReduceArgs<scalar_t> a;
-    a.x = g.const_data_ptr<scalar_t>();
-    a.w = v.const_data_ptr<scalar_t>();
-    a.kind = kind;
-    a.center = static_cast<acc_t>(center);
-    a.norms = const_cast<acc_t*>(nrm.const_data_ptr<acc_t>());  // read only (kDot)
-    a.out = d_grad_output.mutable_data_ptr<scalar_t>();
-    const Tensor workspace = launch_sample_reduce<true>(a, g, device, stream);
+    const auto reduced = launch_sample_reduce<true, scalar_t>(
+        g, v.const_data_ptr<scalar_t>(), kind, center,
+        const_cast<acc_t*>(nrm.const_data_ptr<acc_t>()),  // read only (kDot)
+        d_grad_output, stream);
     if (n == 0) return;
     // Launch 2: d_grad = (gamma / B) * (s_b * grad_grad + u_b * grad).
-    const acc_t* coefs = a.coefs;
+    const acc_t* coefs = reduced.coefs;
     const scalar_t* vp = v.const_data_ptr<scalar_t>();
     const scalar_t* gp = g.const_data_ptr<scalar_t>();
     scalar_t* y = d_grad.mutable_data_ptr<scalar_t>();
