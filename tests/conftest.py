@@ -186,14 +186,7 @@ def rand(shape, dtype=torch.float32, device="cpu", gen=None, low=0.0, high=1.0, 
 
 # ---- comparison -------------------------------------------------------------------------------
 
-# (atol, rtol) by dtype of the tensor under test. Half-precision results are computed in float32
-# and rounded once, so they are compared with two units in the last place of their format.
-TOLERANCES = {
-    torch.float64: (1e-10, 1e-9),
-    torch.float32: (1e-6, 1e-5),
-    torch.float16: (1e-5, 2e-3),
-    torch.bfloat16: (1e-5, 1.6e-2),
-}
+from ganfast.check import TOLERANCES  # noqa: E402,F401  (atol, rtol) by dtype: one table, shared with `ganfast check`
 
 
 def tolerance(dtype):
