@@ -360,7 +360,7 @@ def batch_norm_act_configs():
             c = dict(TRAINING=training, SHIFT=shift, RUNNING=running, VAR_OUT=var_out, ACC=acc(dt),
                      BLOCK_T=B.BLOCK_T, BLOCK_C=128)
             out.append(("batch_norm_act", "_bn_finalize_kernel", dt, c, False,
-                        {"num_warps": 4, "ptr_types": ptrs(dt)}))
+                        {"num_warps": 4, "ptr_types": {**ptrs(dt), "chunk_ptr": "*fp64"}}))
         out.append(("batch_norm_act", "_bn_running_update_kernel", dt, dict(ACC=acc(dt), BLOCK_C=128), False,
                     {"num_warps": 4, "ptr_types": ptrs(dt)}))
     def act_kernels(dt, tile, act, eval_reduce=True):

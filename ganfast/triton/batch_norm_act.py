@@ -1,8 +1,8 @@
 """Triton kernels of the batch_norm_act family and their launchers.
 
 The launchers take and return exactly what the C++ ops of csrc/ganfast.cpp do (batch_norm_act,
-batch_norm_act_backward), plus `partial_sums` (the statistics of the input already summed per tile
-by the producer of the input, e.g. the transposed-convolution epilogue of conv_block.py).
+batch_norm_act_backward); finalize and normalize also serve the transposed-convolution block,
+whose epilogue sums the statistics itself (conv_block.py).
 out = act(w[c] (x - mean[c]) invstd[c] + b[c]); the activations are bias_act.py's (gain 1, no
 clamp), float32 math for float32 / float16 / bfloat16 and float64 math for float64.
 
@@ -449,12 +449,9 @@ def normalize(x, weight, bias, mean, invstd, act, alpha):
     return out
 
 
-def batch_norm_act(input, weight, bias, running_mean, running_var, training, momentum, eps, act, alpha,
-                   partial_sums=None):
-    """ganfast::batch_norm_act on the Triton kernels -> (out, save_mean, save_invstd).
-
-    partial_sums: optional (2, T, C) tensor of per-tile [sum, sum of squares] of the input per
-    channel (float32; float64 for float64 input), replacing the statistics pass (training only)."""
+def batch_norm_act(input, weight, bias, running_mean, running_var, training, momentum, eps, act, alpha):
+    """ganfast::batch_norm_act on the Triton kernels -> (out, save_mean, save_invstd). (The conv
+    block, whose epilogue already summed the statistics, calls finalize and normalize itself.)"""
     op = "ganfast::batch_norm_act"
     M = _args.check_batch_norm_act(op, input, weight, bias, running_mean, running_var, training, eps)
     act = _args.parse_act(act)
@@ -468,22 +465,13 @@ def batch_norm_act(input, weight, bias, running_mean, running_var, training, mom
         return torch.empty_like(x), z, z.clone()
     walk = Walk(x)
     if training:
-        if partial_sums is not None:
-            if not (partial_sums.dim() == 3 and partial_sums.size(0) == 2 and partial_sums.size(2) == C
-                    and partial_sums.device == device):
-                raise ValueError(f"{op}: partial_sums must have shape (2, T, {C}) on {device}; got "
-                                 f"{_args.format_sizes(partial_sums.shape)} on {partial_sums.device}")
-            partial = partial_sums.contiguous()
-            T, shift = partial.size(1), None
-        else:
-            partial = torch.empty((2, walk.T, C), dtype=acc[0], device=device)
-            T, shift = walk.T, x
-            with _Launch(device):
-                _bn_stats_kernel[(walk.T, walk.cblocks)](
-                    x, partial, *walk.args(), SHIFT=True, ACC=acc[1], ITERS=walk.iters,
-                    BLOCK_S=walk.block_s, BLOCK_C=walk.block_c, num_warps=_num_warps(walk.block_s * walk.block_c))
-        mean, invstd, _ = finalize(partial, T, C, M, running_mean, running_var, True, momentum, eps, acc,
-                                   device, shift=shift, shift_stride=walk.strides[2])
+        partial = torch.empty((2, walk.T, C), dtype=acc[0], device=device)
+        with _Launch(device):
+            _bn_stats_kernel[(walk.T, walk.cblocks)](
+                x, partial, *walk.args(), SHIFT=True, ACC=acc[1], ITERS=walk.iters,
+                BLOCK_S=walk.block_s, BLOCK_C=walk.block_c, num_warps=_num_warps(walk.block_s * walk.block_c))
+        mean, invstd, _ = finalize(partial, walk.T, C, M, running_mean, running_var, True, momentum, eps, acc,
+                                   device, shift=x, shift_stride=walk.strides[2])
     else:
         mean, invstd, _ = finalize(None, 0, C, M, running_mean, running_var, False, momentum, eps, acc, device)
     return normalize(x, weight, bias, mean, invstd, act, alpha), mean, invstd
