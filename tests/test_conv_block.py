@@ -19,13 +19,16 @@ import torch
 from torch import nn
 
 import ganfast
-from conftest import GPU, assert_close
+import cuda_emu
+from conftest import GPU, assert_close, implementation_device, is_emulated, selected
 from ganfast import backend as _backend
 from ganfast.nn import (BatchNorm2dParams, Conv2dBlock, ConvTransposeBlock, DCGANDiscriminator,
                         DCGANGenerator, FusedConv2d, FusedConvTranspose2d, fuse)
 from ganfast.ops import conv_block as block_ops
 
-IMPLS = ("reference", "cpu", "triton", "cuda")
+# The emulated CUDA implementations run the block's batch_norm_act through csrc/cuda's kernels
+# (the convolution is ATen's on CPU tensors, as the cpu implementation's).
+IMPLS = ("reference", "cpu", "triton", "cuda") + cuda_emu.IMPLEMENTATIONS
 
 
 def _cpp_batch_norm_act_present() -> bool:
@@ -36,6 +39,8 @@ def block_device(name: str) -> str:
     """The device implementation `name` of the block runs on here, or skip/fail saying why."""
     if name == "reference":
         return "cpu"
+    if is_emulated(name):
+        return implementation_device(name, "batch_norm_act")
     if name == "cpu":
         # The CPU kernels are always built: a missing batch_norm_act is a broken build, not a skip.
         if not _cpp_batch_norm_act_present():
@@ -61,7 +66,7 @@ def block_device(name: str) -> str:
 @pytest.fixture(params=IMPLS)
 def impl(request):
     device = block_device(request.param)
-    with ganfast.use_backend(request.param):
+    with selected(request.param):
         yield request.param, device
 
 
