@@ -4,6 +4,7 @@ The check's own correctness is shown by planting bugs (a wrong value, a wrong gr
 second derivative, a non-deterministic result) in one backend and seeing the command fail, naming
 the row and the fallback. The GPU runs the same cases under pytest in test_gpu_check.py.
 """
+import dataclasses
 import json
 import re
 
@@ -81,6 +82,18 @@ def test_compare_half_subnormals_and_nan():
     assert check.compare(nan.float(), nan)[0] == 0.0  # nan where the reference has nan
     error, tol, _ = check.compare(torch.tensor([float("nan"), 1.0]), torch.tensor([0.0, 1.0], dtype=torch.float64))
     assert error > tol
+
+
+def test_compare_in_chunks_agrees_with_one_pass(monkeypatch):
+    """The 2^31-element sizes are compared in chunks; chunks of 7 give the same answer as one."""
+    gen = torch.Generator().manual_seed(0)
+    e = torch.randn(1000, generator=gen, dtype=torch.float64)
+    got = (e * (1 + 1e-6 * torch.randn(1000, generator=gen, dtype=torch.float64))).float()
+    got[613] = float("nan")
+    whole = check.compare(got, e), check.compare(got, e, torch_error=1.0)
+    monkeypatch.setattr(check, "CHUNK", 7)
+    assert (check.compare(got, e), check.compare(got, e, torch_error=1.0)) == whole
+    assert whole[0][0] == float("inf")  # the nan is found whichever chunk holds it
 
 
 def test_compare_falls_back_to_the_whole_tensor_and_twice_torchs_own_error():
@@ -240,3 +253,13 @@ def test_gpu_failure_names_the_fallbacks_that_passed():
     assert "GANFAST_BACKEND=triton or GANFAST_BACKEND=reference" in text
     assert "GANFAST_BACKEND=cuda" not in text and "GANFAST_BACKEND=cpu" not in text
     assert "--json" in text and "GPU" in text and "issue tracker" in text
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_the_64_bit_cases_at_a_small_size(backend):
+    """The huge cases as they run on a GPU (float16, float32 oracle), at a size this machine runs."""
+    for case in (c for c in check.CASES if c.size == "huge"):
+        small = dataclasses.replace(case, shape=(4097,) if len(case.shape) == 1 else (2, 5, 7, 9))
+        row = check.Runner(torch.device("cpu")).run(small, backend, torch.float16)
+        assert row.status == "ok" and row.repeatable, f"{small.key}: {row.detail}"
+        assert row.results and all(r["error"] <= r["tolerance"] for r in row.results.values())
