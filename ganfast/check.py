@@ -158,7 +158,7 @@ def _call_interpolate(i):
 
 
 def _make_penalty(shape, dtype, device, gen):
-    # per-sample norms of about 0.5..2: both sides of wgan-gp's center 1, away from the kink at 0
+    # per-sample norms about 1, on both sides of wgan-gp's center; far from the kink at 0
     scale = 1.0 / math.sqrt(math.prod(shape[1:]))
     return {"grad": _randn(shape, dtype, device, gen, scale, grad=True)}
 
@@ -188,7 +188,7 @@ def _bias_act(act):
 
 def _make_batch_norm(shape, dtype, device, gen):
     c = shape[1]
-    return {"x": _randn(shape, dtype, device, gen, 2.0, grad=True) + 0.5,  # a mean away from 0
+    return {"x": (_randn(shape, dtype, device, gen, 2.0) + 0.5).requires_grad_(),  # a mean away from 0
             "weight": _rand((c,), dtype, device, gen, 0.5, 1.5, grad=True),
             "bias": _randn((c,), dtype, device, gen, 0.5, grad=True),
             "running_mean": _randn((c,), dtype, device, gen, 0.1),
