@@ -665,10 +665,11 @@ def plan(device, backends: Optional[Sequence[str]] = None, ops: Optional[Sequenc
     for name in sorted(chosen or ()):
         if name in unavailable:
             raise ValueError(f"backend {name!r} cannot run on {device.type} here: {unavailable[name]}")
-    # a backend that cannot run here has no rows (the command names it and why, once)
+    # A backend that cannot run here has no rows (the command names it and why, once). Backends
+    # innermost: they share the float64 reference of a (case, dtype), which the runner keeps once.
     return [(case, backend, dtype, skip_reason(case, backend, dtype, device, quick))
-            for case in cases for backend in available if chosen is None or backend in chosen
-            for dtype in dtype_list if dtype in case.dtypes or case.dtype_note]
+            for case in cases for dtype in dtype_list if dtype in case.dtypes or case.dtype_note
+            for backend in available if chosen is None or backend in chosen]
 
 
 def run_check(device, backends: Optional[Sequence[str]] = None, ops: Optional[Sequence[str]] = None,
