@@ -385,7 +385,9 @@ def evaluate(case: Case, inputs: dict, upstream: dict) -> dict:
     if not wrt or not diff:
         return results
     dtype = next(iter(wrt.values())).dtype
-    ups = {k: v.to(dtype).requires_grad_(case.double_backward and k.startswith("up ")) for k, v in upstream.items()}
+    # detached copies: the upstream gradients are shared by every run of the case
+    ups = {k: v.detach().to(dtype).requires_grad_(case.double_backward and k.startswith("up "))
+           for k, v in upstream.items()}
     grads = torch.autograd.grad(list(diff.values()), list(wrt.values()), [ups[f"up {k}"] for k in diff],
                                 create_graph=case.double_backward)
     results.update({f"d/d{k}": g.detach() for k, g in zip(wrt, grads)})
