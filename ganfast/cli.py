@@ -10,6 +10,7 @@ Subcommands live in COMMANDS (name -> Command); another one is added with
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from typing import Callable, NamedTuple, Optional, Sequence
 
@@ -256,21 +257,21 @@ register_command(Command("sample", "write samples of a trained generator (G_ema)
                          _add_sample_arguments, _run_sample))
 
 
-def _add_bench_arguments(p: argparse.ArgumentParser) -> None:
-    from .bench.suite import add_arguments
+def _lazy(module: str):
+    """(add_arguments, run) of a command whose module (ganfast.<module>, with functions of those
+    names) is imported only when the command runs: `ganfast --help` stays fast."""
+    def add_arguments(p: argparse.ArgumentParser) -> None:
+        importlib.import_module(f"ganfast.{module}").add_arguments(p)
 
-    add_arguments(p)
+    def run(args: argparse.Namespace) -> int:
+        return importlib.import_module(f"ganfast.{module}").run(args)
 
-
-def _run_bench(args: argparse.Namespace) -> int:
-    from .bench.suite import run
-
-    return run(args)
+    return add_arguments, run
 
 
 register_command(Command(
     "bench", "the benchmark suite: eager vs torch.compile vs ganfast, device-op counts, GPU report",
-    _add_bench_arguments, _run_bench,
+    *_lazy("bench.suite"),
     description="Time every op family and three whole training steps (DCGAN non-saturating, DCGAN "
                 "WGAN-GP, MLP WGAN-GP on ring8): eager PyTorch, torch.compile and every ganfast backend "
                 "present, side by side in one run, verified against eager first; count each step's device "
@@ -282,21 +283,9 @@ register_command(Command(
 # ---- ganfast check -------------------------------------------------------------------------------
 
 
-def _add_check_arguments(p: argparse.ArgumentParser) -> None:
-    from .check import add_arguments
-
-    add_arguments(p)
-
-
-def _run_check(args: argparse.Namespace) -> int:
-    from .check import run
-
-    return run(args)
-
-
 register_command(Command(
     "check", "check every kernel on this machine against the float64 reference (run it first on a GPU)",
-    _add_check_arguments, _run_check,
+    *_lazy("check"),
     description="Check every op family x every backend available here x float32/float16/bfloat16, at small "
                 "and production shapes (and, on a GPU without --quick, sizes that need 64-bit indexing): the "
                 "value, the gradients and the promised second derivatives against the reference run in "
