@@ -18,6 +18,7 @@ parallel compiles.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import time
 import warnings
@@ -107,11 +108,20 @@ def load() -> None:
         raise RuntimeError(f"the CUDA emulator library could not be built: {_loaded}")
 
 
-def ops() -> list[str]:
-    """The ops the emulated library registers (every CUDA kernel of csrc/cuda, by op name)."""
+@functools.lru_cache(maxsize=None)
+def _registered_ops() -> tuple[str, ...]:
     prefix = f"{NAMESPACE}::"
-    return sorted(n[len(prefix):] for n in torch._C._dispatch_get_all_op_names()
-                  if n.startswith(prefix) and torch._C._dispatch_has_kernel_for_dispatch_key(n, "CPU"))
+    return tuple(sorted(n[len(prefix):] for n in torch._C._dispatch_get_all_op_names()
+                        if n.startswith(prefix) and torch._C._dispatch_has_kernel_for_dispatch_key(n, "CPU")))
+
+
+def ops() -> list[str]:
+    """The ops the emulated library registers (every CUDA kernel of csrc/cuda, by op name). Read
+    from the dispatcher once the library is loaded (it registers nothing later), not per test."""
+    names = list(_registered_ops())
+    if not names:  # asked before the library loaded: do not remember the empty answer
+        _registered_ops.cache_clear()
+    return names
 
 
 def has_kernel(op: str) -> bool:
