@@ -82,10 +82,4 @@ TORCH_LIBRARY(ganfast, m) {
 }
 
 // `import ganfast._C` loads this library, whose static initialisers register the ops above and
-// their kernels; the Python module itself is empty.
-#include <Python.h>
-
-extern "C" PyObject* PyInit__C(void) {
-  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "ganfast's operator library", -1, nullptr};
-  return PyModule_Create(&module);
-}
+// their kernels; the Python module itself is defined in python_module.cpp.

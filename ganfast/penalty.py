@@ -73,11 +73,18 @@ def penalty_from_grad(grad: Tensor, kind: str = "wgan-gp", center: float = 1.0) 
 
 def gradient_penalty(discriminator: Callable[[Tensor], Tensor], real: Tensor, fake: Optional[Tensor] = None,
                      kind: str = "wgan-gp", weight: float = 10.0, center: float = 1.0,
-                     eps: Optional[Tensor] = None) -> Tensor:
+                     eps: Optional[Tensor] = None, lean: bool = False) -> Tensor:
     """weight * penalty_from_grad(d D(x) / d x) at x = interpolate(real, fake) (wgan-gp,
     one-sided), real (r1) or fake (r2). D may be any callable returning (B,) or (B, 1) logits
     (a lambda closing over labels works); real and fake are detached, D's parameters receive the
-    penalty's gradient when the result is backpropagated."""
+    penalty's gradient when the result is backpropagated.
+
+    lean=True records D's ganfast activations lean (ganfast.ops.lean_double_backward): the exact
+    zeros eager sends back through D's forward graph are not computed, which removes a backward
+    pass over D per penalty. The gradients of D's parameters are the same numbers, except that a
+    parameter the penalty reaches only through those zeros (a bias, with piecewise-linear
+    activations) gets no gradient from it (None, where eager gives zeros). The engine
+    (ganfast.train, ganfast.steps) uses it; off by default so that eager's zeros stay."""
     kind = parse_penalty_kind(kind)
     _check_tensor(real, "real")
     if kind != "r1":
@@ -92,8 +99,14 @@ def gradient_penalty(discriminator: Callable[[Tensor], Tensor], real: Tensor, fa
     else:
         x = (real if kind == "r1" else fake).detach()
     x.requires_grad_(True)
+    with torch.enable_grad(), ops.lean_double_backward(lean):
+        return _penalty_at(x, discriminator(x), kind, weight, center)
+
+
+def _penalty_at(x: Tensor, out, kind: str, weight: float, center: float) -> Tensor:
+    """weight * penalty_from_grad(d out / d x) for out = discriminator(x) (already computed, so
+    that a caller can share the forward with a loss: ganfast.steps' R1)."""
     with torch.enable_grad():
-        out = discriminator(x)
         if not isinstance(out, Tensor):
             raise TypeError(f"ganfast.penalty.gradient_penalty: the discriminator must return a tensor; got "
                             f"{type(out).__name__}")

@@ -61,4 +61,24 @@ inline void refuse_gradient(const Node& node, size_t input, const char* op, cons
               " is not supported");
 }
 
+// Lean double backward (ganfast.ops.lean_double_backward; ganfast.penalty's lean=True, the
+// engine's default). The derivative of a piecewise-linear activation's backward with respect to
+// the activation's input is exactly 0. Eager PyTorch, and ganfast by default, send that zero
+// tensor back through the forward graph (a zeros_like, then a whole backward pass over zeros that
+// adds zeros into every parameter's gradient). A bias_act recorded while lean is on omits that
+// edge from the graph of its backward: nothing flows there, the gradients that do flow are the
+// same numbers, and a tensor reached only through it keeps grad None where eager gives zeros.
+// The flag is thread-local and read when the forward is recorded (the user's thread); the node
+// carries it into the backward, which may run on an autograd worker thread (LeanScope).
+bool lean_double_backward();
+void set_lean_double_backward(bool on);
+
+struct LeanScope {
+  bool previous;
+  explicit LeanScope(bool on) : previous(lean_double_backward()) { set_lean_double_backward(on); }
+  ~LeanScope() { set_lean_double_backward(previous); }
+  LeanScope(const LeanScope&) = delete;
+  LeanScope& operator=(const LeanScope&) = delete;
+};
+
 }  // namespace ganfast::autograd

@@ -14,6 +14,14 @@
 #include "../ganfast_common.h"
 
 namespace ganfast::autograd {
+
+namespace {
+thread_local bool lean_flag = false;
+}  // namespace
+
+bool lean_double_backward() { return lean_flag; }
+void set_lean_double_backward(bool on) { lean_flag = on; }
+
 namespace {
 
 using BiasActSig = Tensor(const Tensor&, const std::optional<Tensor>&, int64_t, c10::string_view, double, double,
@@ -52,6 +60,7 @@ struct BiasActBackward : public Node {
   SavedOptional x, b;
   BiasActParams p;
   bool has_bias = false;
+  bool lean = false;  // lean_double_backward() when the forward was recorded
   std::string name() const override { return "ganfast::BiasActBackward"; }
   void release_variables() override {
     y.reset_data();
@@ -62,7 +71,9 @@ struct BiasActBackward : public Node {
     variable_list out(2);
     if (!grads[0].defined()) return out;
     // Through the dispatcher with autograd on: when the graph of this backward is kept
-    // (create_graph), bias_act_backward records its own Node, so the next derivative exists.
+    // (create_graph), bias_act_backward records its own Node, so the next derivative exists;
+    // the forward's lean flag decides whether that Node keeps its exact-zero edge.
+    const LeanScope lean_scope(lean);
     const Tensor dx = call_backward(grads[0], x.unpack(), b.unpack(), y.unpack(c10::intrusive_ptr<Node>::reclaim_copy(this)), p, 1);
     if (task_should_compute_output(0)) out[0] = dx;
     if (has_bias && task_should_compute_output(1)) out[1] = bias_gradient(dx, p.dim);
@@ -117,8 +128,9 @@ Tensor bias_act_backward_autograd(const Tensor& grad_output, const std::optional
   const Tensor x_or_undefined = x.has_value() ? *x : Tensor();
   const Tensor b_or_undefined = b.has_value() ? *b : Tensor();
   // Without x the result still depends on x, through y (its slope pattern), with derivative 0:
-  // record y so the result is part of the graph, as eager's leaky_relu_backward is.
-  const Tensor y_edge = x.has_value() ? Tensor() : y;
+  // record y so the result is part of the graph, as eager's leaky_relu_backward is -- unless lean
+  // (autograd_common.h), where that exact zero is not sent anywhere.
+  const Tensor y_edge = x.has_value() || lean_double_backward() ? Tensor() : y;
   if (torch::autograd::compute_requires_grad(grad_output, x_or_undefined, b_or_undefined, y_edge)) {
     auto node = c10::make_intrusive<BiasActBackwardBackward>();
     node->grad_output = SavedVariable(grad_output, false);
@@ -156,6 +168,7 @@ Tensor bias_act_autograd(const Tensor& x, const std::optional<Tensor>& b, int64_
     const int64_t d = check_bias_act("ganfast::bias_act", x, b, dim);
     node->p = {d, std::string(act), alpha, gain, clamp};
     node->has_bias = b.has_value() && b->defined();
+    node->lean = lean_double_backward();
     if (keeps_x(node->p.act, alpha)) {
       node->x.save(x);
       node->b.save(b);

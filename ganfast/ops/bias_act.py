@@ -15,6 +15,7 @@ from torch import Tensor
 
 from .. import _args, backend
 from ..reference import bias_act as reference
+from . import lean
 
 _C = torch.ops.ganfast
 
@@ -89,6 +90,10 @@ def _setup_bias_act(ctx, inputs, output):
     x, b, dim, act, alpha, gain, clamp = inputs
     ctx.params = (_args.check_bias_act("ganfast::bias_act", x, b, dim), act, alpha, gain, clamp)
     ctx.has_bias = b is not None
+    ctx.lean = lean.is_lean_double_backward()
+    # A lean double backward sends no gradient to y: let it arrive as None rather than as a
+    # tensor of zeros that autograd would fill for a Python node, then backpropagate.
+    ctx.set_materialize_grads(False)
     if keeps_x(act, alpha):
         ctx.save_for_backward(x, b, output)
     else:
@@ -96,9 +101,12 @@ def _setup_bias_act(ctx, inputs, output):
 
 
 def _backward_bias_act(ctx, grad):
+    if grad is None:
+        return None, None, None, None, None, None, None
     x, b, y = ctx.saved_tensors
     dim = ctx.params[0]
-    dx = _t_bias_act_backward(grad, x, b, y, *ctx.params, 1)
+    with lean.lean_double_backward(ctx.lean):  # the forward's choice, on whichever thread runs this
+        dx = _t_bias_act_backward(grad, x, b, y, *ctx.params, 1)
     db = bias_gradient(dx, dim) if ctx.has_bias and ctx.needs_input_grad[1] else None
     return dx, db, None, None, None, None, None
 
@@ -108,6 +116,7 @@ def _setup_bias_act_backward(ctx, inputs, output):
     ctx.save_for_backward(grad_output, x, b, y.detach())
     ctx.params = (dim, act, alpha, gain, clamp)
     ctx.order = order
+    ctx.lean = lean.is_lean_double_backward()
 
 
 def _backward_bias_act_backward(ctx, u):
@@ -121,8 +130,9 @@ def _backward_bias_act_backward(ctx, u):
         db = bias_gradient(d, _args.check_bias_act("ganfast::bias_act", x, b, ctx.params[0])) \
             if ctx.needs_input_grad[2] else None
     # Without x, the dependence on x runs through y with derivative exactly 0 (piecewise linear):
-    # made explicit, as eager PyTorch does, so x.grad becomes zeros rather than staying None.
-    dy = torch.zeros_like(y) if x is None and ctx.needs_input_grad[3] else None
+    # made explicit, as eager PyTorch does, so x.grad becomes zeros rather than staying None --
+    # unless lean (ganfast/ops/lean.py), where that zero is not sent.
+    dy = torch.zeros_like(y) if x is None and ctx.needs_input_grad[3] and not ctx.lean else None
     return d_grad, dx, db, dy, None, None, None, None, None, None
 
 
