@@ -8,7 +8,7 @@
 import torch  # noqa: F401  (the C++ library links against it)
 
 from . import _C  # noqa: F401  registers torch.ops.ganfast.*
-from . import backend, losses, nn, ops, penalty
+from . import backend, losses, nn, ops, penalty, steps
 from .backend import (BackendUnavailableError, available_backends, get_backend, set_backend,
                       use_backend)
 
@@ -24,5 +24,6 @@ __all__ = [
     "ops",
     "penalty",
     "set_backend",
+    "steps",
     "use_backend",
 ]

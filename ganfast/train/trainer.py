@@ -1,5 +1,6 @@
 """The training loop: k discriminator steps (fresh real batch, fresh z) then one generator step
-(fresh z), every loss through ganfast.losses and every penalty through ganfast.penalty.
+(fresh z); the discriminator's loss and penalties through ganfast.steps (one pass over real and fake
+where D allows, lean double backward), the generator's through ganfast.losses.
 
     from ganfast.train import TrainConfig, Trainer
     summary = Trainer(TrainConfig(data="ring8", steps=5000, out="runs/ring8")).fit()
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 
 from .. import backend as _backend
-from .. import losses, penalty
+from .. import losses, steps
 from . import plots
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_atomic, write_text_atomic
 from .config import RESUMABLE_CHANGES, TrainConfig
@@ -273,24 +274,18 @@ class Trainer:
                 fake = self.G(self._latent(B))
             fake = fake.float() if fake.dtype != real.dtype else fake
             real_in, fake_in = self._noisy(real, sigma), self._noisy(fake, sigma)
+            d_iter = t * cfg.d_steps + k
+            # lazy R1 (StyleGAN2): gamma/2 E||grad D(x)||^2, every r1_every steps, scaled up by it
+            r1_due = cfg.r1_gamma > 0 and d_iter % cfg.r1_every == 0
+            labels = {"real_label": real_label} if obj.loss in _LABELLED else {}
             with self._autocast():
-                d_real, d_fake = self.D(real_in), self.D(fake_in)
-                if obj.loss in _LABELLED:
-                    loss_adv = losses.discriminator_loss(d_real, d_fake, obj.loss, real_label=real_label)
-                else:
-                    loss_adv = losses.discriminator_loss(d_real, d_fake, obj.loss)
-                loss_d = loss_adv
-                pen = None
-                if cfg.gp_weight > 0:
-                    pen = penalty.gradient_penalty(self.D, real_in, fake_in, kind="wgan-gp", weight=cfg.gp_weight)
-                d_iter = t * cfg.d_steps + k
-                if cfg.r1_gamma > 0 and d_iter % cfg.r1_every == 0:
-                    # lazy R1 (StyleGAN2): gamma/2 E||grad D(x)||^2, every r1_every steps, scaled up by it
-                    r1 = penalty.gradient_penalty(self.D, real_in, kind="r1",
-                                                  weight=cfg.r1_gamma / 2 * cfg.r1_every)
-                    pen = r1 if pen is None else pen + r1
-                if pen is not None:
-                    loss_d = loss_d + pen
+                # ganfast.steps: real and fake through D in one pass when D has no BatchNorm, the
+                # real pass shared with R1, the penalties' double backward lean
+                out = steps.discriminator_step_loss(
+                    self.D, real_in, fake_in, obj.loss, gp_weight=cfg.gp_weight,
+                    r1_weight=cfg.r1_gamma / 2 * cfg.r1_every if r1_due else 0.0, **labels)
+            loss_d, loss_adv, pen, d_real, d_fake = out.total, out.adversarial, out.penalty, out.real_logits, \
+                out.fake_logits
             self.opt_d.zero_grad(set_to_none=True)
             self.scaler_d.scale(loss_d).backward()
             self.scaler_d.step(self.opt_d)
