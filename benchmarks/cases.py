@@ -1,4 +1,4 @@
-"""The benchmark suite's cases: every op family and three whole training steps, each as eager
+"""The benchmark suite's cases: every op family and four whole training steps, each as eager
 PyTorch writes it, as torch.compile runs it, and with ganfast. `ganfast bench` runs them
 (ganfast/bench/suite.py); `pytest benchmarks --benchmark-only` times the op-family cases with
 pytest-benchmark (benchmarks/test_micro.py).
@@ -32,11 +32,14 @@ import ganfast.losses as L
 import ganfast.nn as gnn
 import ganfast.ops as gops
 import ganfast.penalty as P
+import ganfast.steps as S
 
 Outputs = List[Tuple[str, Tensor]]
 IMPLS = ("eager", "compile", "ganfast")
 SLOPE = 0.2        # LeakyReLU slope of every discriminator (DCGAN)
 GP_WEIGHT = 10.0   # WGAN-GP's lambda
+R1_GAMMA, R1_EVERY = 1.0, 16   # lazy R1 (StyleGAN2): gamma / 2 * E||grad D(x)||^2 every 16 D steps, scaled by 16
+R1_WEIGHT = R1_GAMMA / 2 * R1_EVERY
 
 
 @dataclass
@@ -166,25 +169,41 @@ def bias_act_case(shape, device) -> Case:
 
 
 def lrelu_double_backward_case(shape, device) -> Case:
+    """One critic layer's share of the gradient penalty: the activation's gradient with
+    create_graph, the penalty on it, and the backward through both (x is the layer's input, u the
+    gradient arriving from the layers above)."""
     def make_step(impl, **_):
         gen = _gen(2)
         x = torch.randn(shape, generator=gen).to(device).requires_grad_()
         u = torch.randn(shape, generator=gen).to(device).requires_grad_()
-        act = gnn.LeakyReLU(SLOPE) if impl == "ganfast" else nn.LeakyReLU(SLOPE)
-        if impl == "compile":
-            act = torch.compile(act)
+        if impl == "ganfast":
+            act = gnn.LeakyReLU(SLOPE)
+
+            def fn(x, u):
+                with gops.lean_double_backward():   # as ganfast.penalty(lean=True) and the engine
+                    (g,) = torch.autograd.grad(act(x), x, grad_outputs=u, create_graph=True)
+                return g, P.penalty_from_grad(g)
+        else:
+            act = nn.LeakyReLU(SLOPE)
+            if impl == "compile":  # the module, as a user would (autograd.grad itself does not compile)
+                act = torch.compile(act)
+
+            def fn(x, u):
+                (g,) = torch.autograd.grad(act(x), x, grad_outputs=u, create_graph=True)
+                return g, eager_penalty(g)
 
         def step():
-            (g,) = torch.autograd.grad(act(x), x, grad_outputs=u, create_graph=True)
-            g.norm().backward()
-            out = [("grad x", g.detach()), ("grad u", u.grad)]
+            g, penalty = fn(x, u)
+            penalty.backward()
+            out = [("grad x", g.detach()), ("penalty", penalty.detach()), ("grad u", u.grad)]
             _clear((x, u))
             return out
         return step
 
     return Case("bias_act", "LeakyReLU(0.2) double backward", "x".join(map(str, shape)),
-                "`g = grad(act(x), x, u, create_graph=True)`; `g.norm().backward()` (the penalty's path)",
-                make_step)
+                "`g = grad(act(x), x, u, create_graph=True)`; the WGAN-GP penalty of g, backward (one critic "
+                "layer's part of the penalty's path; ganfast: lean, `penalty_from_grad`)", make_step,
+                rtol=1e-4, atol_scale=1e-5)
 
 
 # ---- generator block and BatchNorm + activation --------------------------------------------------------
@@ -329,10 +348,13 @@ def _adam(params, lr, betas):
     return torch.optim.Adam(params, lr=lr, betas=betas, fused=True)
 
 
-def _gan_step(G, D, opt_g, opt_d, real, z, d_loss, g_loss, check=False):
+def _gan_step(G, D, opt_g, opt_d, real, z, d_loss, g_loss, check=False, g_step_d_grads=True):
     """One D step then one G step (the fake batch reused for G, as PyTorch's DCGAN example).
     check=True: D's gradients are copied right after the D step, before the G step's backward
-    adds to them (that sum cancels: the same fakes labelled fake, then real)."""
+    adds to them (that sum cancels: the same fakes labelled fake, then real).
+    g_step_d_grads=False: the G step's backward computes G's gradients only, as ganfast's engine
+    does (and StyleGAN2-ADA's and BigGAN-PyTorch's toggle of D's requires_grad); True: also D's,
+    which PyTorch's DCGAN example computes and the next D step's zero_grad discards."""
     g_params, d_params = list(G.parameters()), list(D.parameters())
 
     def step():
@@ -344,7 +366,7 @@ def _gan_step(G, D, opt_g, opt_d, real, z, d_loss, g_loss, check=False):
         opt_d.step()
         opt_g.zero_grad(set_to_none=True)
         loss_g = g_loss(D(fake))
-        loss_g.backward()
+        torch.autograd.backward(loss_g, inputs=None if g_step_d_grads else g_params)
         opt_g.step()
         return [("loss_d", loss_d.detach()), ("loss_g", loss_g.detach())] + _grads("G", g_params) + d_grads
     return step
@@ -379,10 +401,26 @@ def eager_wgan_gp_d_loss(eps):
 
 
 def ganfast_wgan_gp_d_loss(eps):
+    """The engine's D loss (ganfast.steps): real and fake in one pass (D has no BatchNorm), the
+    interpolates' pass recorded lean."""
     def d_loss(D, real, fake):
-        return (L.discriminator_loss(D(real), D(fake), "wasserstein")
-                + P.gradient_penalty(D, real, fake, kind="wgan-gp", weight=GP_WEIGHT, eps=eps))
+        return S.discriminator_step_loss(D, real, fake, "wasserstein", gp_weight=GP_WEIGHT, eps=eps).total
     return d_loss
+
+
+def eager_r1_d_loss(D, real, fake):
+    """Non-saturating loss + R1 on the real samples, the real pass shared between the loss and the
+    penalty (as Mescheder et al.'s GAN-stability code and StyleGAN2-ADA's Dboth phase write it)."""
+    x = real.detach().requires_grad_(True)
+    r, f = D(x), D(fake)
+    loss = (F.binary_cross_entropy_with_logits(r, torch.ones_like(r))
+            + F.binary_cross_entropy_with_logits(f, torch.zeros_like(f)))
+    (grad,) = torch.autograd.grad(r, x, grad_outputs=torch.ones_like(r), create_graph=True)
+    return loss + R1_WEIGHT * grad.flatten(1).pow(2).sum(1).mean()
+
+
+def ganfast_r1_d_loss(D, real, fake):
+    return S.discriminator_step_loss(D, real, fake, "nonsaturating", r1_weight=R1_WEIGHT).total
 
 
 def eager_wgan_g_loss(fake_logits):
@@ -395,10 +433,10 @@ def ganfast_wgan_g_loss(fake_logits):
 
 def dcgan_step_case(objective, batch, image_size, width, device) -> Case:
     nz = 128
-    wgan = objective == "wgan-gp"
+    wgan, r1 = objective == "wgan-gp", objective == "r1"
 
     def make_step(impl, dtype=torch.float32, check=False):
-        G, D = _dcgan_models(impl, device, image_size, width, width, nz, not wgan, dtype)
+        G, D = _dcgan_models(impl, device, image_size, width, width, nz, not (wgan or r1), dtype)
         if impl == "compile":
             G, D = torch.compile(G), torch.compile(D)
         gen = _gen(6)
@@ -412,16 +450,29 @@ def dcgan_step_case(objective, batch, image_size, width, device) -> Case:
         else:
             betas, lr = (0.5, 0.999), 2e-4
             d_loss = ganfast_bce_d_loss if impl == "ganfast" else eager_bce_d_loss
+            if r1:
+                betas, lr = (0.0, 0.99), 2e-3  # StyleGAN2's Adam
+                d_loss = ganfast_r1_d_loss if impl == "ganfast" else eager_r1_d_loss
             g_loss = ganfast_bce_g_loss if impl == "ganfast" else eager_bce_g_loss
         lr = 0.0 if check else lr
         return _gan_step(G, D, _adam(G.parameters(), lr, betas), _adam(D.parameters(), lr, betas), real, z,
-                         d_loss, g_loss, check)
+                         d_loss, g_loss, check, g_step_d_grads=impl != "ganfast" or not (wgan or r1))
 
-    what = "WGAN-GP" if wgan else "non-saturating"
-    d = "no BatchNorm in D, penalty weight 10, Adam(1e-4, (0, 0.9))" if wgan else "BatchNorm in G and D, Adam(2e-4, (0.5, 0.999))"
+    if wgan:
+        what, d = "WGAN-GP", "no BatchNorm in D, penalty weight 10, Adam(1e-4, (0, 0.9))"
+        how = ("`ganfast.steps.discriminator_step_loss` (real and fake in one pass through D, the interpolates' "
+               "pass recorded lean), the G step computing G's gradients only")
+    elif r1:
+        what, d = "lazy R1", (f"non-saturating loss + R1 on this step (gamma {R1_GAMMA} / 2, every {R1_EVERY} "
+                              f"steps: weight {R1_WEIGHT:g}), no BatchNorm in D, Adam(2e-3, (0, 0.99)); eager "
+                              "shares the real pass between loss and R1")
+        how = ("`ganfast.steps.discriminator_step_loss` (the real pass shared, recorded lean), the G step "
+               "computing G's gradients only")
+    else:
+        what, d = "non-saturating", "BatchNorm in G and D, Adam(2e-4, (0.5, 0.999))"
+        how = "`ganfast.losses`"
     return Case("step", f"DCGAN {what} step", f"B={batch}, {image_size}x{image_size}, width {width}",
-                f"one D step + one G step with Adam ({d}); ganfast: `fuse(G)`, `fuse(D)`, `ganfast.losses`"
-                + (", `ganfast.penalty.gradient_penalty`" if wgan else ""),
+                f"one D step + one G step with Adam ({d}); ganfast: `fuse(G)`, `fuse(D)`, {how}",
                 make_step, check64=True, separate_check=True)
 
 
@@ -463,12 +514,13 @@ def mlp_step_case(batch, width, device) -> Case:
         g_loss = ganfast_wgan_g_loss if impl == "ganfast" else eager_wgan_g_loss
         lr = 0.0 if check else 1e-4
         return _gan_step(G, D, _adam(G.parameters(), lr, (0.0, 0.9)), _adam(D.parameters(), lr, (0.0, 0.9)),
-                         real, z, d_loss, g_loss, check)
+                         real, z, d_loss, g_loss, check, g_step_d_grads=impl != "ganfast")
 
     return Case("step", "MLP WGAN-GP step on ring8", f"B={batch}, width {width}, depth {depth}",
                 "the engine's 2-D MLPs; one D step (Wasserstein loss + gradient penalty) + one G step, "
-                "Adam(1e-4, (0, 0.9)); ganfast: `ganfast.nn.LeakyReLU`, `ganfast.losses`, "
-                "`ganfast.penalty.gradient_penalty`", make_step, rtol=1e-4, atol_scale=1e-4, separate_check=True)
+                "Adam(1e-4, (0, 0.9)); ganfast: `ganfast.nn.LeakyReLU`, `ganfast.steps.discriminator_step_loss` "
+                "(one pass over real and fake, the interpolates' pass lean), the G step computing G's gradients "
+                "only", make_step, rtol=1e-4, atol_scale=1e-4, separate_check=True)
 
 
 # ---- the suite ---------------------------------------------------------------------------------------
@@ -483,6 +535,7 @@ SIZES = [
     (generator_case, [(4, 32, 16)], [(64, 64, 64)]),                     # batch, image size, ngf
     (dcgan_step_case, [("nonsaturating", 4, 32, 16)], [("nonsaturating", 64, 64, 64)]),
     (dcgan_step_case, [("wgan-gp", 4, 32, 16)], [("wgan-gp", 32, 64, 64)]),
+    (dcgan_step_case, [("r1", 4, 32, 16)], [("r1", 32, 64, 64)]),
     (mlp_step_case, [(256, 128)], [(256, 128)]),                          # batch, width
 ]
 

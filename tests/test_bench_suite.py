@@ -197,12 +197,13 @@ def test_select_filters_by_family_or_name_and_rejects_unknown_words():
         S.select(cases, "nothing-like-this")
 
 
-def test_the_suite_covers_every_family_and_the_three_training_steps():
+def test_the_suite_covers_every_family_and_the_four_training_steps():
     for quick in (True, False):
         cases = S.load_cases_module().cases(torch.device("cpu"), quick=quick)
         assert {c.family for c in cases} == {"losses", "penalty", "bias_act", "block", "step"}
         steps = {c.name for c in cases if c.family == "step"}
-        assert steps == {"DCGAN non-saturating step", "DCGAN WGAN-GP step", "MLP WGAN-GP step on ring8"}
+        assert steps == {"DCGAN non-saturating step", "DCGAN WGAN-GP step", "DCGAN lazy R1 step",
+                         "MLP WGAN-GP step on ring8"}
 
 
 def test_a_missing_suite_directory_says_where_the_suite_lives(tmp_path):
@@ -238,7 +239,8 @@ def _check_quick_report(out_dir, device, ganfast_rows):
             assert r["p20_us"] <= r["median_us"] <= r["p80_us"] and r["iterations"] >= 1
             assert r["ops"] > 0 and r["bytes_read"] + r["bytes_written"] > 0, (res["case"], name, r)
         c = rows["torch.compile"]
-        double_backward = "double backward" in res["name"] or (res["family"] == "step" and "WGAN-GP" in res["name"])
+        double_backward = "double backward" in res["name"] or (
+            res["family"] == "step" and ("WGAN-GP" in res["name"] or "R1" in res["name"]))
         if double_backward:  # torch.compile refuses the penalty's double backward: its error is the row
             assert c["median_us"] is None and "double backward" in c["error"], c
         else:

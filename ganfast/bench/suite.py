@@ -1,6 +1,6 @@
 """`ganfast bench`: the benchmark suite, side by side in one run.
 
-For every case in the source tree's benchmarks/cases.py (each op family and three whole training
+For every case in the source tree's benchmarks/cases.py (each op family and four whole training
 steps), in this order:
   1. build eager, torch.compile and ganfast under every backend present (benchmarks/cases.py);
   2. run each once from the same initial state and compare with eager (float32 tolerance): a
@@ -153,7 +153,8 @@ def run_case(case, device, backends, use_compile: bool, quick: bool, count: bool
                "backend": c.backend, "median_us": None, "p20_us": None, "p80_us": None,
                "iterations": c.iterations or None, "speedup_vs_eager": None, "speedup_vs_compile": None,
                "error": c.error, "note": c.note, "ops": None, "bytes_read": None, "bytes_written": None,
-               "host_syncs": None, "achieved_gbs": None, "fusable_ops": None, "fusable_bytes": None}
+               "host_syncs": None, "achieved_gbs": None, "fusable_ops": None, "fusable_bytes": None,
+               "gpu_model_us": None}
         if c.stats_us:
             med, p20, p80 = c.stats_us
             row.update(median_us=med, p20_us=p20, p80_us=p80, speedup_vs_eager=base / med)
@@ -166,7 +167,8 @@ def run_case(case, device, backends, use_compile: bool, quick: bool, count: bool
             # what fusion can act on: neither GEMMs / convolutions nor the optimizer
             f = n.filter(lambda r: r.name not in dispatch.GEMM_AND_CONV_OPS
                          and not r.name.startswith(("aten::_foreach", "aten::_fused_adam")))
-            row.update(fusable_ops=f.ops, fusable_bytes=f.total_bytes, op_breakdown=n.breakdown())
+            row.update(fusable_ops=f.ops, fusable_bytes=f.total_bytes, op_breakdown=n.breakdown(),
+                       gpu_model_us=gpu_model_us(n.ops, f.total_bytes))
             if c.stats_us:
                 row["achieved_gbs"] = (n.bytes_read + n.bytes_written) / (c.stats_us[0] * 1e-6) / 1e9
         rows.append(row)
@@ -175,6 +177,18 @@ def run_case(case, device, backends, use_compile: bool, quick: bool, count: bool
 
 
 # ---- the report ----------------------------------------------------------------------------------
+
+# The paper model of a step on a GPU, from the counts alone: every device operation costs a launch
+# (MODEL_LAUNCH_US, about what a small kernel's launch and tail take on an A100/H100-class GPU),
+# and the traffic outside GEMMs, convolutions and the optimizer moves at MODEL_BANDWIDTH (about
+# an H100's HBM3). GEMMs and convolutions are left out: cuBLAS/cuDNN run them for every contender
+# alike. A projection to compare contenders by, not a measurement.
+MODEL_LAUNCH_US = 5.0
+MODEL_BANDWIDTH = 3e12  # bytes / s
+
+
+def gpu_model_us(ops: int, fusable_bytes: int) -> float:
+    return ops * MODEL_LAUNCH_US + fusable_bytes / MODEL_BANDWIDTH * 1e6
 
 def _ratio(v):
     return f"{v:.2f}x" if v is not None else ""
@@ -214,15 +228,17 @@ def markdown(meta: dict, results: list) -> str:
         out += ["", "Device operations and memory traffic of one step (ganfast/bench/dispatch.py; views and "
                 "allocations excluded, a fused op counts once; bytes = every operand read + every result written):",
                 "", "| case | size | contender | device ops | MB read | MB written | achieved GB/s | "
-                "ops vs eager | traffic vs eager | ops / MB outside GEMM, conv, optimizer |",
-                "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+                "ops vs eager | traffic vs eager | ops / MB outside GEMM, conv, optimizer | GPU model | "
+                "model vs eager |",
+                "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for res in results:
             rows = [r for r in res["rows"] if r["ops"] is not None]
             eager = next((r for r in rows if r["contender"] == "eager"), None)
             for r in rows:
-                ops_ratio = traffic_ratio = ""
+                ops_ratio = traffic_ratio = model_ratio = ""
                 if eager is not None and r is not eager and r["ops"]:
                     ops_ratio = _ratio(eager["ops"] / r["ops"])
+                    model_ratio = _ratio(eager["gpu_model_us"] / r["gpu_model_us"])
                     traffic = r["bytes_read"] + r["bytes_written"]
                     if traffic:
                         traffic_ratio = _ratio((eager["bytes_read"] + eager["bytes_written"]) / traffic)
@@ -233,7 +249,11 @@ def markdown(meta: dict, results: list) -> str:
                         gbs += f" ({100 * r['achieved_gbs'] / meta['copy_gbs']:.0f}% of copy)"
                 out.append(f"| {res['name']} | {res['size']} | {r['contender']} | {r['ops']} | "
                            f"{_mb(r['bytes_read'])} | {_mb(r['bytes_written'])} | {gbs} | {ops_ratio} | "
-                           f"{traffic_ratio} | {r['fusable_ops']} / {_mb(r['fusable_bytes'])} |")
+                           f"{traffic_ratio} | {r['fusable_ops']} / {_mb(r['fusable_bytes'])} | "
+                           f"{H.fmt_time(r['gpu_model_us'])} | {model_ratio} |")
+        out += ["", f"GPU model: {MODEL_LAUNCH_US:g} us per device operation + the bytes outside GEMM, convolution "
+                f"and optimizer at {MODEL_BANDWIDTH / 1e12:g} TB/s (ganfast/bench/suite.py: a projection from the "
+                "counts, not a measurement)."]
     notes = [f"- {res['name']} [{res['size']}], {r['contender']}: {r['note']}"
              for res in results for r in res["rows"] if r["note"]]
     if notes:
