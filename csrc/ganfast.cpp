@@ -62,6 +62,13 @@ TORCH_LIBRARY(ganfast, m) {
   // derivative of order k w.r.t. grad_output is order k itself; w.r.t. x it is order k + 1.
   m.def("bias_act_backward(Tensor grad_output, Tensor? x, Tensor? b, Tensor y, int dim, str act, "
         "float alpha, float gain, float clamp, int order) -> Tensor");
+  // bias_act_backward(..., order 1) and the bias gradient in one pass: grad_input as that op gives it
+  // (same layout), grad_bias = grad_input summed over every dim but `dim`, shape and dtype of b
+  // (required), accumulated in float32 (float64 for float64), from the per-channel partial sums of
+  // the pass that writes grad_input; deterministic. Not differentiable (create_graph takes
+  // bias_act_backward and a sum, csrc/autograd/bias_act.cpp).
+  m.def("bias_act_backward_with_bias(Tensor grad_output, Tensor? x, Tensor? b, Tensor y, int dim, str act, "
+        "float alpha, float gain, float clamp) -> (Tensor grad_input, Tensor grad_bias)");
 
   // ---- batch_norm_act family (csrc/cpu/batch_norm_act.cpp, csrc/cuda/batch_norm_act.cu,
   // ganfast/triton/batch_norm_act.py)

@@ -407,6 +407,29 @@ inline int64_t check_bias_act_backward(const char* op, const at::Tensor& grad_ou
   return d;
 }
 
+// bias_act_backward_with_bias's operands: b first, which it requires (the bias whose gradient it
+// returns), then bias_act_backward's (order 1), then, x absent, b against y (x's shape) as
+// bias_act checks it against x. Returns dim made non-negative. (Python twin: ganfast/_args.py's
+// check_bias_act_backward_with_bias.)
+inline int64_t check_bias_act_backward_with_bias(const char* op, const at::Tensor& grad_output,
+                                                 const std::optional<at::Tensor>& x,
+                                                 const std::optional<at::Tensor>& b, const at::Tensor& y,
+                                                 int64_t dim, ActKind act, c10::string_view act_name, double alpha) {
+  TORCH_CHECK_VALUE(b.has_value() && b->defined(), op,
+                    ": b is required (the bias whose gradient is returned); got None");
+  const int64_t d = check_bias_act_backward(op, grad_output, x, b, y, dim, act, act_name, alpha, 1);
+  if (!(x.has_value() && x->defined())) {
+    check_floating(*b, op, "b");
+    check_same_device(y, *b, op, "y", "b");
+    const int64_t nd = y.dim();
+    TORCH_CHECK_VALUE(nd >= 1 && dim >= -nd && dim < nd, op, ": dim must be in [", -nd, ", ", nd,
+                      ") for y of shape ", y.sizes(), "; got ", dim);
+    TORCH_CHECK_VALUE(b->dim() == 1 && b->size(0) == y.size(d), op, ": b must have shape (", y.size(d),
+                      ",) = (y.size(", dim, "),); got ", b->sizes());
+  }
+  return d;
+}
+
 }  // namespace ganfast
 
 // ---- batch_norm_act family ----------------------------------------------------------------------

@@ -413,6 +413,28 @@ def check_bias_act_backward(op: str, grad_output: torch.Tensor, x: Optional[torc
     return d
 
 
+def check_bias_act_backward_with_bias(op: str, grad_output: torch.Tensor, x: Optional[torch.Tensor],
+                                      b: Optional[torch.Tensor], y: torch.Tensor, dim: int, act: str,
+                                      alpha: float) -> int:
+    """bias_act_backward_with_bias's operands: b first, which it requires (the bias whose gradient
+    it returns), then bias_act_backward's (order 1), then, x absent, b against y (x's shape) as
+    bias_act checks it against x. Returns dim made non-negative. (The twin of
+    csrc/ganfast_common.h's check_bias_act_backward_with_bias.)"""
+    if b is None:
+        raise ValueError(f"{op}: b is required (the bias whose gradient is returned); got None")
+    d = check_bias_act_backward(op, grad_output, x, b, y, dim, act, alpha, 1)
+    if x is None:
+        check_floating(b, op, "b")
+        check_same_device(y, b, op, "y", "b")
+        nd = y.dim()
+        if not (nd >= 1 and -nd <= dim < nd):
+            raise ValueError(f"{op}: dim must be in [{-nd}, {nd}) for y of shape {format_sizes(y.shape)}; got {dim}")
+        if not (b.dim() == 1 and b.size(0) == y.size(d)):
+            raise ValueError(f"{op}: b must have shape ({y.size(d)},) = (y.size({dim}),); got "
+                             f"{format_sizes(b.shape)}")
+    return d
+
+
 # ---- batch_norm_act family -----------------------------------------------------------------------
 
 def batch_norm_compute_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -447,3 +447,179 @@ def test_backward_op_errors(rng):
         op(go, x, None, y, 1, "tanh", 0.0, 1.0, -1.0, 0)
     with pytest.raises(RuntimeError, match="order 4 of act 'tanh' are not implemented"):
         op(go, x, None, y, 1, "tanh", 0.0, 1.0, -1.0, 4)
+
+
+# ---- the bias gradient in the backward's own pass (bias_act_backward_with_bias) -------------------
+
+
+def _fused_ops(name):
+    """(bias_act_backward, bias_act_backward_with_bias) of implementation `name`."""
+    ns = torch.ops.ganfast_triton if name == "triton" else torch.ops.ganfast
+    return ns.bias_act_backward.default, ns.bias_act_backward_with_bias.default
+
+
+# (shape, dim, layout of y, act, x given, clamp): odd sizes, a channel count that is no multiple of
+# any vector width, NCHW / channels_last / a layout the kernels copy, the 2-D (N, C) Linear case along
+# dim 1 and the last dim, dim 0, y-only (lrelu, relu) and x + b (swish, tanh, elu) derivatives.
+FUSED_CASES = [
+    ((3, 5, 7, 9), 1, "nchw", "lrelu", False, None),
+    ((3, 5, 7, 9), 1, "channels_last", "swish", True, None),
+    ((3, 5, 7, 9), 1, "channels_last", "lrelu", False, 0.5),
+    ((3, 5, 7, 9), 2, "transposed", "tanh", True, None),
+    ((6, 13), 1, "nchw", "elu", True, 0.7),
+    ((6, 13), -1, "nchw", "relu", False, None),
+    ((13, 6), 0, "nchw", "swish", True, None),
+]
+FUSED_IDS = ["nchw-y", "cl-x", "cl-y-clamp", "transposed-x", "linear-x-clamp", "linear-dimlast-y", "dim0-x"]
+
+
+def _fused_inputs(case, dtype, device, rng):
+    shape, dim, layout, act, with_x, clamp = case
+    alpha = ALPHA.get(act, 0.0)
+    x = randn(shape, dtype, device, rng, scale=2.0)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == "transposed":
+        x = x.transpose(1, 3)  # y follows x's layout: one the kernels copy
+    d = dim % x.dim()
+    b = randn((x.shape[d],), dtype, device, rng)
+    y = ops.bias_act(x, b, dim, act, alpha, 1.3, clamp)
+    # a random upstream gradient, not contiguous
+    go = randn(tuple(reversed(x.shape)), dtype, device, rng).permute(*reversed(range(x.dim())))
+    args = (x if with_x else None, b, y, dim, act, alpha, 1.3, -1.0 if clamp is None else clamp)
+    return go, args
+
+
+@pytest.mark.parametrize("case", FUSED_CASES, ids=FUSED_IDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_backward_with_bias_matches_reference(kernel_impl, dtype, case, rng):
+    """grad_input is bias_act_backward's (order 1) exactly, in its layout; grad_bias is its sum over
+    every dim but dim, against the float64 reference."""
+    name, device = kernel_impl
+    backward, fused = _fused_ops(name)
+    go, (x, b, y, dim, act, alpha, gain, clamp) = _fused_inputs(case, dtype, device, rng)
+    gi, gb = fused(go, x, b, y, dim, act, alpha, gain, clamp)
+    expected_gi = backward(go, x, b, y, dim, act, alpha, gain, clamp, 1)
+    assert gi.dtype == dtype and gi.shape == y.shape and gi.stride() == expected_gi.stride()
+    assert torch.equal(gi, expected_gi), "grad_input must be bias_act_backward's, bit for bit"
+    f64 = [None if t is None else t.detach().double() for t in (go, x, b, y)]
+    ref_gi, ref_gb = reference.bias_act_backward_with_bias(*f64, dim, act, alpha, gain, clamp)
+    assert_close(gi, ref_gi.to(dtype), name="grad_input vs reference")
+    assert gb.dtype == b.dtype and gb.shape == b.shape
+    assert_close(gb, ref_gb.to(dtype), atol=2e-5 if dtype == torch.float32 else None, name="grad_bias vs reference")
+
+
+def test_backward_with_bias_empty_and_dtypes(kernel_impl, rng):
+    """N = 0: grad_bias zeros (b's shape and dtype); b's dtype wherever it differs from y's."""
+    name, device = kernel_impl
+    _, fused = _fused_ops(name)
+    y = torch.empty(0, 5, 3, device=device)
+    b = torch.ones(5, dtype=torch.float64, device=device)
+    gi, gb = fused(torch.empty_like(y), None, b, y, 1, "lrelu", 0.2, 1.0, -1.0)
+    assert gi.shape == y.shape and gb.dtype == torch.float64 and torch.equal(gb, torch.zeros_like(b))
+    x = randn((4, 6, 5), torch.float16, device, rng)
+    b = randn((6,), torch.float32, device, rng)
+    y = ops.bias_act(x, b, 1, "swish", 0.0, 1.0, None)
+    go = randn(y.shape, torch.float16, device, rng)
+    gi, gb = fused(go, x, b, y, 1, "swish", 0.0, 1.0, -1.0)
+    assert gb.dtype == torch.float32
+    assert_close(gb, gi.double().sum((0, 2)), check_dtype=False, name="grad_bias of float16 grad_input, float32 b")
+
+
+@pytest.mark.parametrize("act", ["lrelu", "swish"])  # b not kept (y-only derivative) / kept
+def test_bias_grad_through_backward_is_fused(kernel_impl, act, rng):
+    """A plain .backward() of bias_act: b.grad from bias_act_backward_with_bias (no aten::sum, no
+    separate bias_act_backward), equal to the float64 formula's."""
+    from ganfast.bench.dispatch import count_device_ops
+
+    name, device = kernel_impl
+    ns = "ganfast_triton" if name == "triton" else "ganfast"
+    x = randn((4, 6, 3, 5), torch.float32, device, rng, requires_grad=True)
+    b = randn((6,), torch.float32, device, rng, requires_grad=True)
+    u = randn(x.shape, torch.float32, device, rng)
+    alpha = ALPHA.get(act, 0.0)
+    c = count_device_ops(lambda: ops.bias_act(x, b, 1, act, alpha, 1.2, None).backward(u))
+    assert c.by_op.get(f"{ns}::bias_act_backward_with_bias") == 1, c.format_top()
+    assert not [k for k in c.by_op if k.startswith("aten::sum")], c.format_top()
+    assert f"{ns}::bias_act_backward" not in c.by_op, c.format_top()
+    x64, b64 = _f64(x), _f64(b)
+    ex, eb = torch.autograd.grad(formula(x64, b64, 1, act, alpha, 1.2, None), (x64, b64), u.double())
+    assert_close(x.grad, ex.float(), name="x.grad")
+    assert_close(b.grad, eb.float(), atol=2e-5, name="b.grad")
+
+
+def test_bias_grad_create_graph_keeps_the_differentiable_path(kernel_impl, rng):
+    """create_graph: bias_act_backward and a sum (differentiable), never the fused op; the second
+    derivative through b's gradient matches the float64 formula's."""
+    from ganfast.bench.dispatch import count_device_ops
+
+    name, device = kernel_impl
+    ns = "ganfast_triton" if name == "triton" else "ganfast"
+    x = randn((3, 4, 5), torch.float64, device, rng, requires_grad=True)
+    b = randn((4,), torch.float64, device, rng, requires_grad=True)
+    u = randn(x.shape, torch.float64, device, rng)
+
+    def first(fn, x, b):
+        return torch.autograd.grad(fn(x, b), (x, b), u, create_graph=True)
+
+    c = count_device_ops(first, lambda x, b: ops.bias_act(x, b, 1, "tanh", 0.0, 1.1, None), x, b)
+    assert f"{ns}::bias_act_backward_with_bias" not in c.by_op, c.format_top()
+    assert c.by_op[f"{ns}::bias_act_backward"] == 1 and c.by_op["aten::sum.dim_IntList"] == 1, c.format_top()
+    x2, b2 = x.detach().clone().requires_grad_(True), b.detach().clone().requires_grad_(True)
+    gx2, gb2 = first(lambda x, b: formula(x, b, 1, "tanh", 0.0, 1.1, None), x2, b2)
+    gx, gb = c.result
+    assert_close(gb, gb2, name="b gradient under create_graph")
+    (gb.square().sum() + gx.square().sum()).backward()
+    (gb2.square().sum() + gx2.square().sum()).backward()
+    assert_close(x.grad, x2.grad, name="x.grad through the first derivative")
+    assert_close(b.grad, b2.grad, name="b.grad through the first derivative")
+
+
+def test_backward_with_bias_is_not_differentiable(kernel_impl, rng):
+    """The fused op has no derivative: differentiating it is an error, never a wrong number."""
+    name, device = kernel_impl
+    _, fused = _fused_ops(name)
+    x = randn((2, 3, 4), torch.float32, device, rng, requires_grad=True)
+    b = randn((3,), torch.float32, device, rng)
+    y = ops.bias_act(x, b, 1, "swish", 0.0, 1.0, None).detach()
+    go = randn(y.shape, torch.float32, device, rng, requires_grad=True)
+    with pytest.raises(RuntimeError, match="is not implemented|no autograd formula was registered"):
+        gi, gb = fused(go, x, b, y, 1, "swish", 0.0, 1.0, -1.0)
+        torch.autograd.grad(gi.sum() + gb.sum(), (go, x))
+
+
+def test_backward_with_bias_errors(rng):
+    """b is required, named; the C++ op and the Python twin of its checks say the same."""
+    from ganfast import _args
+
+    y, go = torch.randn(2, 3), torch.randn(2, 3)
+    checks = [lambda *a: _args.check_bias_act_backward_with_bias("ganfast::bias_act_backward_with_bias", *a)]
+    if cpp_family_registered("bias_act", "CPU"):
+        op = torch.ops.ganfast.bias_act_backward_with_bias
+        checks.append(lambda go, x, b, y, dim, act, alpha: op(go, x, b, y, dim, act, alpha, 1.0, -1.0))
+    for check in checks:
+        with pytest.raises(ValueError, match=r"bias_act_backward_with_bias: b is required"):
+            check(go, None, None, y, 1, "lrelu", 0.2)
+        with pytest.raises(ValueError, match=r"b must have shape \(3,\) = \(y.size\(1\),\)"):
+            check(go, None, torch.zeros(2), y, 1, "lrelu", 0.2)
+        with pytest.raises(ValueError, match=r"dim must be in \[-2, 2\) for y of shape"):
+            check(go, None, torch.zeros(3), y, 2, "lrelu", 0.2)
+        with pytest.raises(ValueError, match="x is required"):
+            check(go, None, torch.zeros(3), y, 1, "swish", 0.0)
+
+
+@pytest.mark.parametrize("namespace", ["ganfast", "ganfast_triton"])
+@pytest.mark.parametrize("with_x", [False, True], ids=["from-y", "from-x"])
+def test_opcheck_backward_with_bias(namespace, with_x, rng):
+    if namespace == "ganfast" and not cpp_family_registered("bias_act", "CPU"):
+        pytest.skip("ganfast::bias_act has no CPU kernel in this build")
+    if namespace == "ganfast_triton":
+        implementation_device("triton", "bias_act")
+    x = randn((2, 3, 4), torch.float64, gen=rng)
+    b = randn((3,), torch.float64, gen=rng)
+    go = randn((2, 3, 4), torch.float64, gen=rng)
+    act = "swish" if with_x else "lrelu"
+    y = reference.bias_act(x, b, 1, act, 0.2, 1.0, -1.0)
+    op = getattr(torch.ops, namespace).bias_act_backward_with_bias.default
+    torch.library.opcheck(op, (go, x if with_x else None, b, y, 1, act, 0.2, 1.0, -1.0),
+                          test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))

@@ -56,6 +56,8 @@ def test_every_cuda_kernel_is_emulated(emulator):
     for cu in (cuda_emu.REPO / "csrc" / "cuda").glob("*.cu"):
         assert cu.name in families, f"csrc/cuda/{cu.name} is new: name one of its ops in this test"
         assert cuda_emu.has_kernel(families[cu.name]), cu.name
+    # ops that share a file with another: each named
+    assert cuda_emu.has_kernel("bias_act_backward_with_bias")
 
 
 def test_routing_runs_the_emulated_kernel(emulator):
@@ -101,6 +103,12 @@ def _reductions(gen, dtype):
     cl = x.contiguous(memory_format=torch.channels_last)
     out["bn_channels_last_invstd"] = torch.ops.ganfast.batch_norm_act(cl, None, None, None, None, True, 0.1, 1e-5,
                                                                       "relu", 0.0)[2]
+    # bias_act's bias gradient: Rows (NCHW) and Cyclic (channels_last), x + b and y-only
+    b = randn((5,), dtype, gen=gen)
+    fused = torch.ops.ganfast.bias_act_backward_with_bias
+    out["bias_grad_rows"] = fused(grad_grad, x, b, x, 1, "swish", 0.0, 1.0, -1.0)[1]
+    out["bias_grad_channels_last"] = fused(grad_grad.contiguous(memory_format=torch.channels_last), None, b, cl, 1,
+                                           "lrelu", 0.2, 1.0, -1.0)[1]
     return out
 
 

@@ -70,6 +70,26 @@ struct BiasActBackward : public Node {
   variable_list apply(variable_list&& grads) override {
     variable_list out(2);
     if (!grads[0].defined()) return out;
+    if (has_bias && task_should_compute_output(1) && !at::GradMode::is_enabled()) {
+      // No graph of this backward (no create_graph): dx and the bias gradient in one pass. b is
+      // not kept where y alone gives the derivative: a stand-in, read for its shape only, with
+      // b's dtype and device from the metadata of b's edge. (bias_act_backward_with_bias is not
+      // differentiable: create_graph takes bias_act_backward and a sum, below.)
+      using Sig = std::tuple<Tensor, Tensor>(const Tensor&, const std::optional<Tensor>&, const std::optional<Tensor>&,
+                                             const Tensor&, int64_t, c10::string_view, double, double, double);
+      static const auto op = find_op<Sig>("ganfast::bias_act_backward_with_bias");
+      const Tensor ys = y.unpack(c10::intrusive_ptr<Node>::reclaim_copy(this));
+      std::optional<Tensor> bs = b.unpack();
+      if (!bs.has_value()) {
+        const auto& edge = next_edge(1);
+        const auto options = edge.is_valid() ? edge.function->input_metadata(edge.input_nr).options() : ys.options();
+        bs = at::empty({ys.size(p.dim)}, options);
+      }
+      auto [dx, db] = op.call(grads[0], x.unpack(), bs, ys, p.dim, p.act, p.alpha, p.gain, p.clamp);
+      if (task_should_compute_output(0)) out[0] = std::move(dx);
+      out[1] = std::move(db);
+      return out;
+    }
     // Through the dispatcher with autograd on: when the graph of this backward is kept
     // (create_graph), bias_act_backward records its own Node, so the next derivative exists;
     // the forward's lean flag decides whether that Node keeps its exact-zero edge.
@@ -184,6 +204,8 @@ Tensor bias_act_autograd(const Tensor& x, const std::optional<Tensor>& b, int64_
 TORCH_LIBRARY_IMPL(ganfast, Autograd, m) {
   m.impl("bias_act", &bias_act_autograd);
   m.impl("bias_act_backward", &bias_act_backward_autograd);
+  // Not differentiable (taken only where no graph of the backward is built): an error if asked.
+  m.impl("bias_act_backward_with_bias", torch::autograd::autogradNotImplementedFallback());
 }
 
 }  // namespace ganfast::autograd

@@ -25,7 +25,7 @@
 // Reductions are deterministic for any number of threads: the elements of a channel are cut into
 // fixed pieces (at most kChunk elements, summed in 16 float lanes (Rows) or in the len lanes of the
 // periodic pattern (Cyclic), in the compute type), the pieces run in parallel, and their partial
-// sums are added in a fixed order in double.
+// sums are added in a fixed order in double (channel_loops.h, shared with bias_act's bias gradient).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -36,14 +36,13 @@
 
 #include "../ganfast_common.h"
 #include "cpu_alloc.h"
+#include "channel_loops.h"
 #include "cpu_loops.h"
 
 namespace ganfast::cpu {
 namespace {
 
 using at::Tensor;
-
-constexpr int64_t kMinPeriod = 256;
 
 // Whether every element (n, c, s) of t sits at ((n * S) + s) * C + c from its first: the channel is
 // the fastest dimension, the rest in order (size-1 dimensions may have any stride).
@@ -71,153 +70,12 @@ Tensor walkable(const Tensor& t) {
   return t.is_contiguous() || channels_fastest(t) ? t : t.contiguous();
 }
 
-struct Walk {
-  enum Mode { Rows, Cyclic } mode = Rows;
-  int64_t n = 0;         // elements
-  int64_t channels = 1;  // C
-  int64_t len = 1;       // Rows: elements per row (inner); Cyclic: the period of the pattern
-};
+using Walk = ChannelWalk;
+template <typename acc_t>
+using Two = Sums<acc_t, 2>;
 
 // t is walkable (see above).
-Walk make_walk(const Tensor& t) {
-  Walk w;
-  w.n = t.numel();
-  w.channels = t.size(1);
-  const int64_t inner = inner_size(t);
-  if (t.is_contiguous() && inner > 1) {
-    w.mode = Walk::Rows;
-    w.len = inner;
-  } else {
-    w.mode = Walk::Cyclic;
-    w.len = w.channels * ((kMinPeriod + w.channels - 1) / std::max<int64_t>(w.channels, 1));
-  }
-  return w;
-}
-
-// Per-channel values as the loops read them: one per channel (Rows) or the periodic pattern of
-// length len (Cyclic), in the compute type.
-template <typename acc_t>
-std::vector<acc_t> slots(const Walk& w, const std::vector<double>& per_channel) {
-  const int64_t count = w.mode == Walk::Rows ? w.channels : w.len;
-  std::vector<acc_t> v(static_cast<size_t>(count));
-  for (int64_t j = 0; j < count; ++j) v[j] = static_cast<acc_t>(per_channel[j % w.channels]);
-  return v;
-}
-
-template <typename acc_t>
-struct Two {
-  acc_t a, b;
-};
-
-// ---- the loops ---------------------------------------------------------------------------------
-// A term functor T has `P param(int64_t slot) const` (the per-channel values of a slot, read from
-// arrays) and `Two<acc_t> term(const P&, int64_t i) const` (reductions) or
-// `void apply(const P&, int64_t i) const` (elementwise passes).
-
-// The two sums of term over [begin, end), all in one channel, in 16 lanes (counted-blocks form:
-// see block_sum_range in cpu_loops.h on -fwrapv).
-template <typename acc_t, typename T, typename P>
-GANFAST_CPU_CLONES Two<acc_t> rows_piece_sum(int64_t begin, int64_t end, const T& t, const P p) {
-  acc_t la[kLanes] = {}, lb[kLanes] = {};
-  const int64_t blocks = (end - begin) / kLanes;
-  for (int64_t k = 0; k < blocks; ++k) {
-    const int64_t i = begin + k * kLanes;
-    for (int j = 0; j < kLanes; ++j) {
-      const Two<acc_t> v = t.term(p, i + j);
-      la[j] += v.a;
-      lb[j] += v.b;
-    }
-  }
-  Two<acc_t> r{0, 0};
-  for (int j = 0; j < kLanes; ++j) {
-    r.a += la[j];
-    r.b += lb[j];
-  }
-  for (int64_t i = begin + blocks * kLanes; i < end; ++i) {
-    const Two<acc_t> v = t.term(p, i);
-    r.a += v.a;
-    r.b += v.b;
-  }
-  return r;
-}
-
-// The two sums of term over [begin, end) (begin a multiple of len) into the len lanes la, lb.
-template <typename acc_t, typename T>
-GANFAST_CPU_CLONES void cyclic_piece_sum(int64_t begin, int64_t end, int64_t len, const T& t, acc_t* __restrict la,
-                                         acc_t* __restrict lb) {
-  for (int64_t base = begin; base < end; base += len) {
-    const int64_t jn = std::min(len, end - base);
-    for (int64_t j = 0; j < jn; ++j) {
-      const Two<acc_t> v = t.term(t.param(j), base + j);
-      la[j] += v.a;
-      lb[j] += v.b;
-    }
-  }
-}
-
-// Per channel c, the two sums of term over its elements: {sums[c], sums[C + c]}, in double.
-template <typename acc_t, typename T>
-std::vector<double> channel_sums(const Walk& w, const T& t) {
-  const int64_t C = w.channels;
-  std::vector<double> sums(static_cast<size_t>(2 * C), 0.0);
-  if (w.n == 0) return sums;
-  if (w.mode == Walk::Rows) {
-    const int64_t inner = w.len, rows = w.n / inner;
-    const int64_t pieces = (inner + kChunk - 1) / kChunk;  // per row
-    const int64_t tasks = rows * pieces;
-    std::vector<double> part(static_cast<size_t>(2 * tasks));
-    const int64_t grain = std::max<int64_t>(1, kChunk / std::min(inner, kChunk));
-    at::parallel_for(0, tasks, grain, [&](int64_t t0, int64_t t1) {
-      for (int64_t k = t0; k < t1; ++k) {
-        const int64_t s = k / pieces, q = k % pieces;
-        const int64_t b = s * inner + q * kChunk, e = s * inner + std::min(inner, (q + 1) * kChunk);
-        const Two<acc_t> r = rows_piece_sum<acc_t>(b, e, t, t.param(s % C));
-        part[2 * k] = static_cast<double>(r.a);
-        part[2 * k + 1] = static_cast<double>(r.b);
-      }
-    });
-    for (int64_t k = 0; k < tasks; ++k) {  // row order: for each channel, samples in order
-      const int64_t c = (k / pieces) % C;
-      sums[c] += part[2 * k];
-      sums[C + c] += part[2 * k + 1];
-    }
-    return sums;
-  }
-  const int64_t len = w.len;
-  const int64_t piece = len * std::max<int64_t>(1, kChunk / len);
-  const int64_t tasks = (w.n + piece - 1) / piece;
-  std::vector<double> part(static_cast<size_t>(2 * tasks * len));
-  at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) {
-    std::vector<acc_t> la(static_cast<size_t>(len)), lb(static_cast<size_t>(len));
-    for (int64_t k = t0; k < t1; ++k) {
-      std::fill(la.begin(), la.end(), acc_t(0));
-      std::fill(lb.begin(), lb.end(), acc_t(0));
-      cyclic_piece_sum<acc_t>(k * piece, std::min(w.n, (k + 1) * piece), len, t, la.data(), lb.data());
-      for (int64_t j = 0; j < len; ++j) {
-        part[2 * k * len + j] = static_cast<double>(la[j]);
-        part[(2 * k + 1) * len + j] = static_cast<double>(lb[j]);
-      }
-    }
-  });
-  for (int64_t k = 0; k < tasks; ++k)
-    for (int64_t j = 0; j < len; ++j) {
-      sums[j % C] += part[2 * k * len + j];
-      sums[C + j % C] += part[(2 * k + 1) * len + j];
-    }
-  return sums;
-}
-
-// t.apply(param, i) for every element.
-template <typename T>
-void channel_for(const Walk& w, const T& t) {
-  if (w.mode == Walk::Rows) {
-    const int64_t C = w.channels;
-    chunked_row_for(
-        w.n, w.len, [&](int64_t s) { return t.param(s % C); }, [&](const auto& p, int64_t i) { t.apply(p, i); });
-  } else {
-    chunked_cyclic_for(w.n, w.len, [&](int64_t j, int64_t i) { t.apply(t.param(j), i); });
-  }
-}
+Walk make_walk(const Tensor& t) { return make_channel_walk(t.numel(), t.size(1), inner_size(t), t.is_contiguous()); }
 
 // ---- the terms ---------------------------------------------------------------------------------
 
@@ -305,12 +163,6 @@ std::vector<double> channel_values(const std::optional<Tensor>& t, int64_t C, do
   return v;
 }
 
-Tensor channel_tensor(const std::vector<double>& v, at::ScalarType dtype) {
-  Tensor t = at::empty({static_cast<int64_t>(v.size())}, at::TensorOptions().dtype(at::kDouble));
-  std::copy(v.begin(), v.end(), t.mutable_data_ptr<double>());
-  return t.to(dtype);
-}
-
 // t in the dtype and strides of `like` (dense, of t's shape); t itself when it already is.
 Tensor like_layout(const Tensor& t, const Tensor& like) {
   if (t.scalar_type() == like.scalar_type() && t.strides() == like.strides()) return t;
@@ -354,7 +206,7 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_act(const Tensor& input, const std
         for (int64_t c = 0; c < C; ++c)
           k[c] = static_cast<double>(static_cast<acc_t>(xp[w.mode == Walk::Rows ? c * w.len : c]));
         const std::vector<acc_t> shift = slots<acc_t>(w, k);
-        const std::vector<double> s = channel_sums<acc_t>(w, StatsTerm<scalar_t, acc_t>{xp, shift.data()});
+        const std::vector<double> s = channel_sums<acc_t, 2>(w, StatsTerm<scalar_t, acc_t>{xp, shift.data()});
         for (int64_t c = 0; c < C; ++c) {
           const double d = s[c] / static_cast<double>(M);
           mean[c] = k[c] + d;
@@ -432,7 +284,7 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_act_backward(const Tensor& grad_ou
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const acc_t al = static_cast<acc_t>(alpha);
     const std::vector<double> s =
-        channel_sums<acc_t>(w, BackwardSumTerm<scalar_t, acc_t, A>{gp, xp, sc.data(), sh.data(), mu.data(), al});
+        channel_sums<acc_t, 2>(w, BackwardSumTerm<scalar_t, acc_t, A>{gp, xp, sc.data(), sh.data(), mu.data(), al});
     std::vector<double> mean_dz(static_cast<size_t>(C), 0.0), k(static_cast<size_t>(C), 0.0);
     for (int64_t c = 0; c < C; ++c) {
       grad_bias[c] = s[c];

@@ -16,6 +16,7 @@
 
 #include "../ganfast_common.h"
 #include "cpu_alloc.h"
+#include "channel_loops.h"
 #include "cpu_loops.h"
 
 namespace ganfast::cpu {
@@ -23,38 +24,20 @@ namespace {
 
 using at::Tensor;
 
-constexpr int64_t kMinPeriod = 256;
-
 // Whether bias_act walks t (x, or y in the backward) in its own memory order.
 bool walkable(const Tensor& t, int64_t dim) {
   return t.is_contiguous() || (t.dim() == 4 && dim == 1 && t.is_contiguous(at::MemoryFormat::ChannelsLast));
 }
 
-// How the elements of a walkable tensor meet the bias.
-struct ChannelWalk {
-  enum Mode { Plain, Rows, Cyclic } mode = Plain;
-  int64_t n = 0;         // elements
-  int64_t channels = 1;  // C = t.size(dim)
-  int64_t len = 1;       // Rows: elements per row (inner); Cyclic: the period of the pattern
-};
-
+// How the elements of a walkable tensor meet the bias (channel_loops.h's walk; Plain without one).
 ChannelWalk make_walk(const Tensor& t, bool has_bias, int64_t dim) {
   ChannelWalk w;
   w.n = t.numel();
   if (!has_bias || w.n == 0) return w;
-  w.channels = t.size(dim);
-  if (t.is_contiguous()) {
-    int64_t inner = 1;
-    for (int64_t d = dim + 1; d < t.dim(); ++d) inner *= t.size(d);
-    if (inner > 1) {
-      w.mode = ChannelWalk::Rows;
-      w.len = inner;
-      return w;
-    }
-  }
-  w.mode = ChannelWalk::Cyclic;  // c = i % C: dim last, or channels_last with dim 1
-  w.len = w.channels * ((kMinPeriod + w.channels - 1) / w.channels);
-  return w;
+  int64_t inner = 1;
+  for (int64_t d = dim + 1; d < t.dim(); ++d) inner *= t.size(d);
+  // not contiguous: 4-D channels_last with dim 1, c = i % C
+  return make_channel_walk(w.n, t.size(dim), inner, t.is_contiguous());
 }
 
 // The bias in the compute dtype (b converted to x's dtype first, as the loss operands are):
@@ -193,11 +176,79 @@ Tensor bias_act_backward(const Tensor& grad_output, const std::optional<Tensor>&
   return out;
 }
 
+// bias_act_backward_with_bias's term: writes dx = g * f'(v) (order 1; v = x + b[c], or from y) and
+// sums it as stored (rounded to scalar_t, so grad_bias is the sum of grad_input's own values).
+template <typename scalar_t, typename acc_t, ActKind A, bool kFromY>
+struct BiasGradTerm {
+  const scalar_t* g;
+  const scalar_t* src;  // x, or y (kFromY)
+  scalar_t* out;
+  const acc_t* bias;  // the walk's slots (unused kFromY)
+  acc_t alpha, gain, clamp;
+  acc_t param(int64_t j) const {
+    if constexpr (kFromY) {
+      return acc_t(0);
+    } else {
+      return bias[j];
+    }
+  }
+  Sums<acc_t, 1> term(acc_t bias_c, int64_t i) const {
+    const acc_t s = static_cast<acc_t>(src[i]);
+    acc_t d;
+    if constexpr (kFromY) {
+      d = math::bias_act_derivative_from_y<A>(s, alpha, gain, clamp, 1);
+    } else {
+      d = math::bias_act_derivative<A>(s + bias_c, alpha, gain, clamp, 1);
+    }
+    const scalar_t o = static_cast<scalar_t>(static_cast<acc_t>(g[i]) * d);
+    out[i] = o;
+    return {{static_cast<acc_t>(o)}};
+  }
+};
+
+std::tuple<Tensor, Tensor> bias_act_backward_with_bias(const Tensor& grad_output, const std::optional<Tensor>& x,
+                                                       const std::optional<Tensor>& b, const Tensor& y, int64_t dim,
+                                                       c10::string_view act_name, double alpha, double gain,
+                                                       double clamp) {
+  constexpr const char* op = "ganfast::bias_act_backward_with_bias";
+  const ActKind act = parse_act(act_name);
+  const int64_t d = check_bias_act_backward_with_bias(op, grad_output, x, b, y, dim, act, act_name, alpha);
+  const bool has_x = x.has_value() && x->defined();
+  // bias_act_backward's layout rules: y's (x and grad_output are brought to it).
+  const Tensor yw = walkable(y, d) ? y : y.contiguous();
+  Tensor out = empty_output_like(yw);
+  const ChannelWalk w = make_walk(yw, true, d);
+  std::vector<double> sums(static_cast<size_t>(b->size(0)), 0.0);
+  if (w.n > 0) {
+    const Tensor gw = like_layout(grad_output, yw);
+    const Tensor xw = has_x ? like_layout(*x, yw) : Tensor();
+    dispatch_bias_act(yw, act, [&](auto tag, auto a) {
+      using scalar_t = decltype(tag);
+      using acc_t = at::opmath_type<scalar_t>;
+      constexpr ActKind A = decltype(a)::value;
+      const acc_t al = static_cast<acc_t>(alpha), ga = static_cast<acc_t>(gain), cl = static_cast<acc_t>(clamp);
+      const scalar_t* gp = gw.const_data_ptr<scalar_t>();
+      scalar_t* op_ = out.mutable_data_ptr<scalar_t>();
+      if (has_x) {
+        const std::vector<acc_t> bias = bias_values<scalar_t>(b, w);
+        sums = channel_sums<acc_t, 1>(w, BiasGradTerm<scalar_t, acc_t, A, false>{
+                                             gp, xw.const_data_ptr<scalar_t>(), op_, bias.data(), al, ga, cl});
+      } else if constexpr (A != ActKind::Softplus && A != ActKind::Swish) {
+        // (softplus and swish always take x: check_bias_act_backward)
+        sums = channel_sums<acc_t, 1>(w, BiasGradTerm<scalar_t, acc_t, A, true>{
+                                             gp, yw.const_data_ptr<scalar_t>(), op_, nullptr, al, ga, cl});
+      }
+    });
+  }
+  return {out, channel_tensor(sums, b->scalar_type())};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(ganfast, CPU, m) {
   m.impl("bias_act", &bias_act);
   m.impl("bias_act_backward", &bias_act_backward);
+  m.impl("bias_act_backward_with_bias", &bias_act_backward_with_bias);
 }
 
 }  // namespace ganfast::cpu

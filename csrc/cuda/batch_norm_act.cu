@@ -42,27 +42,13 @@
 #include <tuple>
 
 #include "../ganfast_common.h"
+#include "channel_reduce.cuh"
 #include "cuda_utils.cuh"
 
 namespace ganfast::cuda {
 namespace {
 
 using at::Tensor;
-
-// Rows: vectors of one channel per reduce block (4 per thread).
-constexpr int64_t kPieceVectors = int64_t(kThreads) * 4;
-// Cyclic: positions per reduce block (8 per warp).
-constexpr int64_t kPiecePositions = int64_t(kWarps) * 8;
-constexpr int kTileColumns = 32;
-// Every kernel here is declared __launch_bounds__(kThreads, kMinBlocks): with the thread count
-// alone, ptxas (CUDA 13) trims registers to an occupancy step of its choosing (32, 40, 64) and
-// spills a few cold values to local memory to stay there (seen on several reduce and elementwise
-// instantiations). A minimum of two resident blocks caps registers at 128 per thread, above what
-// the code needs (at most ~95 here, no spill: tests/test_cuda_build.py), and keeps at least 512
-// threads per SM, each with a 16-byte load in flight: with one block (as before) an SM had 256
-// loads in flight, too few to cover DRAM latency on these bandwidth-bound passes. The one-wave
-// grids (wave_blocks) follow the occupancy calculator, so they grow with it.
-constexpr int kMinBlocks = 2;
 
 // ---------------------------------------------------------------------------------------------
 // Per-channel operands on the device (compute dtype, contiguous; null: absent)
@@ -94,6 +80,8 @@ struct StatsTerm {
   using scalar_t = scalar_t_;
   using acc_t = at::opmath_type<scalar_t>;
   static constexpr bool kGrad = false;
+  static constexpr int kSums = 2;
+  static constexpr bool kWrites = false;
   const scalar_t* x;
   const scalar_t* g;  // unused
   int64_t k_stride;
@@ -114,6 +102,8 @@ struct DzTerm {
   using scalar_t = scalar_t_;
   using acc_t = at::opmath_type<scalar_t>;
   static constexpr bool kGrad = true;
+  static constexpr int kSums = 2;
+  static constexpr bool kWrites = false;
   const scalar_t* x;
   const scalar_t* g;
   ChannelIn<acc_t> ch;
@@ -132,128 +122,6 @@ struct DzTerm {
     b += dz * (xv - p.mean);
   }
 };
-
-// W elements of x and, where a pass reads it, of g: what one step of a pass loads.
-template <typename scalar_t, int W, bool kGrad>
-struct XG {
-  Vec<scalar_t, W> x, g;
-
-  __device__ __forceinline__ static XG load(const scalar_t* x, const scalar_t* g, int64_t off) {
-    XG r;
-    r.x = load_vec<W>(x + off);
-    if constexpr (kGrad) r.g = load_vec<W>(g + off);
-    return r;
-  }
-  template <typename acc_t>
-  __device__ __forceinline__ acc_t g_at(int k) const {
-    if constexpr (kGrad) {
-      return static_cast<acc_t>(g.v[k]);
-    } else {
-      return acc_t(0);
-    }
-  }
-};
-
-// add(k, x, g) for the V elements of a loaded step.
-template <typename acc_t, typename scalar_t, int V, bool kGrad, typename Add>
-__device__ __forceinline__ void for_each_element(const XG<scalar_t, V, kGrad>& v, const Add& add) {
-#pragma unroll
-  for (int k = 0; k < V; ++k) add(k, static_cast<acc_t>(v.x.v[k]), v.template g_at<acc_t>(k));
-}
-
-// partial: [2][C][P] (the two sums of piece p of channel c at [k][c][p]).
-template <int V, typename Term>
-__global__ void __launch_bounds__(kThreads, kMinBlocks)
-    rows_reduce_kernel(const Term t, const int64_t C, const int64_t inner, const double inv_inner, const int64_t M,
-                       const int64_t P, typename Term::acc_t* __restrict__ partial) {
-  using acc_t = typename Term::acc_t;
-  // 32-bit division: blocks < 2^31 (check_launch); a 64-bit one is a subroutine call.
-  const uint32_t block = blockIdx.x;
-  const int64_t c = block / static_cast<uint32_t>(P), p = block - c * P;
-  const typename Term::Param prm = t.param(c);
-  const int64_t nvec = M / V;
-  const int64_t q1 = std::min(nvec, (p + 1) * kPieceVectors);
-  using Step = XG<typename Term::scalar_t, V, Term::kGrad>;
-  acc_t a = 0, b = 0;
-  strided_pairs(
-      p * kPieceVectors + threadIdx.x, q1, kThreads,
-      [&](int64_t q) {
-        int64_t r;
-        const int64_t n = div_mod(q * V, inner, inv_inner, r);
-        return Step::load(t.x, t.g, (n * C + c) * inner + r);
-      },
-      [&](int64_t, const Step& v) {
-        for_each_element<acc_t>(v, [&](int, acc_t xk, acc_t gk) { t.add(prm, xk, gk, a, b); });
-      });
-  a = block_sum(a);
-  b = block_sum(b);
-  if (threadIdx.x == 0) {
-    partial[c * P + p] = a;
-    partial[(C + c) * P + p] = b;
-  }
-}
-
-// positions: M (each a run of C contiguous values); tiles: column tiles of kTileColumns vectors.
-template <int V, typename Term>
-__global__ void __launch_bounds__(kThreads, kMinBlocks)
-    cyclic_reduce_kernel(const Term t, const int64_t C, const int64_t M, const int64_t P, const int64_t tiles,
-                         typename Term::acc_t* __restrict__ partial) {
-  using acc_t = typename Term::acc_t;
-  __shared__ acc_t folds[2][kWarps][kTileColumns * V];
-  const uint32_t block = blockIdx.x;  // 32-bit division, as in rows_reduce_kernel
-  const int64_t p = block / static_cast<uint32_t>(tiles), tile = block - p * tiles;
-  const int tx = threadIdx.x % kTileColumns, ty = threadIdx.x / kTileColumns;
-  const int64_t c0 = (tile * kTileColumns + tx) * V;  // this thread's first channel
-  const bool valid = c0 < C;
-  acc_t a[V], b[V];
-#pragma unroll
-  for (int k = 0; k < V; ++k) a[k] = b[k] = acc_t(0);
-  if (valid) {
-    typename Term::Param prm[V];
-#pragma unroll
-    for (int k = 0; k < V; ++k) prm[k] = t.param(c0 + k);
-    using Step = XG<typename Term::scalar_t, V, Term::kGrad>;
-    const int64_t pos1 = std::min(M, (p + 1) * kPiecePositions);
-    strided_pairs(
-        p * kPiecePositions + ty, pos1, kWarps, [&](int64_t pos) { return Step::load(t.x, t.g, pos * C + c0); },
-        [&](int64_t, const Step& v) {
-          for_each_element<acc_t>(v, [&](int k, acc_t xk, acc_t gk) { t.add(prm[k], xk, gk, a[k], b[k]); });
-        });
-  }
-#pragma unroll
-  for (int k = 0; k < V; ++k) {
-    folds[0][ty][tx * V + k] = a[k];
-    folds[1][ty][tx * V + k] = b[k];
-  }
-  __syncthreads();
-  if (ty == 0 && valid) {
-#pragma unroll
-    for (int k = 0; k < V; ++k) {
-      acc_t sa = 0, sb = 0;
-      for (int w = 0; w < kWarps; ++w) {
-        sa += folds[0][w][tx * V + k];
-        sb += folds[1][w][tx * V + k];
-      }
-      partial[(c0 + k) * P + p] = sa;
-      partial[(C + c0 + k) * P + p] = sb;
-    }
-  }
-}
-
-// The two sums of channel c's P pieces, in double and in a fixed order, valid in thread 0. From
-// here on a channel's statistics are computed in double, as the CPU twin's: a float finalize
-// loses digits of E[x^2] - E[x]^2 and of 1 / sqrt(var + eps) that the CPU kernels keep.
-template <typename acc_t>
-__device__ __forceinline__ void channel_totals(const acc_t* partial, int64_t C, int64_t P, int64_t c, double& s1,
-                                               double& s2) {
-  double a = 0, b = 0;
-  for (int64_t i = threadIdx.x; i < P; i += kThreads) {
-    a += static_cast<double>(partial[c * P + i]);
-    b += static_cast<double>(partial[(C + c) * P + i]);
-  }
-  s1 = block_sum(a);
-  s2 = block_sum(b);
-}
 
 template <typename acc_t>
 struct RunningStats {
@@ -436,12 +304,6 @@ bool channels_fastest(const Tensor& t) {
 
 Tensor walkable(const Tensor& t) { return t.is_contiguous() || channels_fastest(t) ? t : t.contiguous(); }
 
-struct Geometry {
-  bool rows = true;  // Rows (else Cyclic)
-  int64_t n = 0, C = 0, M = 0;
-  int64_t inner = 1;  // Rows: prod(sizes[2:]); Cyclic: 1
-};
-
 Geometry geometry(const Tensor& x, int64_t M) {
   Geometry g;
   g.n = x.numel();
@@ -463,53 +325,6 @@ Tensor channel_operand(const std::optional<Tensor>& t, at::ScalarType compute) {
 template <typename T>
 const T* ptr_or_null(const Tensor& t) {
   return t.defined() ? t.const_data_ptr<T>() : nullptr;
-}
-
-void check_launch(const char* op, int64_t n, int64_t blocks) {
-  TORCH_CHECK(n < kMaxBroadcastIndex && blocks <= std::numeric_limits<int32_t>::max(), op, ": a tensor of ", n,
-              " elements is too large for the CUDA kernels");
-}
-
-// The reduce launch of a term over geometry g: partial [2][C][P] in the compute dtype.
-template <typename Term>
-Tensor launch_reduce(const char* op, const Term& t, const Geometry& g, bool aligned, const Tensor& like,
-                     cudaStream_t stream, int64_t* pieces) {
-  using scalar_t = typename Term::scalar_t;
-  using acc_t = typename Term::acc_t;
-  constexpr int VV = kVec<scalar_t>;
-  const auto opts = like.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
-  if (g.rows) {
-    const bool vec = aligned && g.inner % VV == 0;
-    const int64_t P = ceil_div(g.M / (vec ? VV : 1), kPieceVectors);
-    *pieces = P;
-    Tensor partial = at::empty({2, g.C, P}, opts);
-    const int64_t blocks = g.C * P;
-    check_launch(op, g.n, blocks);
-    if (blocks == 0) return partial;
-    const double inv_inner = 1.0 / static_cast<double>(g.inner);
-    dispatch_bool(vec, [&](auto v) {
-      constexpr int V = decltype(v)::value ? VV : 1;
-      GANFAST_LAUNCH(static_cast<unsigned int>(blocks), kThreads, 0, stream, rows_reduce_kernel<V, Term>)(
-          t, g.C, g.inner, inv_inner, g.M, P, partial.mutable_data_ptr<acc_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
-    return partial;
-  }
-  const bool vec = aligned && g.C % VV == 0;
-  const int64_t P = ceil_div(g.M, kPiecePositions);
-  *pieces = P;
-  Tensor partial = at::empty({2, g.C, P}, opts);
-  dispatch_bool(vec, [&](auto v) {
-    constexpr int V = decltype(v)::value ? VV : 1;
-    const int64_t tiles = ceil_div(ceil_div(g.C, V), kTileColumns);
-    const int64_t blocks = tiles * P;
-    check_launch(op, g.n, blocks);
-    if (blocks == 0) return;
-    GANFAST_LAUNCH(static_cast<unsigned int>(blocks), kThreads, 0, stream, cyclic_reduce_kernel<V, Term>)(
-        t, g.C, g.M, P, tiles, partial.mutable_data_ptr<acc_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  return partial;
 }
 
 template <typename acc_t>

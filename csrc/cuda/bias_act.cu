@@ -16,6 +16,11 @@
 // double) throughout. The bias values of a vector's elements are gathered with one division-free
 // div_mod (BcastCursor) before the math. alpha, gain and clamp are converted to opmath on the host;
 // the derivative order is a run-time argument.
+//
+// bias_act_backward_with_bias: bias_act_backward's order-1 pass as a term of channel_reduce.cuh's
+// reduce kernels (batch_norm_act's): each block writes its elements of grad_input and sums them
+// (as stored) per channel into partial [C][P]; channel_sum_kernel adds each channel's pieces in a
+// fixed order (in double) into grad_bias. Two launches, no atomics, no host synchronisation.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -31,6 +36,7 @@
 #include <type_traits>
 
 #include "../ganfast_common.h"
+#include "channel_reduce.cuh"
 #include "cuda_utils.cuh"
 
 namespace ganfast::cuda {
@@ -173,6 +179,43 @@ struct BiasActBackwardMap {
   }
 };
 
+// bias_act_backward_with_bias's term (channel_reduce.cuh): dx = g * f'(v) (order 1) from
+// v = x + b[c] (kFromY false) or from y, written, and summed as stored (the bias gradient).
+template <typename scalar_t_, ActKind A, bool kFromY>
+struct BiasGradTerm {
+  using scalar_t = scalar_t_;
+  using acc_t = at::opmath_type<scalar_t>;
+  static constexpr bool kGrad = true;
+  static constexpr int kSums = 1;
+  static constexpr bool kWrites = true;
+  const scalar_t* x;  // x, or y (kFromY)
+  const scalar_t* g;
+  scalar_t* out;
+  const scalar_t* bias;  // b in x's dtype (unused kFromY)
+  ActArgs<acc_t> p;
+  struct Param {
+    acc_t b;
+  };
+  __device__ __forceinline__ Param param(int64_t c) const {
+    if constexpr (kFromY) {
+      return {acc_t(0)};
+    } else {
+      return {static_cast<acc_t>(load_ro(bias + c))};
+    }
+  }
+  __device__ __forceinline__ scalar_t write(const Param& prm, acc_t xv, acc_t gv, acc_t& a) const {
+    acc_t d;
+    if constexpr (kFromY) {
+      d = math::bias_act_derivative_from_y<A>(xv, p.alpha, p.gain, p.clamp, 1);
+    } else {
+      d = math::bias_act_derivative<A>(xv + prm.b, p.alpha, p.gain, p.clamp, 1);
+    }
+    const scalar_t o = static_cast<scalar_t>(gv * d);
+    a += static_cast<acc_t>(o);
+    return o;
+  }
+};
+
 // Calls f(scalar_t tag, A) for the dtype and the activation.
 template <typename F>
 void dispatch_bias_act(at::ScalarType t, ActKind act, F&& f) {
@@ -264,11 +307,66 @@ Tensor bias_act_backward(const Tensor& grad_output, const std::optional<Tensor>&
   return out;
 }
 
+std::tuple<Tensor, Tensor> bias_act_backward_with_bias(const Tensor& grad_output, const std::optional<Tensor>& x,
+                                                       const std::optional<Tensor>& b, const Tensor& y, int64_t dim,
+                                                       c10::string_view act_name, double alpha, double gain,
+                                                       double clamp) {
+  constexpr const char* op = "ganfast::bias_act_backward_with_bias";
+  const ActKind act = parse_act(act_name);
+  const int64_t d = check_bias_act_backward_with_bias(op, grad_output, x, b, y, dim, act, act_name, alpha);
+  const bool has_x = x.has_value() && x->defined();
+  // bias_act_backward's layout: y's where the kernels run over it as is, else contiguous.
+  Tensor out = runs_as_is(y, d) ? at::empty_like(y) : at::empty(y.sizes(), y.options());
+  const int64_t n = out.numel(), C = b->size(0);
+  if (n == 0) return {out, at::zeros({C}, b->options())};
+  check_index_range(op, n);
+  Geometry geo;
+  geo.n = n;
+  geo.C = C;
+  geo.M = n / C;
+  if (out.is_contiguous()) {
+    for (int64_t k = d + 1; k < out.dim(); ++k) geo.inner *= out.size(k);
+  }
+  geo.rows = geo.inner > 1;  // else c = i % C: dim last, or channels_last with dim 1
+  const Tensor src = to_layout_of(has_x ? *x : y, out);
+  const Tensor g = to_layout_of(grad_output, out);
+  const Tensor bias = b->to(out.scalar_type()).contiguous();
+  const auto compute = out.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  Tensor grad_bias = at::empty({C}, out.options().dtype(compute));
+  const c10::cuda::CUDAGuard device_guard(out.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  dispatch_bias_act(out.scalar_type(), act, [&](auto tag, auto a) {
+    using scalar_t = decltype(tag);
+    using acc_t = at::opmath_type<scalar_t>;
+    constexpr ActKind A = decltype(a)::value;
+    const scalar_t* gp = g.const_data_ptr<scalar_t>();
+    const scalar_t* sp = src.const_data_ptr<scalar_t>();
+    scalar_t* op_ = out.mutable_data_ptr<scalar_t>();
+    const ActArgs<acc_t> p{static_cast<acc_t>(alpha), static_cast<acc_t>(gain), static_cast<acc_t>(clamp)};
+    const bool aligned = is_aligned(sp) && is_aligned(gp) && is_aligned(op_);
+    int64_t P = 0;
+    Tensor partial;
+    if (has_x) {
+      const BiasGradTerm<scalar_t, A, false> t{sp, gp, op_, bias.const_data_ptr<scalar_t>(), p};
+      partial = launch_reduce(op, t, geo, aligned, out, stream, &P);
+    } else if constexpr (A != ActKind::Softplus && A != ActKind::Swish) {
+      // (softplus and swish always take x: check_bias_act_backward)
+      const BiasGradTerm<scalar_t, A, true> t{sp, gp, op_, nullptr, p};
+      partial = launch_reduce(op, t, geo, aligned, out, stream, &P);
+    }
+    GANFAST_LAUNCH(static_cast<unsigned int>(C), kThreads, 0, stream, channel_sum_kernel<acc_t>)(
+        partial.const_data_ptr<acc_t>(), P, grad_bias.mutable_data_ptr<acc_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {out, grad_bias.to(b->scalar_type())};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(ganfast, CUDA, m) {
   m.impl("bias_act", &bias_act);
   m.impl("bias_act_backward", &bias_act_backward);
+  m.impl("bias_act_backward_with_bias", &bias_act_backward_with_bias);
 }
 
 }  // namespace ganfast::cuda

@@ -313,6 +313,28 @@ def bias_act_configs():
     bwd("float32", "elu", 1, bias="wide", options={"int_div16": ("n", "inner", "C")})
     fwd("float32", "selu", bias="wide", i64=True)
     bwd("float64", "swish", 2, bias="narrow", i64=True)
+    # the bias gradient in the backward's pass: batch_norm_act's tiles (NCHW with a large spatial
+    # size, NCHW 4x4, channels_last, few channels), from y and from x + b, every dtype (grad_bias in
+    # float32 beside half inputs)
+    tiles = {"nchw": (2048, 1, {"s_s": 1}), "nchw4x4": (16, 128, {"s_s": 1}),
+             "nhwc": (16, 128, {"s_c": 1}), "nhwc3": (512, 4, {"s_c": 1})}
+
+    def with_bias(dt, act, tile, from_y=False, clamp=False):
+        bs, bc, ones = tiles[tile]
+        c = dict(ACT=act, FROM_Y=from_y, CLAMP=clamp, ACC=acc(dt), ITERS=4, BLOCK_T=max(1, min(32, BA.TILE // bc)),
+                 BLOCK_S=bs, BLOCK_C=bc, **ones)
+        opts = {"num_warps": BA._num_warps(bs * bc)}
+        if dt in ("float16", "bfloat16"):
+            opts["ptr_types"] = {"gb_ptr": "*fp32"}
+        out.append(("bias_act", "_bias_act_backward_with_bias_kernel", dt, c, False, opts))
+
+    for tile in tiles:
+        with_bias("float32", "lrelu", tile, from_y=True)
+    with_bias("float32", "swish", "nchw4x4")
+    with_bias("float32", "tanh", "nhwc", clamp=True)
+    for dt in ("float64", "float16", "bfloat16"):
+        with_bias(dt, "lrelu", "nchw", from_y=True)
+        with_bias(dt, "swish", "nhwc")
     return out
 
 

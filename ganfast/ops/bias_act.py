@@ -45,8 +45,15 @@ def _fake_bias_act_backward(grad_output, x, b, y, dim, act, alpha, gain, clamp, 
     return torch.empty_like(y)
 
 
+def _fake_bias_act_backward_with_bias(grad_output, x, b, y, dim, act, alpha, gain, clamp):
+    _args.check_bias_act_backward_with_bias("ganfast::bias_act_backward_with_bias", grad_output, x, b, y, dim,
+                                            _args.parse_act(act), alpha)
+    return torch.empty_like(y), b.new_empty(b.shape)
+
+
 torch.library.register_fake("ganfast::bias_act", _fake_bias_act)
 torch.library.register_fake("ganfast::bias_act_backward", _fake_bias_act_backward)
+torch.library.register_fake("ganfast::bias_act_backward_with_bias", _fake_bias_act_backward_with_bias)
 
 
 # ---- the Triton ops ------------------------------------------------------------------------------
@@ -70,8 +77,16 @@ def _t_bias_act_backward(grad_output: Tensor, x: Optional[Tensor], b: Optional[T
     return _triton().bias_act_backward(grad_output, x, b, y, dim, act, alpha, gain, clamp, order)
 
 
+@torch.library.custom_op("ganfast_triton::bias_act_backward_with_bias", mutates_args=())
+def _t_bias_act_backward_with_bias(grad_output: Tensor, x: Optional[Tensor], b: Optional[Tensor], y: Tensor,
+                                   dim: int, act: str, alpha: float, gain: float,
+                                   clamp: float) -> tuple[Tensor, Tensor]:
+    return _triton().bias_act_backward_with_bias(grad_output, x, b, y, dim, act, alpha, gain, clamp)
+
+
 _t_bias_act.register_fake(_fake_bias_act)
 _t_bias_act_backward.register_fake(_fake_bias_act_backward)
+_t_bias_act_backward_with_bias.register_fake(_fake_bias_act_backward_with_bias)
 
 
 def keeps_x(act: str, alpha: float) -> bool:
@@ -105,6 +120,13 @@ def _backward_bias_act(ctx, grad):
         return None, None, None, None, None, None, None
     x, b, y = ctx.saved_tensors
     dim = ctx.params[0]
+    if ctx.has_bias and ctx.needs_input_grad[1] and not torch.is_grad_enabled():
+        # No graph of this backward (no create_graph): dx and the bias gradient in one pass. b is
+        # not kept where y alone gives the derivative: a stand-in of its shape (read for its
+        # shape only; y's dtype, which autograd casts to b's, as the sum of dx would be).
+        bias = b if b is not None else y.new_empty(y.size(dim))
+        dx, db = _t_bias_act_backward_with_bias(grad, x, bias, y, *ctx.params)
+        return dx, db, None, None, None, None, None
     with lean.lean_double_backward(ctx.lean):  # the forward's choice, on whichever thread runs this
         dx = _t_bias_act_backward(grad, x, b, y, *ctx.params, 1)
     db = bias_gradient(dx, dim) if ctx.has_bias and ctx.needs_input_grad[1] else None

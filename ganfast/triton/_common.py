@@ -184,6 +184,86 @@ def _take_ticket(partial_ptr, counter_ptr, pid, s, s2, TWO: tl.constexpr):
     return _last_ticket(counter_ptr, G)
 
 
+@triton.jit
+def _channel_partials_sum(ptr, T, C, c, cmask, ACC: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Per channel c, the T partials of ptr (T, C) added in index order (lane-wise over BLOCK_T
+    rows, then a tree: a fixed order), in ACC: what the last program of a channel block (a ticket)
+    adds up (batch_norm_act's backward, bias_act's bias gradient). .cg: other programs wrote them."""
+    acc = tl.zeros([BLOCK_T, BLOCK_C], ACC)
+    for t0 in range(0, T, BLOCK_T):
+        t = t0 + tl.arange(0, BLOCK_T)
+        po = t[:, None].to(tl.int64) * C + c[None, :]
+        pm = (t[:, None] < T) & cmask[None, :]
+        acc += tl.load(ptr + po, mask=pm, other=0.0, cache_modifier=".cg")
+    return tl.sum(acc, axis=0)
+
+
+# ---- per-channel tiles (batch_norm_act, conv_block, bias_act's bias gradient) -------------------
+# A tensor walked as (outer, s, c) with strides (s_outer, s_s, s_c), in 2-D tiles [BLOCK_S, BLOCK_C]
+# of one outer index: the per-channel values are loaded once per tile as a [BLOCK_C] vector, and
+# the tile is contiguous along s (NCHW) or c (channels innermost). See batch_norm_act.py.
+
+TILE = 2048          # elements of one [BLOCK_S, BLOCK_C] tile
+MAX_TILES = 512      # the statistics partials: at most about this many tile rows T
+MAX_BLOCK_C = 128    # channels per tile (channels_last)
+
+
+@triton.jit
+def _tile_offsets(pid_t, pid_c, i, S, C, per_outer, s_outer, s_s, s_c, ITERS: tl.constexpr,
+                  BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Offsets (int64) and mask of tile i of program (pid_t, pid_c), plus its channel indices.
+    Tile rows pid_t: per_outer rows per outer index, each covering ITERS * BLOCK_S positions s."""
+    outer = pid_t // per_outer
+    s0 = (pid_t % per_outer).to(tl.int64) * (ITERS * BLOCK_S) + i * BLOCK_S
+    s = s0 + tl.arange(0, BLOCK_S)
+    c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    offs = outer.to(tl.int64) * s_outer + s[:, None] * s_s + c[None, :].to(tl.int64) * s_c
+    mask = (s[:, None] < S) & (c[None, :] < C)
+    return offs, mask
+
+
+def _pow2(n):
+    return triton.next_power_of_2(max(int(n), 1))
+
+
+class Walk:
+    """How the kernels walk an (N, C, *) tensor (see the module docstring), and its tiles."""
+
+    def __init__(self, t, tile=None, max_tiles=None):
+        tile = TILE if tile is None else tile
+        max_tiles = MAX_TILES if max_tiles is None else max_tiles
+        N, C = t.shape[0], t.shape[1]
+        HW = 1
+        for s in t.shape[2:]:
+            HW *= s
+        self.C = C
+        channels_inner = HW == 1 or (t.dim() == 4 and not t.is_contiguous()
+                                     and t.is_contiguous(memory_format=torch.channels_last))
+        if channels_inner:  # channels_last, or nothing but (N, C): channels innermost
+            self.outer, self.S = 1, N * HW
+            self.strides = (0, C, 1)
+            self.block_c = min(_pow2(C), MAX_BLOCK_C, tile)
+            self.block_s = max(1, tile // self.block_c)
+        else:
+            self.outer, self.S = N, HW
+            self.strides = (C * HW, 1, HW)
+            self.block_s = min(_pow2(HW), tile)
+            self.block_c = max(1, min(_pow2(C), MAX_BLOCK_C, tile // self.block_s))
+        blocks = self.outer * _cdiv(self.S, self.block_s)
+        # statistics tiles: ITERS blocks of s each, at most about max_tiles tile rows
+        self.iters = max(1, _cdiv(blocks, max_tiles))
+        self.per_outer = _cdiv(self.S, self.block_s * self.iters)
+        self.T = self.outer * self.per_outer
+        self.cblocks = _cdiv(C, self.block_c)
+
+    def args(self):
+        return (self.S, self.C, self.per_outer) + self.strides
+
+
+def _num_warps(block):
+    return 4 if block <= 1024 else 8
+
+
 # ---- launch helpers ----------------------------------------------------------------------------
 
 _TORCH_ACC = {torch.float64: torch.float64}

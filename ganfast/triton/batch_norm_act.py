@@ -44,32 +44,16 @@ import triton
 import triton.language as tl
 
 from .. import _args
-from ._common import _cdiv, _div, _last_ticket, _Launch, acc_dtype, counters
+from ._common import (MAX_BLOCK_C, MAX_TILES, TILE, Walk, _cdiv, _channel_partials_sum, _div,  # noqa: F401
+                      _last_ticket, _Launch, _num_warps, _pow2, _tile_offsets, acc_dtype, counters)
 from .bias_act import _act_derivative, _act_value
 
-TILE = 2048          # elements of one [BLOCK_S, BLOCK_C] tile
-MAX_TILES = 512      # the statistics partials: at most about this many tile rows T
-MAX_BLOCK_C = 128    # channels per tile (channels_last)
 BLOCK_T = 8          # rows of the partials summed at once by the finalize (float64)
 FINALIZE_ROWS = 64   # the finalize's first level: at least this many partial rows per program
 FINALIZE_CHUNKS = 64  # ... and at most about this many programs per channel block
 
 
 # ---- device helpers ----------------------------------------------------------------------------
-
-@triton.jit
-def _tile_offsets(pid_t, pid_c, i, S, C, per_outer, s_outer, s_s, s_c, ITERS: tl.constexpr,
-                  BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Offsets (int64) and mask of tile i of program (pid_t, pid_c), plus its channel indices.
-    Tile rows pid_t: per_outer rows per outer index, each covering ITERS * BLOCK_S positions s."""
-    outer = pid_t // per_outer
-    s0 = (pid_t % per_outer).to(tl.int64) * (ITERS * BLOCK_S) + i * BLOCK_S
-    s = s0 + tl.arange(0, BLOCK_S)
-    c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    offs = outer.to(tl.int64) * s_outer + s[:, None] * s_s + c[None, :].to(tl.int64) * s_c
-    mask = (s[:, None] < S) & (c[None, :] < C)
-    return offs, mask
-
 
 @triton.jit
 def _channel(ptr, c, cmask, default, ACC: tl.constexpr, PRESENT: tl.constexpr):
@@ -283,16 +267,8 @@ def _bn_act_backward_reduce_kernel(g_ptr, x_ptr, w_ptr, b_ptr, mean_ptr, invstd_
     tl.store(partial_ptr + T.to(tl.int64) * C + out, tl.sum(acc2, axis=0), mask=cmask)
     if _last_ticket(counter_ptr + pid_c, T):
         # the last program of this channel block: the T partials added in index order
-        s1 = tl.zeros([BLOCK_T, BLOCK_C], ACC)
-        s2 = tl.zeros([BLOCK_T, BLOCK_C], ACC)
-        for t0 in range(0, T, BLOCK_T):
-            t = t0 + tl.arange(0, BLOCK_T)
-            po = t[:, None].to(tl.int64) * C + c[None, :]
-            pm = (t[:, None] < T) & cmask[None, :]
-            s1 += tl.load(partial_ptr + po, mask=pm, other=0.0, cache_modifier=".cg")
-            s2 += tl.load(partial_ptr + T.to(tl.int64) * C + po, mask=pm, other=0.0, cache_modifier=".cg")
-        sum_dz = tl.sum(s1, axis=0)
-        sum_dzx = tl.sum(s2, axis=0)
+        sum_dz = _channel_partials_sum(partial_ptr, T, C, c, cmask, ACC, BLOCK_T, BLOCK_C)
+        sum_dzx = _channel_partials_sum(partial_ptr + T.to(tl.int64) * C, T, C, c, cmask, ACC, BLOCK_T, BLOCK_C)
         tl.store(gb_ptr + c, sum_dz.to(gb_ptr.dtype.element_ty), mask=cmask)
         tl.store(gw_ptr + c, (sum_dzx * invstd).to(gw_ptr.dtype.element_ty), mask=cmask)
         if TRAINING:
@@ -326,44 +302,6 @@ def _bn_act_backward_kernel(g_ptr, x_ptr, w_ptr, b_ptr, mean_ptr, invstd_ptr, te
 
 # ---- launch helpers ----------------------------------------------------------------------------
 
-def _pow2(n):
-    return triton.next_power_of_2(max(int(n), 1))
-
-
-class Walk:
-    """How the kernels walk an (N, C, *) tensor (see the module docstring), and its tiles."""
-
-    def __init__(self, t, tile=None, max_tiles=None):
-        tile = TILE if tile is None else tile
-        max_tiles = MAX_TILES if max_tiles is None else max_tiles
-        N, C = t.shape[0], t.shape[1]
-        HW = 1
-        for s in t.shape[2:]:
-            HW *= s
-        self.C = C
-        channels_inner = HW == 1 or (t.dim() == 4 and not t.is_contiguous()
-                                     and t.is_contiguous(memory_format=torch.channels_last))
-        if channels_inner:  # channels_last, or nothing but (N, C): channels innermost
-            self.outer, self.S = 1, N * HW
-            self.strides = (0, C, 1)
-            self.block_c = min(_pow2(C), MAX_BLOCK_C, tile)
-            self.block_s = max(1, tile // self.block_c)
-        else:
-            self.outer, self.S = N, HW
-            self.strides = (C * HW, 1, HW)
-            self.block_s = min(_pow2(HW), tile)
-            self.block_c = max(1, min(_pow2(C), MAX_BLOCK_C, tile // self.block_s))
-        blocks = self.outer * _cdiv(self.S, self.block_s)
-        # statistics tiles: ITERS blocks of s each, at most about max_tiles tile rows
-        self.iters = max(1, _cdiv(blocks, max_tiles))
-        self.per_outer = _cdiv(self.S, self.block_s * self.iters)
-        self.T = self.outer * self.per_outer
-        self.cblocks = _cdiv(C, self.block_c)
-
-    def args(self):
-        return (self.S, self.C, self.per_outer) + self.strides
-
-
 def walkable(t):
     """NCHW contiguous, or 4-D channels_last: walked in place; anything else is copied."""
     return t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last))
@@ -374,10 +312,6 @@ def _like(t, ref, dtype):
     if t.dtype == dtype and t.stride() == ref.stride():
         return t
     return torch.empty_like(ref, dtype=dtype).copy_(t)
-
-
-def _num_warps(block):
-    return 4 if block <= 1024 else 8
 
 
 # ---- launchers ---------------------------------------------------------------------------------

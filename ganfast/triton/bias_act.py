@@ -17,6 +17,14 @@ Kernels (one launch per op):
 
   _bias_act_kernel           y = clamp(gain f(x + b[c]), -clamp, clamp)
   _bias_act_backward_kernel  grad_output * d^order y / dx^order, from x + b[c] or from y
+  _bias_act_backward_with_bias_kernel
+                             the first derivative of _bias_act_backward_kernel and, in the same
+                             pass, the bias gradient: batch_norm_act's per-channel tiles
+                             (_common.py's Walk over the (outer, C, inner) view, grid (T, C blocks)),
+                             each program's per-channel sums of grad_input as stored into
+                             partial (T, C), the last program of each channel block (a ticket,
+                             _common.py's self-resetting counters) adds the T partials in index
+                             order: deterministic, no floating-point atomics
 
 constexprs: ACT (the activation's name), ORDER (1..3; piecewise-linear activations, elu and selu
 have the same derivative for every order >= 2, so their order is passed as min(order, 2)),
@@ -38,11 +46,12 @@ import torch
 import triton
 import triton.language as tl
 
-from .._args import (check_bias_act, check_bias_act_backward, check_kernel_dtype, is_expanded_scalar,
-                     parse_act)
-from ._common import (_EXP_C3, _EXP_C4, _EXP_C5, _EXP_C6, _EXP_C7, _LN2_HI, _LN2_LO, _LOG2E, BLOCK,
-                      _block, _cdiv, _div, _exp_nonpos, _f32_div, _keep_nan, _Launch, _load, _sigmoid,
-                      _softplus, acc_dtype, num_warps)
+from .._args import (check_bias_act, check_bias_act_backward, check_bias_act_backward_with_bias,
+                     check_kernel_dtype, is_expanded_scalar, parse_act)
+from ._common import (_EXP_C3, _EXP_C4, _EXP_C5, _EXP_C6, _EXP_C7, _LN2_HI, _LN2_LO, _LOG2E, BLOCK, TILE,
+                      Walk, _block, _cdiv, _channel_partials_sum, _div, _exp_nonpos, _f32_div, _keep_nan,
+                      _last_ticket, _Launch, _load, _num_warps, _sigmoid, _softplus, _tile_offsets, acc_dtype,
+                      counters, num_warps)
 
 # gan_math.h: kSeluLambda, kSeluAlpha (T(k) rounds them to float32 in float32 kernels)
 SELU_LAMBDA = 1.0507009873554804934193349852946
@@ -345,6 +354,46 @@ def _bias_act_backward_kernel(g_ptr, x_ptr, b_ptr, y_ptr, out_ptr, n, inner, C,
                                  ACT, ORDER, FROM_Y, CLAMP, BIAS, GRAD_SCALAR, ACC, True)
 
 
+@triton.jit
+def _bias_act_backward_with_bias_kernel(g_ptr, x_ptr, b_ptr, y_ptr, out_ptr, partial_ptr, counter_ptr, gb_ptr,
+                                        S, C, per_outer, s_outer, s_s, s_c,
+                                        alpha: tl.float64, gain: tl.float64, clamp: tl.float64,
+                                        ACT: tl.constexpr, FROM_Y: tl.constexpr, CLAMP: tl.constexpr,
+                                        ACC: tl.constexpr, ITERS: tl.constexpr, BLOCK_T: tl.constexpr,
+                                        BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr):
+    """out = grad_output * dy/dx (order 1) over tiles of (outer, s, c), and grad_bias[c] = the sum
+    of out (as stored) over everything but c, from the tiles' partial sums."""
+    pid_t = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    T = tl.num_programs(0)
+    c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = c < C
+    a = tl.full([], alpha, ACC)
+    g = tl.full([], gain, ACC)
+    cl = tl.full([], clamp, ACC)
+    if FROM_Y:
+        bias = tl.zeros([BLOCK_C], ACC)  # unused
+    else:
+        bias = tl.load(b_ptr + c, mask=cmask, other=0.0).to(ACC)
+    acc = tl.zeros([BLOCK_S, BLOCK_C], ACC)
+    for i in range(ITERS):
+        offs, mask = _tile_offsets(pid_t, pid_c, i, S, C, per_outer, s_outer, s_s, s_c,
+                                   ITERS, BLOCK_S, BLOCK_C)
+        if FROM_Y:
+            v = tl.load(y_ptr + offs, mask=mask, other=0.0).to(ACC)
+            d = _bias_act_derivative_from_y(v, a, g, cl, ACT, 1, CLAMP)
+        else:
+            v = tl.load(x_ptr + offs, mask=mask, other=0.0).to(ACC) + bias[None, :]
+            d = _bias_act_derivative(v, a, g, cl, ACT, 1, CLAMP)
+        r = (tl.load(g_ptr + offs, mask=mask, other=0.0).to(ACC) * d).to(out_ptr.dtype.element_ty)
+        tl.store(out_ptr + offs, r, mask=mask)
+        acc += tl.where(mask, r.to(ACC), 0.0)
+    tl.store(partial_ptr + pid_t.to(tl.int64) * C + c, tl.sum(acc, axis=0), mask=cmask)
+    if _last_ticket(counter_ptr + pid_c, T):
+        total = _channel_partials_sum(partial_ptr, T, C, c, cmask, ACC, BLOCK_T, BLOCK_C)
+        tl.store(gb_ptr + c, total.to(gb_ptr.dtype.element_ty), mask=cmask)
+
+
 # ---- launch helpers ----------------------------------------------------------------------------------
 
 def kernel_order(act, order):
@@ -425,3 +474,37 @@ def bias_act_backward(grad_output, x, b, y, dim, act, alpha, gain, clamp, order)
             GRAD_SCALAR=grad_is_scalar, ACC=tl_acc, BLOCK=BLOCK, num_warps=num_warps(yw.dtype),
         )
     return out
+
+
+def bias_act_backward_with_bias(grad_output, x, b, y, dim, act, alpha, gain, clamp):
+    """(bias_act_backward(..., order 1), its sum over every dim but dim in b's dtype), one launch."""
+    op = "ganfast::bias_act_backward_with_bias"
+    act = parse_act(act)
+    dim = check_bias_act_backward_with_bias(op, grad_output, x, b, y, dim, act, alpha)
+    yw = y if walkable(y, dim) else y.contiguous()
+    out = torch.empty_like(yw)
+    C = b.size(0)
+    torch_acc, tl_acc = acc_dtype(yw.dtype)
+    if yw.numel() == 0:
+        return out, torch.zeros(C, dtype=b.dtype, device=b.device)
+    check_kernel_dtype(yw.dtype, "ganfast_bias_act")
+    go = _like(grad_output, yw, yw.dtype)
+    xw = _like(x, yw, yw.dtype) if x is not None else yw
+    bb = b.to(yw.dtype).contiguous()
+    views = (go, xw, yw, out)
+    if yw.is_contiguous():  # walked as (outer, C, inner); channels_last 4-D (dim 1) as it is
+        outer = 1
+        for s in yw.shape[:dim]:
+            outer *= s
+        views = tuple(t.view(outer, C, -1) for t in views)
+    walk = Walk(views[2])
+    partial = torch.empty((walk.T, C), dtype=torch_acc, device=yw.device)
+    grad_bias = torch.empty(C, dtype=torch_acc, device=yw.device)
+    with _Launch(yw.device):
+        _bias_act_backward_with_bias_kernel[(walk.T, walk.cblocks)](
+            views[0], views[1], bb, views[2], views[3], partial, counters(yw.device, walk.cblocks), grad_bias,
+            *walk.args(), float(alpha), float(gain), float(clamp),
+            ACT=act, FROM_Y=x is None, CLAMP=clamp >= 0, ACC=tl_acc, ITERS=walk.iters,
+            BLOCK_T=max(1, min(32, TILE // walk.block_c)), BLOCK_S=walk.block_s, BLOCK_C=walk.block_c,
+            num_warps=_num_warps(walk.block_s * walk.block_c))
+    return out, grad_bias.to(b.dtype)

@@ -47,9 +47,9 @@ MUTANTS = [
            "  __syncthreads();  // a previous call may still be reading warp_sums\n", "",
            "block_sum's first barrier removed: a warp that runs ahead into the next block_sum "
            "overwrites warp_sums while warp 0 still reads them"),
-    Mutant("drop-fold-barrier", "cuda/batch_norm_act.cu",
+    Mutant("drop-fold-barrier", "cuda/channel_reduce.cuh",
            "  __syncthreads();\n  if (ty == 0 && valid) {", "  if (ty == 0 && valid) {",
-           "batch_norm_act's channels_last reduce reads the other warps' shared-memory folds "
+           "the channels_last reduce (batch_norm_act, bias_act's bias gradient) reads the other warps' shared-memory folds "
            "without waiting for them"),
     Mutant("break-tail", "cuda/cuda_utils.cuh",
            "    if (i < n) body(std::integral_constant<int, 1>{}, i);",
