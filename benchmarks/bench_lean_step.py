@@ -10,10 +10,16 @@ added one at a time, so that every removed operation is attributed to one change
                      (and, for R1, R1 in a lean pass of its own)
     + G-only grads   the G step computes G's gradients only (D's are discarded by the next D
                      step's zero_grad): the suite's ganfast contender, the engine's step
+    bias in conv     the alternative to the fused bias gradient (ganfast::bias_act_backward_with_bias):
+                     the critic's bias handed back to the convolution (F.conv2d(x, w, b), then
+                     bias_act without a bias), whose backward computes the bias gradient inside;
+                     DCGAN steps only (the MLP's bias is in torch.nn.Linear already)
 
-The counts are machine-independent (ganfast.bench.dispatch); run it on the CPU backend:
+The counts are machine-independent (ganfast.bench.dispatch); run it on the CPU backend.
+--time also times eager, the engine's step and the bias-in-conv alternative on this CPU
+(ganfast.bench.harness: interleaved rounds, medians):
 
-    python benchmarks/bench_lean_step.py [--quick] [--json PATH]
+    python benchmarks/bench_lean_step.py [--quick] [--time] [--json PATH]
 """
 from __future__ import annotations
 
@@ -35,6 +41,36 @@ from ganfast.bench.dispatch import GEMM_AND_CONV_OPS, count_device_ops  # noqa: 
 from ganfast.bench.suite import gpu_model_us  # noqa: E402
 
 VARIANTS = ("eager", "textbook", "+ lean", "+ joint", "+ G-only grads")
+BIAS_IN_CONV = "bias in conv"
+
+
+def _conv2d_bias_in_conv(x, weight, bias, bn, stride, padding, dilation, groups, act, alpha):
+    """ganfast.nn.blocks.conv2d_forward with the bias inside the convolution (no BatchNorm)."""
+    from ganfast import ops
+
+    if bn is not None:
+        return _CONV2D_FORWARD(x, weight, bias, bn, stride, padding, dilation, groups, act, alpha)
+    y = torch.nn.functional.conv2d(x, weight, bias, stride, padding, dilation, groups)
+    return y if (act or "linear") == "linear" else ops.bias_act(y, None, 1, act, alpha, 1.0, None)
+
+
+_CONV2D_FORWARD = None
+
+
+def with_bias_in_conv(step):
+    """step run with the critic's bias inside its convolutions."""
+    from ganfast.nn import blocks
+
+    global _CONV2D_FORWARD
+    _CONV2D_FORWARD = _CONV2D_FORWARD or blocks.conv2d_forward
+
+    def run():
+        blocks.conv2d_forward = _conv2d_bias_in_conv
+        try:
+            return step()
+        finally:
+            blocks.conv2d_forward = _CONV2D_FORWARD
+    return run
 
 
 def d_loss_of(objective: str, variant: str, eps):
@@ -57,6 +93,8 @@ def d_loss_of(objective: str, variant: str, eps):
 
 
 def dcgan_step(objective, variant, batch, image_size, width):
+    if variant == BIAS_IN_CONV:
+        return with_bias_in_conv(dcgan_step(objective, "+ G-only grads", batch, image_size, width))
     impl = "eager" if variant == "eager" else "ganfast"
     G, D = C._dcgan_models(impl, torch.device("cpu"), image_size, width, width, 128, False)
     gen = C._gen(6)
@@ -103,6 +141,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="the suite's --quick sizes")
     p.add_argument("--json", metavar="PATH", help="also write the counts as JSON")
+    p.add_argument("--time", action="store_true", help="also time eager, the engine's step and bias in conv")
     args = p.parse_args(argv)
     ganfast.set_backend("cpu")
     dcgan = (4, 32, 16) if args.quick else (32, 64, 64)
@@ -119,7 +158,8 @@ def main(argv=None) -> int:
           "GPU model | vs eager | host syncs |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, make in steps.items():
-        rows = results[name] = {v: count(make(v)) for v in VARIANTS}
+        variants = VARIANTS + ((BIAS_IN_CONV,) if name.startswith("DCGAN") else ())
+        rows = results[name] = {v: count(make(v)) for v in variants}
         e = rows["eager"]
         for v, r in rows.items():
             print(f"| {name} | {v} | {r['ops']} | {r['ops'] / e['ops']:.0%} | {r['fusable_mb']:.1f} | "
@@ -133,6 +173,22 @@ def main(argv=None) -> int:
             diff = {op: (a.get(op, 0), b.get(op, 0)) for op in sorted(set(a) | set(b)) if a.get(op, 0) != b.get(op, 0)}
             print(f"  {after}: {rows[before]['ops']} -> {rows[after]['ops']}: "
                   + ", ".join(f"{op} {x}->{y}" for op, (x, y) in diff.items()))
+    if args.time:
+        from ganfast.bench import harness as H
+
+        print("\nCPU time per step (interleaved rounds, median [p20, p80]):")
+        for name, make in steps.items():
+            names = ["eager", "+ G-only grads"] + ([BIAS_IN_CONV] if name.startswith("DCGAN") else [])
+            contenders = [H.Contender(v) for v in names]
+            fns = {v: make(v) for v in names}
+            H.time_cpu(contenders, fns, target_s=3.0 if args.quick else 12.0, warmup_s=0.5, min_iters=5, rounds=3)
+            base = contenders[0].stats_us[0]
+            print(f"  {name}: " + "; ".join(
+                f"{'ganfast' if c.name == '+ G-only grads' else c.name} {H.fmt_time(c.stats_us[0])} "
+                f"[{H.fmt_time(c.stats_us[1])}, {H.fmt_time(c.stats_us[2])}] ({base / c.stats_us[0]:.2f}x)"
+                for c in contenders))
+            for c in contenders:
+                results[name][c.name]["cpu_us"] = c.stats_us
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
