@@ -270,6 +270,10 @@ def _cases() -> list:
         {"small": (3, 3, 5, 7), "production": (64, 3, 128, 128)}, double_backward=True)
     add("bias_act", "bias_act", "lrelu", _make_bias_act, _bias_act("lrelu"),
         {"small": (3, 5, 7, 9), "production": (64, 128, 16, 16)}, double_backward=True)
+    # first order only: the bias gradient reduced inside the backward kernel
+    # (bias_act_backward_with_bias), the path of every backward that builds no graph
+    add("bias_act", "bias_act", "lrelu,first-order", _make_bias_act, _bias_act("lrelu"),
+        {"small": (3, 5, 7, 9), "production": (64, 128, 16, 16)})
     add("bias_act", "bias_act", "lrelu", _make_bias_act, _bias_act("lrelu"), {"huge": (2, 1025, 1024, 1024)},
         **_HUGE_KW)
     add("bias_act", "bias_act", "swish", _make_bias_act, _bias_act("swish"),

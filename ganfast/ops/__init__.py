@@ -8,10 +8,11 @@ points, never a kernel directly.
 from .batch_norm_act import batch_norm_act
 from .bias_act import bias_act
 from .conv_block import conv_transpose_block
-from .lean import is_lean_double_backward, lean_double_backward
+# Not an op: the switch of the lean double backward (ganfast/ops/lean.py), kept out of __all__,
+# which lists the ops (ganfast check covers each of them).
+from .lean import is_lean_double_backward, lean_double_backward  # noqa: F401
 from .losses import bce_with_logits, binary_cross_entropy, gan_d_loss, gan_g_loss
 from .penalty import interpolate, penalty_from_grad
 
 __all__ = ["batch_norm_act", "bce_with_logits", "bias_act", "binary_cross_entropy", "conv_transpose_block",
-           "gan_d_loss", "gan_g_loss", "interpolate", "is_lean_double_backward", "lean_double_backward",
-           "penalty_from_grad"]
+           "gan_d_loss", "gan_g_loss", "interpolate", "penalty_from_grad"]
