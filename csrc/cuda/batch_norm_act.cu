@@ -304,18 +304,6 @@ bool channels_fastest(const Tensor& t) {
 
 Tensor walkable(const Tensor& t) { return t.is_contiguous() || channels_fastest(t) ? t : t.contiguous(); }
 
-Geometry geometry(const Tensor& x, int64_t M) {
-  Geometry g;
-  g.n = x.numel();
-  g.C = x.size(1);
-  g.M = M;
-  int64_t inner = 1;
-  for (int64_t d = 2; d < x.dim(); ++d) inner *= x.size(d);
-  g.rows = x.is_contiguous() && inner > 1;
-  g.inner = g.rows ? inner : 1;
-  return g;
-}
-
 // A per-channel operand in the compute dtype, contiguous (undefined where absent).
 Tensor channel_operand(const std::optional<Tensor>& t, at::ScalarType compute) {
   if (!t.has_value() || !t->defined()) return Tensor();
@@ -357,7 +345,7 @@ Setup setup(const char* op, const Tensor& input, int64_t M, const std::optional<
   Setup s;
   s.act = parse_act(act_name);
   s.x = walkable(input);
-  s.g = geometry(s.x, M);
+  s.g = channel_geometry(s.x, 1, M);
   check_launch(op, s.g.n, 0);
   s.compute = batch_norm_compute_dtype(s.x.scalar_type());
   s.copts = s.x.options().dtype(s.compute);

@@ -320,14 +320,7 @@ std::tuple<Tensor, Tensor> bias_act_backward_with_bias(const Tensor& grad_output
   const int64_t n = out.numel(), C = b->size(0);
   if (n == 0) return {out, at::zeros({C}, b->options())};
   check_index_range(op, n);
-  Geometry geo;
-  geo.n = n;
-  geo.C = C;
-  geo.M = n / C;
-  if (out.is_contiguous()) {
-    for (int64_t k = d + 1; k < out.dim(); ++k) geo.inner *= out.size(k);
-  }
-  geo.rows = geo.inner > 1;  // else c = i % C: dim last, or channels_last with dim 1
+  const Geometry geo = channel_geometry(out, d, n / C);
   const Tensor src = to_layout_of(has_x ? *x : y, out);
   const Tensor g = to_layout_of(grad_output, out);
   const Tensor bias = b->to(out.scalar_type()).contiguous();

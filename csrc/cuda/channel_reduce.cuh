@@ -207,8 +207,23 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
 struct Geometry {
   bool rows = true;  // Rows (else Cyclic)
   int64_t n = 0, C = 0, M = 0;
-  int64_t inner = 1;  // Rows: prod(sizes[2:]); Cyclic: 1
+  int64_t inner = 1;  // Rows: prod(sizes[dim+1:]); Cyclic: 1
 };
+
+// The geometry of t around its channel dimension `dim` (M elements per channel): Rows where t is
+// contiguous with elements after dim, else Cyclic (c = i % C: dim last, or channels_last with
+// dim 1). t is in a layout the kernels walk (contiguous or channels_last).
+inline Geometry channel_geometry(const Tensor& t, int64_t dim, int64_t M) {
+  Geometry g;
+  g.n = t.numel();
+  g.C = t.size(dim);
+  g.M = M;
+  int64_t inner = 1;
+  for (int64_t d = dim + 1; d < t.dim(); ++d) inner *= t.size(d);
+  g.rows = t.is_contiguous() && inner > 1;
+  g.inner = g.rows ? inner : 1;
+  return g;
+}
 
 inline void check_launch(const char* op, int64_t n, int64_t blocks) {
   TORCH_CHECK(n < kMaxBroadcastIndex && blocks <= std::numeric_limits<int32_t>::max(), op, ": a tensor of ", n,
