@@ -40,9 +40,6 @@ from .nn.fuse import BatchNorm2dParams
 
 __all__ = ["DiscriminatorStepLoss", "batch_coupled", "discriminator_step_loss"]
 
-_LABELLED = ("minimax", "nonsaturating", "least_squares")
-
-
 class DiscriminatorStepLoss(NamedTuple):
     total: Tensor                   # adversarial + penalty: what D descends
     adversarial: Tensor             # discriminator_loss(real_logits, fake_logits, loss)
@@ -100,6 +97,8 @@ def discriminator_step_loss(discriminator, real: Tensor, fake: Tensor, loss: str
     for name, w in (("gp_weight", gp_weight), ("r1_weight", r1_weight)):
         if not w >= 0:
             raise ValueError(f"ganfast.steps.discriminator_step_loss: {name} must be >= 0; got {w}")
+    # before any pass through D (a BatchNorm's counters): the loss kind, and labels only where it takes them
+    losses._check_labels(loss, real_label, fake_label)
     coupled = batch_coupled(discriminator)
     if joint is True and coupled:
         raise ValueError("ganfast.steps.discriminator_step_loss: joint=True, but the discriminator couples the "
@@ -130,11 +129,8 @@ def discriminator_step_loss(discriminator, real: Tensor, fake: Tensor, loss: str
         real_logits = _logits_check("real", discriminator(real), real.shape[0])
         fake_logits = _logits_check("fake", discriminator(fake), fake.shape[0])
 
-    if loss in _LABELLED:
-        adversarial = losses.discriminator_loss(real_logits, fake_logits, loss, real_label=real_label,
-                                                fake_label=fake_label)
-    else:
-        adversarial = losses.discriminator_loss(real_logits, fake_logits, loss)
+    adversarial = losses.discriminator_loss(real_logits, fake_logits, loss, real_label=real_label,
+                                            fake_label=fake_label)
     if gp_weight > 0:
         gp = _penalty.gradient_penalty(discriminator, real, fake, kind="wgan-gp", weight=gp_weight,
                                        center=gp_center, eps=eps, lean=lean)

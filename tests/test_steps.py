@@ -226,6 +226,8 @@ def test_joint_choice_and_errors(rng):
         S.discriminator_step_loss(D, real, fake, "hinge", joint="yes")
     with pytest.raises(ValueError, match="gp_weight must be >= 0"):
         S.discriminator_step_loss(D, real, fake, "hinge", gp_weight=-1.0)
+    with pytest.raises(ValueError, match="kind 'hinge' takes no labels"):
+        S.discriminator_step_loss(D, real, fake, "hinge", real_label=0.9)
     with pytest.raises(TypeError, match="real must be a tensor"):
         S.discriminator_step_loss(D, [1.0], fake, "hinge")
     # separate passes through a batch-coupled D: its BatchNorm saw real and fake apart
