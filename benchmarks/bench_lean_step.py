@@ -25,21 +25,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import torch
 
-import torch  # noqa: E402
-
-import cases as C  # noqa: E402
-import ganfast  # noqa: E402
-import ganfast.losses as L  # noqa: E402
-import ganfast.penalty as P  # noqa: E402
-import ganfast.steps as S  # noqa: E402
-from ganfast.bench.dispatch import GEMM_AND_CONV_OPS, count_device_ops  # noqa: E402
-from ganfast.bench.suite import gpu_model_us  # noqa: E402
-from ganfast.nn import blocks  # noqa: E402
+import ganfast
+from ganfast.bench import cases as C
+import ganfast.losses as L
+import ganfast.penalty as P
+import ganfast.steps as S
+from ganfast.bench.dispatch import GEMM_AND_CONV_OPS, count_device_ops
+from ganfast.bench.suite import gpu_model_us
+from ganfast.nn import blocks
 
 VARIANTS = ("eager", "textbook", "+ lean", "+ joint", "+ G-only grads")
 BIAS_IN_CONV = "bias in conv"

@@ -1,4 +1,4 @@
-"""pytest-benchmark micro benchmarks: the suite's op-family cases (benchmarks/cases.py, the
+"""pytest-benchmark micro benchmarks: the suite's op-family cases (ganfast/bench/cases.py, the
 --quick sizes; the whole training steps are left to `ganfast bench`), each as eager PyTorch,
 torch.compile and ganfast under its cpu backend.
 
@@ -22,9 +22,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import ganfast  # noqa: E402
+from ganfast.bench import cases as suite  # noqa: E402
 from ganfast.bench import harness as H  # noqa: E402
-
-import cases as suite  # noqa: E402  (benchmarks/ is on sys.path under pytest's rootdir import mode)
 
 CASES = [c for c in suite.cases(torch.device("cpu"), quick=True) if c.family != "step"]
 # The implementations of cases.py, and the ganfast backend each runs under.

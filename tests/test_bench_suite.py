@@ -206,9 +206,33 @@ def test_the_suite_covers_every_family_and_the_four_training_steps():
                          "MLP WGAN-GP step on ring8"}
 
 
-def test_a_missing_suite_directory_says_where_the_suite_lives(tmp_path):
-    with pytest.raises(FileNotFoundError, match="benchmarks/ directory"):
+def test_the_cases_ship_in_the_package_so_any_install_has_the_suite():
+    from ganfast.bench import cases
+
+    assert S.load_cases_module() is cases
+    assert Path(cases.__file__).parent == Path(ganfast.__file__).parent / "bench"
+
+
+def test_a_suite_directory_of_ones_own_is_loaded_and_a_missing_one_named(tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError, match="no benchmark cases at .*cases.py.*built into ganfast"):
         S.load_cases_module(str(tmp_path))
+    (tmp_path / "cases.py").write_text(
+        "from ganfast.bench.cases import Case\n"
+        "def cases(device, quick=False):\n"
+        "    return [Case('mine', 'my op', '1', 'detail', lambda impl, **kw: (lambda: []))]\n")
+    mine = S.load_cases_module(str(tmp_path))
+    assert [c.family for c in mine.cases(torch.device("cpu"))] == ["mine"]
+    monkeypatch.setenv("GANFAST_BENCHMARKS", str(tmp_path))
+    assert S.load_cases_module().cases(torch.device("cpu"))[0].name == "my op"
+
+
+def test_results_go_to_ganfast_bench_in_the_current_directory_by_default(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert S.main(["--quick", "--only", "losses", "--device", "cpu", "--no-compile", "--no-count"]) == 0
+    report = json.loads((tmp_path / "ganfast-bench" / "suite-quick.json").read_text())
+    assert [r["family"] for r in report["results"]] == ["losses"]
+    assert sorted(p.name for p in (tmp_path / "ganfast-bench").iterdir()) == [
+        "suite-quick.json", "suite-quick.md", "suite-quick.png"]
 
 
 # ---- `ganfast bench --quick`, as CI runs it ------------------------------------------------------------

@@ -2,7 +2,8 @@
 launchers use, compiled ahead of time for sm_80 and sm_90, and every CUDA kernel of csrc/cuda
 compiled by nvcc for the same architectures, each with its registers, shared memory, stack frame
 and register spills, as tables. Needs no GPU: `python -m ganfast.bench.gpu_report` (or
-`ganfast bench --gpu-report`) writes benchmarks/results/gpu_report.{json,md} and exits 1 if
+`ganfast bench --gpu-report`) writes <out>/gpu_report.{json,md} (--out, default ./ganfast-bench;
+the checkout's committed report: --out benchmarks/results) and exits 1 if
 anything fails to compile, warns (CUDA) or spills; tests/test_triton_compile.py and
 tests/test_cuda_build.py run the same functions.
 
@@ -844,8 +845,10 @@ def find_nvcc():
     missing otherwise."""
     root = source_root()
     if not (root / "setup.py").exists() or not (root / "csrc" / "cuda").is_dir():
-        raise RuntimeError(f"the CUDA GPU report needs ganfast's source checkout (setup.py and csrc/cuda/), "
-                           f"not found under {root}")
+        raise RuntimeError(f"the CUDA GPU report compiles ganfast's sources (setup.py and csrc/cuda/), which "
+                           f"an installed wheel does not have (looked under {root}); run it from a clone "
+                           f"(pip install -e .), or report the Triton kernels only: "
+                           f"python -m ganfast.bench.gpu_report --skip-cuda")
     spec = importlib.util.spec_from_file_location("ganfast_setup", root / "setup.py")
     setup = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(setup)  # setup() itself only runs under __main__
@@ -1122,12 +1125,13 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="ganfast bench --gpu-report", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=None,
-                        help="output directory (default: benchmarks/results in the source checkout)")
+                        help="output directory (default: ./ganfast-bench in the current directory; the "
+                             "checkout's committed report: --out benchmarks/results)")
     parser.add_argument("--skip-triton", action="store_true", help="leave out the Triton kernels")
     parser.add_argument("--skip-cuda", action="store_true", help="leave out the CUDA kernels")
     parser.add_argument("--workers", type=int, default=None, help="compile processes (default: one per CPU)")
     args = parser.parse_args(argv)
-    out = args.out or source_root() / "benchmarks" / "results"
+    out = args.out or Path("ganfast-bench")
     triton_rows = cuda_rows = None
     try:
         if not args.skip_triton:

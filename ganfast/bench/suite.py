@@ -1,8 +1,8 @@
 """`ganfast bench`: the benchmark suite, side by side in one run.
 
-For every case in the source tree's benchmarks/cases.py (each op family and four whole training
-steps), in this order:
-  1. build eager, torch.compile and ganfast under every backend present (benchmarks/cases.py);
+For every case of ganfast/bench/cases.py (each op family and four whole training steps; they ship
+in the package, so the suite runs from any install), in this order:
+  1. build eager, torch.compile and ganfast under every backend present (ganfast/bench/cases.py);
   2. run each once from the same initial state and compare with eager (float32 tolerance): a
      contender that disagrees is not timed and the run exits with status 1; torch.compile's
      refusals (double backward) are recorded as its row, with the error;
@@ -11,7 +11,9 @@ steps), in this order:
   4. count one step of eager and of each ganfast backend under the device-operation counter
      (ganfast/bench/dispatch.py): operations, bytes read and written, and the achieved
      bandwidth (those bytes / the median time) against a measured device-to-device copy.
-Writes <out>/<name>.json, .md and .png (name: suite, or suite-quick with --quick).
+Writes <out>/<name>.json, .md and .png (name: suite, or suite-quick with --quick); <out> is
+./ganfast-bench in the current directory unless --out says otherwise (the checkout's committed
+results are written with `--out benchmarks/results`).
 """
 from __future__ import annotations
 
@@ -26,24 +28,27 @@ from typing import Optional
 
 import torch
 
-import ganfast
-
 from . import harness as H
 
-DEFAULT_SUITE = Path(ganfast.__file__).resolve().parents[1] / "benchmarks"
+# Relative to the current directory, never inside the installed package.
+DEFAULT_OUT = Path("ganfast-bench")
 
 
 # ---- loading the cases ---------------------------------------------------------------------------
 
 def load_cases_module(suite_dir: Optional[str] = None):
-    """benchmarks/cases.py of the source checkout (or of `suite_dir`), imported by path."""
-    directory = Path(suite_dir or os.environ.get("GANFAST_BENCHMARKS") or DEFAULT_SUITE)
-    path = directory / "cases.py"
+    """The suite's cases: ganfast.bench.cases, or a cases.py of your own in `suite_dir` (or in the
+    directory the environment variable GANFAST_BENCHMARKS names), imported by path. Such a file
+    defines `cases(device, quick=False)` returning ganfast.bench.cases.Case objects."""
+    directory = suite_dir or os.environ.get("GANFAST_BENCHMARKS")
+    if not directory:
+        from . import cases
+        return cases
+    path = Path(directory) / "cases.py"
     if not path.is_file():
         raise FileNotFoundError(
-            f"ganfast bench: no benchmark cases at {path}. The suite lives in the source checkout's "
-            "benchmarks/ directory (install with `pip install -e .` from a clone), or pass --suite DIR / "
-            "set GANFAST_BENCHMARKS to a directory holding cases.py")
+            f"ganfast bench: no benchmark cases at {path}: --suite DIR (or GANFAST_BENCHMARKS) names a "
+            "directory holding a cases.py; without it the suite built into ganfast runs")
     spec = importlib.util.spec_from_file_location("ganfast_benchmark_cases", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
@@ -317,9 +322,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-compile", action="store_true", help="leave torch.compile out")
     p.add_argument("--no-count", action="store_true", help="skip the device-operation and traffic counts")
     p.add_argument("--out", metavar="DIR", default=None,
-                   help="where the JSON, Markdown and PNG go (default: benchmarks/results of the checkout)")
+                   help=f"where the JSON, Markdown and PNG go (default: ./{DEFAULT_OUT} in the current "
+                        "directory; the checkout's committed results: --out benchmarks/results)")
     p.add_argument("--suite", metavar="DIR", default=None,
-                   help="the directory holding cases.py (default: the checkout's benchmarks/)")
+                   help="a directory holding a cases.py of your own (default: the suite built into ganfast, "
+                        "ganfast/bench/cases.py)")
     p.add_argument("--gpu-report", action="store_true",
                    help="instead of timing, write the static GPU resource report: every Triton kernel "
                         "configuration and every CUDA kernel compiled for sm_80/sm_90, registers, shared "
@@ -329,8 +336,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.gpu_report:
         from . import gpu_report
-        argv = ["--out", args.out] if args.out else []
-        return gpu_report.main(argv)
+        return gpu_report.main(["--out", args.out or str(DEFAULT_OUT)])
     # Inductor otherwise starts compile-worker processes whose start-up competes with the timed
     # steps on a small machine; compiling in-process changes compile time only, not the code.
     os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
@@ -347,7 +353,7 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(exc, file=sys.stderr)
         return 2
-    out_dir = Path(args.out) if args.out else (Path(args.suite) if args.suite else DEFAULT_SUITE) / "results"
+    out_dir = Path(args.out) if args.out else DEFAULT_OUT
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = "suite-quick" if args.quick else "suite"
 

@@ -19,7 +19,6 @@ agree with eager's within the case's float32 tolerance before anything is timed.
 """
 from __future__ import annotations
 
-import copy
 import functools
 from dataclasses import dataclass
 from typing import Callable, List, Tuple
