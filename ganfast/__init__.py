@@ -4,11 +4,13 @@
     loss_d = ganfast.losses.discriminator_loss(d_real, d_fake)       # one kernel
     loss_g = ganfast.losses.generator_loss(d_fake_for_g)             # one kernel
     ganfast.available_backends()                                     # what runs here, and why
+    ganfast.show_config()                                            # the install, for bug reports
 """
 import torch  # noqa: F401  (the C++ library links against it)
 
 from . import _C  # noqa: F401  registers torch.ops.ganfast.*
 from . import backend, losses, nn, ops, penalty, steps
+from .buildinfo import show_config
 from .backend import (BackendUnavailableError, available_backends, get_backend, set_backend,
                       use_backend)
 
@@ -24,6 +26,7 @@ __all__ = [
     "ops",
     "penalty",
     "set_backend",
+    "show_config",
     "steps",
     "use_backend",
 ]

@@ -97,8 +97,9 @@ def available_backends() -> dict[str, BackendInfo]:
     gpu = torch.cuda.is_available()
     info = {"auto": BackendInfo(True, "picks the fastest available implementation per device")}
     if not cuda_kernels_built():
-        info["cuda"] = BackendInfo(False, "not compiled (installed with GANFAST_CUDA=0, or no CUDA "
-                                          "toolkit / CUDA build of torch at install time)")
+        from .buildinfo import build_info
+
+        info["cuda"] = BackendInfo(False, f"not compiled: {build_info()['cuda_skipped']}")
     elif not gpu:
         info["cuda"] = BackendInfo(False, "compiled, no GPU visible")
     else:

@@ -3,6 +3,8 @@
     ganfast train [flags]                     train a GAN (ring8 by default), see `ganfast train --help`
     ganfast sample --ckpt RUN --n N --out F   samples of a trained generator (.png grid or .npy)
     ganfast check [--quick] [--json FILE]     every kernel against the float64 reference, on this machine
+    ganfast bench [--quick] [--out DIR]       eager vs torch.compile vs ganfast, side by side
+    ganfast --version                         this install: versions, compiled backends, devices
 
 Subcommands live in COMMANDS (name -> Command); another one is added with
 `register_command(Command(name, help, add_arguments, run))` before `main()` runs.
@@ -275,7 +277,7 @@ register_command(Command(
     description="Time every op family and four whole training steps (DCGAN non-saturating, DCGAN "
                 "WGAN-GP, DCGAN lazy R1, MLP WGAN-GP on ring8): eager PyTorch, torch.compile and every ganfast backend "
                 "present, side by side in one run, verified against eager first; count each step's device "
-                "operations and bytes moved; write JSON, Markdown and a PNG chart to benchmarks/results. "
+                "operations and bytes moved; write JSON, Markdown and a PNG chart to --out (default ./ganfast-bench). "
                 "--quick takes under 2 minutes on a 2-core CPU. --gpu-report writes the static sm_80/sm_90 "
                 "register / shared memory / spill report instead."))
 
@@ -296,8 +298,26 @@ register_command(Command(
 # ---- entry point --------------------------------------------------------------------------------
 
 
+class _VersionAction(argparse.Action):
+    """--version: ganfast's version and what this install is (ganfast.show_config()), then exit.
+    Computed only when asked for: importing torch is what makes it take a second."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from .buildinfo import show_config
+
+        show_config()
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="ganfast", description="ganfast: fused GAN kernels and the training engine built on them.")
+    parser.add_argument("--version", action=_VersionAction,
+                        help="print ganfast's version, how this install was built (torch, CUDA and its GPU "
+                             "architectures, Triton, Python), the devices and the backends that run here, "
+                             "and exit: paste it into bug reports")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=argparse.ArgumentParser)
     sub.required = True
     for cmd in COMMANDS.values():
