@@ -95,6 +95,18 @@ def test_objective_defaults_resolved():
     assert TrainConfig(data="ring8").resolve().z_dim == 8 and TrainConfig(data="grid25").resolve().z_dim == 2
 
 
+def test_default_steps_per_data_set_and_an_explicit_one_wins():
+    from ganfast.train.config import DEFAULT_STEPS
+
+    assert TrainConfig().steps is None  # decided by the data when the run starts
+    for data, steps in (("ring8", 8000), ("grid25", 8000), ("digits", 4000), ("folder:x", 4000), ("npy:x", 4000)):
+        c = TrainConfig(data=data).resolve()
+        assert c.steps == steps == DEFAULT_STEPS[{"folder": "images", "npy": "images"}.get(data[:-2], data)]
+        assert c.eval_every == steps // 5 and c.noise_anneal == steps // 2
+    assert TrainConfig(data="npy:x").resolve(points=True).steps == 8000
+    assert TrainConfig(data="digits", steps=123).resolve().steps == 123
+
+
 def test_losses_go_through_ganfast_losses(tmp_path, monkeypatch):
     """Every D and G loss of a run is computed by ganfast.losses (and penalties by ganfast.penalty)."""
     calls = {"d": 0, "g": 0, "p": 0}
@@ -257,16 +269,22 @@ def test_checkpoint_interrupted_mid_write_keeps_previous(tmp_path, monkeypatch):
     assert load_checkpoint(cfg.out)["step"] == 8
 
 
+def _whole_checkpoint(step):
+    """A dict with every part load_checkpoint requires (the values are not a real run's)."""
+    return {"format": ckpt_mod.FORMAT, "step": step, **{k: {} for k in ckpt_mod.REQUIRED_KEYS if k != "step"}}
+
+
 def test_leftover_temp_file_and_truncated_checkpoint(tmp_path):
     path = tmp_path / "checkpoint.pt"
-    ckpt_mod.save_atomic({"format": "ganfast.train/1", "step": 1}, path)
+    ckpt_mod.save_atomic(_whole_checkpoint(1), path)
     # a crash after mkstemp (kill -9): a stray temp file beside a whole checkpoint
     (tmp_path / ".checkpoint.pt.abc.tmp").write_bytes(b"garbage")
     assert load_checkpoint(tmp_path)["step"] == 1
-    ckpt_mod.save_atomic({"format": "ganfast.train/1", "step": 2}, path)
+    ckpt_mod.save_atomic(_whole_checkpoint(2), path)
     assert load_checkpoint(path)["step"] == 2
     path.write_bytes(path.read_bytes()[:50])  # a file truncated by something else
-    with pytest.raises(ValueError, match="cannot read checkpoint"):
+    with pytest.raises(ValueError, match="is not a ganfast checkpoint or is damaged: torch.load cannot read its 50 "
+                                         "bytes, so it is truncated"):
         load_checkpoint(path)
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         load_checkpoint(tmp_path / "nothing")
@@ -428,8 +446,12 @@ def test_npy_points_and_images(tmp_path):
         load_dataset(f"npy:{tmp_path / 'bad.npy'}")
     with pytest.raises(FileNotFoundError):
         load_dataset(f"npy:{tmp_path / 'missing.npy'}")
-    # a run on the points
-    Trainer(tiny(tmp_path, data=f"npy:{tmp_path / 'p.npy'}", steps=2)).fit()
+    # a run on the points: the 2-D defaults (batch 256, z in R^8), as for ring8 (they were the image
+    # defaults, batch 64 and z in R^128, before the Trainer looked at the data first)
+    t = Trainer(TrainConfig(data=f"npy:{tmp_path / 'p.npy'}", steps=2, width=16, depth=2, eval_samples=50,
+                            progress=False, out=str(tmp_path / "pts")))
+    t.fit()
+    assert (t.cfg.batch_size, t.cfg.z_dim) == (256, 8)
 
 
 # ---- bad input ----------------------------------------------------------------------------------

@@ -135,3 +135,140 @@ def test_subcommands_registry_and_console_script():
     import importlib
 
     assert getattr(importlib.import_module(module), func) is cli.main
+
+
+# ---- damaged checkpoints: the plain message, on --resume and on ganfast sample -----------------------
+
+def _damage(kind, good: Path, path: Path):
+    """Write into `path` the checkpoint `good` damaged as `kind` says."""
+    import torch
+
+    data = good.read_bytes()
+    if kind == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "flipped bytes":  # the zip's central directory at the end overwritten
+        path.write_bytes(data[:-200] + bytes(200))
+    elif kind == "a text file":
+        path.write_text("not a checkpoint\n")
+    elif kind == "a tensor":
+        torch.save(torch.zeros(3), path)
+    elif kind == "another format":
+        torch.save({"format": "something/2", "weights": {}}, path)
+    elif kind == "missing parts":
+        ck = torch.load(good, weights_only=False)
+        del ck["G_ema"], ck["opt_d"]
+        torch.save(ck, path)
+    elif kind == "weights of another model":
+        ck = torch.load(good, weights_only=False)
+        ck["G_ema"] = {k: torch.cat([v, v]) if v.dim() else v for k, v in ck["G_ema"].items()}
+        ck["G"] = ck["G_ema"]
+        torch.save(ck, path)
+    else:
+        raise AssertionError(kind)
+
+
+DAMAGE = {  # kind -> what the message says after "is not a ganfast checkpoint or is damaged: "
+    "truncated": "torch.load cannot read its",
+    "empty": "the file is empty",
+    "flipped bytes": "torch.load cannot read its",
+    "a text file": "torch.load cannot read its",
+    "a tensor": "it holds a Tensor, not a ganfast training checkpoint",
+    "another format": "it has format 'something/2', not a 'ganfast.train/1' record",
+    "missing parts": "it lacks G_ema, opt_d",
+    "weights of another model": "its G does not fit the model its configuration describes (RuntimeError: Error(s) "
+                                "in loading state_dict",
+}
+
+
+@pytest.fixture(scope="module")
+def good_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("good") / "run"
+    assert cli.main(["train", *TINY, "--out", str(out)]) == 0
+    return out
+
+
+@pytest.mark.parametrize("kind", list(DAMAGE))
+def test_a_damaged_checkpoint_is_named_plainly_by_resume_and_sample(kind, good_run, tmp_path, capsys):
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(good_run, run_dir)
+    _damage(kind, good_run / "checkpoint.pt", run_dir / "checkpoint.pt")
+    capsys.readouterr()
+    expected = f"{run_dir / 'checkpoint.pt'} is not a ganfast checkpoint or is damaged: "
+    assert cli.main(["sample", "--ckpt", str(run_dir), "--n", "4", "--out", str(tmp_path / "s.npy")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("ganfast sample: error: ganfast.train: " + expected), err
+    message = DAMAGE[kind].replace("its G does", "its G_ema does")
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "s.npy").exists()
+    before = (run_dir / "checkpoint.pt").read_bytes()
+    assert cli.main(["train", "--out", str(run_dir), "--resume", "--steps", "6", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("ganfast train: error: ganfast.train: " + expected), err
+    assert DAMAGE[kind] in err
+    assert (run_dir / "checkpoint.pt").read_bytes() == before  # nothing written over it
+
+
+# ---- ganfast --version / ganfast.show_config() -------------------------------------------------------
+
+def test_version_prints_the_install_for_bug_reports():
+    import ganfast
+    import torch
+
+    for argv in (["-m", "ganfast", "--version"], ["-m", "ganfast.cli", "--version"]):
+        r = subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=120,
+                           env=dict(os.environ, GANFAST_BACKEND="cpu"))
+        assert r.returncode == 0, r.stderr
+        text = r.stdout
+        assert text.startswith(f"ganfast {ganfast.__version__}: ")
+        assert f"\n  torch         {torch.__version__} (CUDA " in text
+        info = ganfast._C._build_info()
+        assert f"built with\n  torch         {info['torch']}" in text
+        if info["cuda"]:
+            assert f"for TORCH_CUDA_ARCH_LIST={info['cuda_archs']}" in text
+        else:
+            assert f"CUDA kernels  not compiled: {info['cuda_skipped']}" in text
+        for name in ("auto", "cuda", "triton", "cpu", "reference"):
+            assert f"\n  {name:<13} " in text
+        assert "GANFAST_BACKEND=cpu" in text
+
+
+def test_show_config_is_the_same_report_and_its_dict_is_json():
+    import io
+
+    import ganfast
+    from ganfast import buildinfo
+
+    buf = io.StringIO()
+    ganfast.show_config(file=buf)
+    info = buildinfo.config()
+    json.dumps(info)
+    assert buf.getvalue().strip() == buildinfo.format_config(info)
+    assert info["backends"]["cpu"]["available"] and info["built"]["python"]
+    assert info["cpu"]["cores"] >= 1
+
+
+def test_version_is_the_package_metadata():
+    import importlib.metadata
+
+    import ganfast
+
+    assert importlib.metadata.version("ganfast") == ganfast.__version__
+
+
+@pytest.mark.parametrize("archs, capability, runs_as", [
+    ("8.0;9.0+PTX", (8, 0), "sm_80"),
+    ("8.0;9.0+PTX", (8, 6), "sm_80"),            # same major: sm_80 machine code runs on sm_86
+    ("8.0;9.0+PTX", (9, 0), "sm_90"),
+    ("8.0;9.0+PTX", (10, 0), "PTX 9.0 (JIT-compiled at first launch)"),
+    ("8.0;9.0", (10, 0), None),                    # no PTX: a newer major has nothing to run
+    ("8.0;9.0+PTX", (7, 5), None),
+    ("8.6 9.0a", (9, 0), "sm_90"),
+])
+def test_which_compiled_architecture_a_gpu_runs(archs, capability, runs_as):
+    from ganfast.buildinfo import arch_runs_on
+
+    assert arch_runs_on(archs, capability) == runs_as

@@ -8,7 +8,7 @@
 Objectives: nonsaturating (default), minimax, wgan, wgan-gp, hinge, least_squares, r1.
 Data: ring8, grid25, digits, folder:PATH, npy:PATH. See TrainConfig for every option.
 """
-from .checkpoint import load_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint
 from .config import DATASETS, TrainConfig
 from .data import Dataset, load_dataset
 from .metrics import class_metrics, mode_metrics
@@ -18,6 +18,7 @@ from .sampling import load_generator, sample, sample_to_file
 from .trainer import NonFiniteLossError, OutputDirError, Trainer
 
 __all__ = [
+    "CheckpointError",
     "DATASETS",
     "OBJECTIVES",
     "Dataset",

@@ -20,6 +20,10 @@ except ImportError:  # Python 3.10: the same parser, from PyPI
     import tomli as tomllib
 
 DATASETS = ("ring8", "grid25", "digits", "folder:PATH", "npy:PATH")
+# Generator steps of a run that does not say (--steps), per kind of data: each default run takes the
+# time the README and `ganfast train --help` state, measured on a 2-core CPU with the default
+# objective (nonsaturating; wgan and wgan-gp run 5 D steps per G step, so about 3x longer).
+DEFAULT_STEPS = {"ring8": 8000, "grid25": 8000, "points": 8000, "digits": 4000, "images": 4000}
 BACKEND_CHOICES = ("auto", "cuda", "triton", "cpu", "reference")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 AMP_CHOICES = ("none", "bf16", "fp16")
@@ -32,7 +36,7 @@ class TrainConfig:
     # what to train
     data: str = "ring8"
     objective: str = "nonsaturating"
-    steps: int = 8000
+    steps: Optional[int] = None           # None: DEFAULT_STEPS of the data (8,000 2-D, 4,000 images)
     batch_size: Optional[int] = None      # None: 256 for 2-D data, 64 for images
     d_steps: Optional[int] = None         # D steps per G step; None: the objective's default
     lr: Optional[float] = None            # both optimizers unless lr_d / lr_g are given
@@ -144,13 +148,11 @@ class TrainConfig:
         _choice("latent", self.latent, LATENT_CHOICES)
         if self.optimizer is not None:
             _choice("optimizer", self.optimizer, OPTIMIZERS)
-        for name in ("steps", "log_every", "r1_every", "eval_samples", "width", "depth", "ngf", "ndf"):
+        for name in ("log_every", "r1_every", "eval_samples", "width", "depth", "ngf", "ndf"):
             _positive_int(name, getattr(self, name))
-        if self.steps < 1:
-            raise ValueError("ganfast.train: steps must be >= 1")
         if not isinstance(self.threads, int) or isinstance(self.threads, bool) or self.threads < 0:
             raise ValueError(f"ganfast.train: threads must be an integer >= 0 (0: automatic); got {self.threads!r}")
-        for name in ("batch_size", "d_steps", "z_dim", "eval_every", "sample_every", "ckpt_every",
+        for name in ("steps", "batch_size", "d_steps", "z_dim", "eval_every", "sample_every", "ckpt_every",
                      "noise_anneal"):
             if getattr(self, name) is not None:
                 _positive_int(name, getattr(self, name))
@@ -187,11 +189,15 @@ class TrainConfig:
         if self.resume and self.overwrite:
             raise ValueError("ganfast.train: resume and overwrite exclude each other; choose one")
 
-    def resolve(self) -> "TrainConfig":
-        """A copy with every None default filled in from the objective and the data set."""
+    def resolve(self, points: Optional[bool] = None) -> "TrainConfig":
+        """A copy with every None default filled in from the objective and the data set. `points`:
+        whether the data are 2-D points (the Trainer knows once it has loaded an npy: file; by
+        default only ring8 and grid25 count as points)."""
         obj = get_objective(self.objective)
-        two_d = data_kind(self.data) in ("ring8", "grid25")
+        kind = data_kind(self.data)
+        two_d = kind in ("ring8", "grid25") if points is None else bool(points)
         c = dataclasses.replace(self)
+        c.steps = c.steps or DEFAULT_STEPS.get(kind, DEFAULT_STEPS["points" if two_d else "images"])
         c.batch_size = c.batch_size or (256 if two_d else 64)
         # measured (5,000 steps, 3 seeds): ring8 keeps all 8 modes with z in R^8 where R^2 lost one on a
         # seed; grid25's 5x5 layout is found from a 2-D latent (all 25) more reliably than from R^8

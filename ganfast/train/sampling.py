@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import load_checkpoint
+from .checkpoint import CheckpointError, checkpoint_path, load_checkpoint, load_state
 from .models import generator_from_spec
 
 
@@ -16,10 +16,14 @@ def load_generator(ckpt: str | Path, device: str | torch.device = "cpu", ema: bo
     """The generator of a checkpoint (a file or a run directory), in eval mode: G_ema (the moving
     average of G's weights, what the run's sample grids show) unless ema=False. Its `z_dim`
     attribute says the latent size and `latent` the distribution ("normal" or "uniform")."""
-    state = load_checkpoint(ckpt)
+    path = checkpoint_path(ckpt)
+    state = load_checkpoint(path)
     spec = state["model"]
-    G = generator_from_spec(spec)
-    G.load_state_dict(state["G_ema" if ema else "G"])
+    try:
+        G = generator_from_spec(spec)
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(path, f"its model description cannot be built ({e!r:.200})") from None
+    load_state(G, state["G_ema" if ema else "G"], path, "G_ema" if ema else "G")
     G.z_dim = spec.get("z_dim", spec.get("nz"))
     G.latent = state["config"].get("latent", "normal")
     G.trained_steps = int(state["step"])

@@ -26,7 +26,7 @@ import torch
 from .. import backend as _backend
 from .. import losses, steps
 from . import plots
-from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_atomic, write_text_atomic
+from .checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, load_state, save_atomic, write_text_atomic
 from .config import RESUMABLE_CHANGES, TrainConfig
 from .data import DataSampler, load_dataset
 from .metrics import DigitClassifier, class_metrics, mode_metrics
@@ -140,7 +140,9 @@ class Trainer:
         given = self.config
         if ckpt is not None:
             given = _merge_resume(given, ckpt["config"], self.out, self.explicit)
-        cfg = given.resolve()
+        # the data first: whether an npy: file holds 2-D points or images decides the defaults
+        self.dataset = load_dataset(given.data, given.image_size, given.channels)
+        cfg = given.resolve(points=not self.dataset.is_image)
         self.cfg = cfg
         self.objective = get_objective(cfg.objective)
         self.device = _resolve_device(cfg.device)
@@ -151,7 +153,6 @@ class Trainer:
         random.seed(cfg.seed)
         np.random.seed(cfg.seed % 2**32)
         torch.manual_seed(cfg.seed)
-        self.dataset = load_dataset(cfg.data, cfg.image_size, cfg.channels)
         self.G, self.D = build_models(cfg, self.dataset)
         self.G.to(self.device)
         self.D.to(self.device)
@@ -430,22 +431,22 @@ class Trainer:
         save_atomic(state, self.out / CHECKPOINT_NAME)
 
     def _restore(self, ckpt: dict) -> None:
-        self.G.load_state_dict(ckpt["G"])
-        self.D.load_state_dict(ckpt["D"])
-        self.G_ema.load_state_dict(ckpt["G_ema"])
-        self.opt_g.load_state_dict(ckpt["opt_g"])
-        self.opt_d.load_state_dict(ckpt["opt_d"])
-        self.scaler_g.load_state_dict(ckpt["scaler_g"])
-        self.scaler_d.load_state_dict(ckpt["scaler_d"])
+        path = self.out / CHECKPOINT_NAME
+        for what, module in (("G", self.G), ("D", self.D), ("G_ema", self.G_ema), ("opt_g", self.opt_g),
+                             ("opt_d", self.opt_d), ("scaler_g", self.scaler_g), ("scaler_d", self.scaler_d)):
+            load_state(module, ckpt[what], path, what)
         rng = ckpt["rng"]
-        torch.set_rng_state(rng["torch"])
-        random.setstate(rng["python"])
-        np.random.set_state(rng["numpy"])
-        self.gen.set_state(rng["gen"])
-        self.sampler.load_state_dict(rng["data"])
-        if "cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        self.step = int(ckpt["step"])
+        try:
+            torch.set_rng_state(rng["torch"])
+            random.setstate(rng["python"])
+            np.random.set_state(rng["numpy"])
+            self.gen.set_state(rng["gen"])
+            self.sampler.load_state_dict(rng["data"])
+            if "cuda" in rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+            self.step = int(ckpt["step"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise CheckpointError(path, f"its random-number states or step cannot be restored ({e!r:.200})") from None
         # metrics.jsonl may hold rows written after the checkpoint (an interrupted run): keep the
         # rows the checkpoint had, so the resumed file matches an uninterrupted run's
         path = self.out / "metrics.jsonl"
