@@ -743,13 +743,14 @@ def failure_report(rows: Sequence[Row], device: torch.device) -> str:
         lines.append("The reference (pure PyTorch) failed too: torch or the device itself computes these "
                      "differently from float64.")
     lines.append("Please report it on ganfast's issue tracker with the file `ganfast check --json check.json` "
-                 "writes (every row, the torch / triton / CUDA versions and the "
+                 "writes (every row, the torch / triton / CUDA versions, how ganfast was built, and the "
                  f"{'GPU' if device.type == 'cuda' else 'CPU'} name) and this output.")
     return "\n".join(lines)
 
 
 def environment(device: torch.device) -> dict:
     """The bench harness's description of the machine (versions, device names) and the backends."""
+    from . import buildinfo
     from .backend import available_backends
     from .bench.harness import environment as harness_environment
 
@@ -757,6 +758,7 @@ def environment(device: torch.device) -> dict:
     env["cudnn"] = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
     env["backends"] = {name: {"available": info.available, "detail": info.detail}
                        for name, info in available_backends().items()}
+    env["ganfast_config"] = buildinfo.config()  # what `ganfast --version` prints: how this install was built
     return env
 
 
