@@ -70,7 +70,7 @@ def _positive_int(value: str) -> int:
 
 
 def _add_train_arguments(p: argparse.ArgumentParser) -> None:
-    from .train.config import (AMP_CHOICES, BACKEND_CHOICES, DEFAULT_STEPS, DEVICE_CHOICES, LATENT_CHOICES,
+    from .train.config import (AMP_CHOICES, BACKEND_CHOICES, DEFAULT_STEPS, DEVICE_CHOICES, LATENT_CHOICES, MODELS,
                                OPTIMIZERS, TrainConfig)
     from .train.objectives import OBJECTIVES
 
@@ -115,6 +115,10 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=S, help=f"seeds every random stream (default: {d.seed})")
 
     g = p.add_argument_group("models")
+    g.add_argument("--model", choices=MODELS, default=S,
+                   help=f"the image models (default: {d.model}): dcgan (Radford et al.), or infogan (Chen et al.: "
+                        "categorical and continuous codes in G's input, a Q head on D's trunk predicting them, "
+                        "the mutual-information term added to both losses; writes codes.png); 2-D data trains MLPs")
     g.add_argument("--z-dim", type=_positive_int, default=S,
                    help="latent dimension (default: 8 for ring8 and .npy points, 2 for grid25, 128 for images)")
     g.add_argument("--latent", choices=LATENT_CHOICES, default=S,
@@ -127,6 +131,17 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"images are resized to this square size (default: {d.image_size})")
     g.add_argument("--channels", type=int, choices=(1, 3), default=S,
                    help="1 (grayscale) or 3 (RGB) (default: as the images are)")
+
+    g = p.add_argument_group("infogan (--model infogan)")
+    g.add_argument("--cat-codes", type=int, default=S,
+                   help=f"values of the categorical code, drawn uniformly (default: {d.cat_codes}; 0: none)")
+    g.add_argument("--cont-codes", type=int, default=S,
+                   help=f"continuous codes, drawn U(-1, 1) (default: {d.cont_codes}; 0: none)")
+    g.add_argument("--info-weight", type=float, default=S,
+                   help=f"lambda of the categorical mutual-information term (default: {d.info_weight}, the paper's)")
+    g.add_argument("--info-cont-weight", type=float, default=S,
+                   help=f"lambda of the continuous codes' term (default: {d.info_cont_weight}; the paper uses "
+                        "less than 1 for continuous codes)")
 
     g = p.add_argument_group("objective options")
     g.add_argument("--gp-weight", type=float, default=S, help="wgan-gp's lambda (default: 10)")
@@ -192,10 +207,13 @@ def _format_summary(s: dict) -> str:
             lines.append(f"  {who}: {m['modes']}/{m['n_modes']} modes captured, {100 * m['high_quality']:.1f}% "
                          f"high-quality samples (step {s['eval_step']})")
         elif "classes" in m:
+            agreement = (f", categorical code / class agreement {100 * m['code_agreement']:.1f}%"
+                         if "code_agreement" in m else "")
             lines.append(f"  {who}: {m['classes']}/{m['n_classes']} classes covered, KL(classes || uniform) "
-                         f"{m['kl_uniform']:.4f} (step {s['eval_step']})")
+                         f"{m['kl_uniform']:.4f}{agreement} (step {s['eval_step']})")
     out = s["out"]
-    lines.append(f"  files in {out}: config.toml checkpoint.pt metrics.jsonl training.png samples.png samples/ "
+    codes = " codes.png" if (s.get("metrics_ema") or {}).get("code_agreement") is not None else ""
+    lines.append(f"  files in {out}: config.toml checkpoint.pt metrics.jsonl training.png samples.png{codes} samples/ "
                  f"summary.json")
     lines.append(f"  more samples: ganfast sample --ckpt {out} --n 1000 --out samples.png")
     return "\n".join(lines)
@@ -251,12 +269,14 @@ def _add_sample_arguments(p: argparse.ArgumentParser) -> None:
                    help=".png (an image grid; a scatter plot for 2-D data) or .npy (the raw array)")
     p.add_argument("--seed", type=int, default=0, help="seed of z (default: 0)")
     p.add_argument("--device", default="cpu", help="where to run the generator (default: cpu)")
+    p.add_argument("--cat", type=int, default=None, metavar="K",
+                   help="InfoGAN runs: fix the categorical code at K (default: drawn uniformly)")
 
 
 def _run_sample(args: argparse.Namespace) -> int:
     from .train import sample_to_file
 
-    path = sample_to_file(args.ckpt, args.n, args.out, seed=args.seed, device=args.device)
+    path = sample_to_file(args.ckpt, args.n, args.out, seed=args.seed, device=args.device, cat=args.cat)
     print(f"ganfast sample: wrote {args.n} samples of G_ema to {path}")
     return 0
 

@@ -27,6 +27,9 @@ DEFAULT_STEPS = {"ring8": 8000, "grid25": 8000, "points": 8000, "digits": 4000, 
 BACKEND_CHOICES = ("auto", "cuda", "triton", "cpu", "reference")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 AMP_CHOICES = ("none", "bf16", "fp16")
+# The image models: DCGAN (Radford et al.) and InfoGAN (Chen et al.: latent codes, Q head, the
+# mutual-information term). 2-D data always trains the MLPs.
+MODELS = ("dcgan", "infogan")
 OPTIMIZERS = ("adam", "rmsprop")
 LATENT_CHOICES = ("normal", "uniform")
 
@@ -47,7 +50,8 @@ class TrainConfig:
     lr_decay: bool = True                 # linear decay of both learning rates to 0 over the last half
     seed: int = 0
     # the models
-    z_dim: Optional[int] = None           # None: 8 for ring8 / .npy points, 2 for grid25, 128 for images
+    model: str = "dcgan"                  # images: dcgan or infogan (2-D data: the MLPs)
+    z_dim: Optional[int] = None           # None: 8 for ring8 / .npy points, 2 for grid25, 128 for images, 62 infogan
     latent: str = "normal"                # z ~ N(0, I) or U(-1, 1)
     width: int = 128                      # MLP hidden width (2-D data)
     depth: int = 3                        # MLP hidden layers (2-D data)
@@ -55,6 +59,11 @@ class TrainConfig:
     ndf: int = 64
     image_size: int = 32                  # images are resized to this (32, 64 or 128)
     channels: Optional[int] = None        # 1 (grayscale) or 3 (RGB) for folder:/npy:; None: inferred
+    # InfoGAN (model = "infogan"): the codes and the weights of the mutual-information terms
+    cat_codes: int = 10                   # values of the categorical code (0: none)
+    cont_codes: int = 2                   # continuous codes, U(-1, 1) (0: none)
+    info_weight: float = 1.0              # lambda of the categorical term (the paper's 1)
+    info_cont_weight: float = 0.1         # lambda of the continuous terms (the paper: smaller than 1)
     # objective options
     gp_weight: Optional[float] = None     # wgan-gp's lambda (default 10)
     clip: Optional[float] = None          # wgan's weight clipping (default 0.01)
@@ -146,6 +155,22 @@ class TrainConfig:
         _choice("device", self.device, DEVICE_CHOICES)
         _choice("amp", self.amp, AMP_CHOICES)
         _choice("latent", self.latent, LATENT_CHOICES)
+        _choice("model", self.model, MODELS)
+        for name in ("cat_codes", "cont_codes"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ValueError(f"ganfast.train: {name} must be an integer >= 0; got {v!r}")
+        if self.model == "infogan":
+            if self.cat_codes == 1:
+                raise ValueError("ganfast.train: cat_codes must be 0 (no categorical code) or >= 2; got 1")
+            if self.cat_codes == 0 and self.cont_codes == 0:
+                raise ValueError("ganfast.train: infogan needs a code: cat_codes >= 2 or cont_codes >= 1")
+            obj = get_objective(self.objective)
+            if obj.gp_weight > 0 or obj.r1_gamma > 0 or (self.gp_weight or 0) > 0 or (self.r1_gamma or 0) > 0:
+                raise ValueError(f"ganfast.train: infogan's discriminator has BatchNorm (the paper's), whose fused "
+                                 f"backward is first order: no gradient penalty through it (objective "
+                                 f"'{self.objective}', gp_weight, r1_gamma); choose nonsaturating, minimax, hinge, "
+                                 f"least_squares or wgan")
         if self.optimizer is not None:
             _choice("optimizer", self.optimizer, OPTIMIZERS)
         for name in ("log_every", "r1_every", "eval_samples", "width", "depth", "ngf", "ndf"):
@@ -158,7 +183,7 @@ class TrainConfig:
                 _positive_int(name, getattr(self, name))
         if self.batch_size is not None and self.batch_size < 2:
             raise ValueError(f"ganfast.train: batch_size must be >= 2; got {self.batch_size}")
-        for name in ("lr", "lr_d", "lr_g", "gp_weight", "clip", "r1_gamma"):
+        for name in ("lr", "lr_d", "lr_g", "gp_weight", "clip", "r1_gamma", "info_weight", "info_cont_weight"):
             v = getattr(self, name)
             if v is not None and not (_is_number(v) and math.isfinite(v) and v >= 0):
                 raise ValueError(f"ganfast.train: {name} must be a finite number >= 0; got {v!r}")
@@ -201,12 +226,14 @@ class TrainConfig:
         c.batch_size = c.batch_size or (256 if two_d else 64)
         # measured (5,000 steps, 3 seeds): ring8 keeps all 8 modes with z in R^8 where R^2 lost one on a
         # seed; grid25's 5x5 layout is found from a 2-D latent (all 25) more reliably than from R^8
-        c.z_dim = c.z_dim or (128 if not two_d else 2 if data_kind(c.data) == "grid25" else 8)
+        infogan = c.model == "infogan" and not two_d
+        c.z_dim = c.z_dim or (62 if infogan else 128 if not two_d else 2 if data_kind(c.data) == "grid25" else 8)
         c.d_steps = c.d_steps or obj.d_steps
         c.optimizer = c.optimizer or obj.optimizer
         obj_lr = obj.lr_2d if two_d and obj.lr_2d is not None else obj.lr
         c.lr_d = c.lr_d or c.lr or obj_lr
-        c.lr_g = c.lr_g or c.lr or obj_lr
+        # InfoGAN's paper: D 2e-4, G 1e-3 (Adam, beta1 0.5) with the DCGAN-style objectives
+        c.lr_g = c.lr_g or c.lr or (1e-3 if infogan and obj.lr == 2e-4 else obj_lr)
         c.lr = None if c.lr_d != c.lr_g else c.lr_d
         c.betas = tuple(c.betas) if c.betas is not None else obj.betas
         c.gp_weight = obj.gp_weight if c.gp_weight is None else c.gp_weight
