@@ -127,6 +127,22 @@ def digits(image_size: int = 32) -> Dataset:
                    n_classes=10)
 
 
+def digits_bold(image_size: int = 32) -> Dataset:
+    """The digits with their strokes dilated by a 3x3 maximum filter at `image_size` and the
+    intensities inverted (x -> -x): CycleGAN's embedded second domain, the same content (labels kept
+    for the content-preservation metric) in another style."""
+    d = digits(image_size)
+    x = -F.max_pool2d(d.points, 3, stride=1, padding=1)
+    return Dataset("digits-bold", points=x, labels=d.labels, n_classes=10)
+
+
+def unpaired_halves(n: int, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """Two disjoint halves of range(n), shuffled with `seed`: CycleGAN's embedded pair draws domain A
+    from the first and domain B from the second, so no digit image appears in both (unpaired)."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return perm[: n // 2].sort().values, perm[n // 2:].sort().values
+
+
 def folder(path: str, image_size: int = 32, channels: Optional[int] = None) -> Dataset:
     from PIL import Image, UnidentifiedImageError
 
