@@ -52,7 +52,7 @@ def test_every_cuda_kernel_is_emulated(emulator):
         assert with_cuda == set(cuda_emu.ops())
     # and, independently of this install, one op of every family csrc/cuda holds
     families = {"losses.cu": "gan_d_loss", "penalty.cu": "penalty_from_grad", "bias_act.cu": "bias_act",
-                "batch_norm_act.cu": "batch_norm_act"}
+                "batch_norm_act.cu": "batch_norm_act", "info_loss.cu": "info_loss"}
     for cu in (cuda_emu.REPO / "csrc" / "cuda").glob("*.cu"):
         assert cu.name in families, f"csrc/cuda/{cu.name} is new: name one of its ops in this test"
         assert cuda_emu.has_kernel(families[cu.name]), cu.name
