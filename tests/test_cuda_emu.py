@@ -97,6 +97,9 @@ def _reductions(gen, dtype):
     }
     bn, mean, invstd = torch.ops.ganfast.batch_norm_act(x, None, None, None, None, True, 0.1, 1e-5, "relu", 0.0)
     out.update(bn_mean=mean, bn_invstd=invstd)
+    # info_loss: 300 categorical rows (a warp each) and 600 Gaussian terms over several blocks
+    logits, mu, ls = randn((300, 10), dtype, gen=gen), randn((300, 2), dtype, gen=gen), randn((300, 2), dtype, gen=gen)
+    out["info_loss"] = ops.info_loss(logits, torch.randint(0, 10, (300,), generator=gen), mu, mu.flip(0), ls, 0.7, 1.3)
     gi, gw, gb = torch.ops.ganfast.batch_norm_act_backward(randn(x.shape, dtype, gen=gen), x, None, None, mean,
                                                           invstd, True, "relu", 0.0)
     out.update(bn_grad_weight=gw, bn_grad_bias=gb)

@@ -485,7 +485,7 @@ def info_loss_configs():
     """The kernels of ganfast/triton/info_loss.py: each combination of parts the launchers pass
     (categorical and continuous, with and without logstd; categorical alone; continuous alone,
     with and without logstd) in float32, the full loss in float64 / float16 / bfloat16; the tile
-    shapes of K <= 16 (128 rows x 16), K ~ 100 (16 x 128) and K ~ 1000 (2 x 1024); the common
+    shapes of K <= 16 (128 rows x 16), K ~ 50 (32 x 64) and K > 64 (16 x 128, K looped in chunks); the common
     runtime specialisations (one tile per program; one row)."""
     import triton.language as tl
 
@@ -516,7 +516,7 @@ def info_loss_configs():
     for dt in ("float64", "float16", "bfloat16"):
         add("_info_forward_kernel", dt, every[0], **one)
         add("_info_backward_kernel", dt, every[0])
-    for tile in ((16, 128), (2, 1024)):
+    for tile in ((32, 64), (16, 128)):
         add("_info_forward_kernel", "float32", every[0], tile, **one)
         add("_info_backward_kernel", "float32", every[0], tile)
     add("_info_forward_kernel", "float32", every[0])                         # several tiles a program

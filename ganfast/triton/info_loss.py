@@ -36,7 +36,7 @@ from ._common import (BLOCK, MAX_PARTIALS, PBLOCK, _cdiv, _div, _exp_nonpos, _La
                       _sum_partials, _take_ticket, acc_dtype, num_warps)
 
 TILE = 2048          # logits per categorical tile: ROWS x BLOCK_K
-MAX_BLOCK_K = 1024   # logits of one row per chunk; larger K loops over chunks
+MAX_BLOCK_K = 128    # logits of one row per chunk (tiles of at least 16 rows); larger K loops
 MIN_BLOCK_K = 16
 _CODES_MSG = tl.constexpr("ganfast::info_loss: cat_codes must be class indices in [0, K)")
 
