@@ -36,6 +36,19 @@ TORCH_LIBRARY(ganfast, m) {
   m.def("gan_g_loss(Tensor fake_logits, str kind) -> Tensor");
   m.def("gan_g_loss_backward(Tensor grad_output, Tensor fake_logits, str kind) -> Tensor");
 
+  // ---- info_loss family (csrc/cpu/info_loss.cpp, csrc/cuda/info_loss.cu, ganfast/triton/info_loss.py)
+  // InfoGAN's mutual-information loss, a 0-dim tensor:
+  //   cat_weight * mean_b [logsumexp_k x_bk - x_b,c_b]                       (cat_logits (B, K), cat_codes (B,) int64)
+  // + cont_weight * mean_b sum_j [ls_bj + 0.5 ((c_bj - mu_bj) exp(-ls_bj))^2]  (cont tensors (B, J); ls = 0 if absent)
+  // Each part optional (not both absent); the 0.5 log 2 pi constant dropped. Checks in ganfast_common.h.
+  m.def("info_loss(Tensor? cat_logits, Tensor? cat_codes, Tensor? cont_mean, Tensor? cont_codes, "
+        "Tensor? cont_logstd, float cat_weight, float cont_weight) -> Tensor");
+  // The gradients w.r.t. cat_logits, cont_mean, cont_codes (= -grad_cont_mean) and cont_logstd, in
+  // one pass; an absent operand's gradient is an empty (0,) tensor. First order only.
+  m.def("info_loss_backward(Tensor grad_output, Tensor? cat_logits, Tensor? cat_codes, Tensor? cont_mean, "
+        "Tensor? cont_codes, Tensor? cont_logstd, float cat_weight, float cont_weight) "
+        "-> (Tensor grad_cat_logits, Tensor grad_cont_mean, Tensor grad_cont_codes, Tensor grad_cont_logstd)");
+
   // ---- penalty family (csrc/cpu/penalty.cpp, csrc/cuda/penalty.cu, ganfast/triton/penalty.py) ----
   // x_hat[b] = eps[b] * real[b] + (1 - eps[b]) * fake[b]; real and fake of one shape (B, ...),
   // eps of shape (B,). Linear in (real, fake), so its backward's derivative is itself again.

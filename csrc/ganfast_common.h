@@ -528,3 +528,124 @@ inline int64_t check_batch_norm_act_backward(const char* op, const at::Tensor& g
 }
 
 }  // namespace ganfast
+
+// ---- info_loss family ---------------------------------------------------------------------------
+
+namespace ganfast {
+
+// info_loss's operands, checked: each present tensor contiguous; the flags say which parts are
+// there. B rows; K classes (0 without the categorical part); J continuous codes (0 without).
+struct InfoOperands {
+  at::Tensor cat_logits, cat_codes, cont_mean, cont_codes, cont_logstd;  // undefined when absent
+  bool has_cat = false, has_cont = false, has_logstd = false;
+  int64_t B = 0, K = 0, J = 0;
+  at::Tensor like;  // the first floating operand: the result's dtype and device
+};
+
+inline bool info_present(const std::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
+
+inline void check_info_weight(const char* op, const char* arg, double w) {
+  TORCH_CHECK_VALUE(std::isfinite(w) && w >= 0, op, ": ", arg, " must be a finite number >= 0; got ", w);
+}
+
+// The checks, in this order: the weights; which operands are given together; the categorical
+// part (cat_logits floating (B, K), K >= 2; cat_codes int64 (B,)); the continuous part (cont_mean,
+// cont_codes, cont_logstd floating, one shape (B, J)); one dtype, one device and one B for all.
+// The range of the codes (data) is each backend's: see csrc/cpu/info_loss.cpp.
+// (Python twin: ganfast/_args.py's check_info_loss.)
+inline InfoOperands check_info_loss(const char* op, const std::optional<at::Tensor>& cat_logits,
+                                    const std::optional<at::Tensor>& cat_codes,
+                                    const std::optional<at::Tensor>& cont_mean,
+                                    const std::optional<at::Tensor>& cont_codes,
+                                    const std::optional<at::Tensor>& cont_logstd, double cat_weight,
+                                    double cont_weight) {
+  check_info_weight(op, "cat_weight", cat_weight);
+  check_info_weight(op, "cont_weight", cont_weight);
+  InfoOperands o;
+  o.has_cat = info_present(cat_logits);
+  o.has_cont = info_present(cont_mean);
+  o.has_logstd = info_present(cont_logstd);
+  TORCH_CHECK_VALUE(o.has_cat == info_present(cat_codes), op,
+                    ": cat_logits and cat_codes must be given together (both or neither)");
+  TORCH_CHECK_VALUE(o.has_cont == info_present(cont_codes), op,
+                    ": cont_mean and cont_codes must be given together (both or neither)");
+  TORCH_CHECK_VALUE(o.has_cont || !o.has_logstd, op, ": cont_logstd needs cont_mean and cont_codes");
+  TORCH_CHECK_VALUE(o.has_cat || o.has_cont, op,
+                    ": nothing to compute: give cat_logits with cat_codes, cont_mean with cont_codes, or both");
+  const char* like_name = nullptr;
+  if (o.has_cat) {
+    const at::Tensor& x = *cat_logits;
+    const at::Tensor& c = *cat_codes;
+    check_floating(x, op, "cat_logits");
+    TORCH_CHECK_VALUE(x.dim() == 2, op, ": cat_logits must have shape (B, K); got shape ", x.sizes());
+    TORCH_CHECK_VALUE(x.size(1) >= 2, op, ": cat_logits must have K >= 2 classes (shape (B, K)); got shape ",
+                      x.sizes());
+    TORCH_CHECK_TYPE(c.scalar_type() == at::kLong, op,
+                     ": cat_codes must be an int64 (Long) tensor of class indices; got ", c.scalar_type());
+    check_same_device(x, c, op, "cat_logits", "cat_codes");
+    TORCH_CHECK_VALUE(c.dim() == 1 && c.size(0) == x.size(0), op, ": cat_codes must have shape (B,) = (",
+                      x.size(0), ",) (cat_logits.size(0)); got shape ", c.sizes());
+    o.B = x.size(0);
+    o.K = x.size(1);
+    o.like = x;
+    like_name = "cat_logits";
+  }
+  if (o.has_cont) {
+    const at::Tensor& mu = *cont_mean;
+    check_floating(mu, op, "cont_mean");
+    check_floating(*cont_codes, op, "cont_codes");
+    if (o.has_logstd) check_floating(*cont_logstd, op, "cont_logstd");
+    TORCH_CHECK_VALUE(mu.dim() == 2, op, ": cont_mean must have shape (B, J); got shape ", mu.sizes());
+    check_same_device(mu, *cont_codes, op, "cont_mean", "cont_codes");
+    check_same_shape(mu, *cont_codes, op, "cont_mean", "cont_codes");
+    if (o.has_logstd) {
+      check_same_device(mu, *cont_logstd, op, "cont_mean", "cont_logstd");
+      check_same_shape(mu, *cont_logstd, op, "cont_mean", "cont_logstd");
+    }
+    if (o.has_cat) {
+      check_same_device(o.like, mu, op, "cat_logits", "cont_mean");
+      TORCH_CHECK_VALUE(mu.size(0) == o.B, op, ": cont_mean must have B = ", o.B,
+                        " rows (cat_logits.size(0)); got shape ", mu.sizes());
+    } else {
+      o.B = mu.size(0);
+      o.like = mu;
+      like_name = "cont_mean";
+    }
+    o.J = mu.size(1);
+    const auto dtype = o.like.scalar_type();
+    for (const auto& [t, arg] : {std::pair<const at::Tensor&, const char*>{mu, "cont_mean"},
+                                 std::pair<const at::Tensor&, const char*>{*cont_codes, "cont_codes"}}) {
+      TORCH_CHECK_TYPE(t.scalar_type() == dtype, op, ": ", arg, " must have the same dtype as ", like_name,
+                       " (", dtype, "); got ", t.scalar_type());
+    }
+    if (o.has_logstd) {
+      TORCH_CHECK_TYPE(cont_logstd->scalar_type() == dtype, op, ": cont_logstd must have the same dtype as ",
+                       like_name, " (", dtype, "); got ", cont_logstd->scalar_type());
+    }
+  }
+  if (o.has_cat) {
+    o.cat_logits = cat_logits->contiguous();
+    o.cat_codes = cat_codes->contiguous();
+  }
+  if (o.has_cont) {
+    o.cont_mean = cont_mean->contiguous();
+    o.cont_codes = cont_codes->contiguous();
+    if (o.has_logstd) o.cont_logstd = cont_logstd->contiguous();
+  }
+  return o;
+}
+
+// info_loss_backward's upstream gradient: one value, floating, on the operands' device.
+inline void check_info_grad_output(const char* op, const at::Tensor& grad_output, const InfoOperands& o) {
+  check_floating(grad_output, op, "grad_output");
+  check_same_device(o.like, grad_output, op, o.has_cat ? "cat_logits" : "cont_mean", "grad_output");
+  TORCH_CHECK_VALUE(grad_output.numel() == 1, op, ": grad_output must hold one value; got shape ",
+                    grad_output.sizes());
+}
+
+// The gradient of an operand: like t (contiguous), or an empty (0,) tensor where t is absent.
+inline at::Tensor info_grad_like(const at::Tensor& t, const at::Tensor& like) {
+  return t.defined() ? at::empty_like(t, at::MemoryFormat::Contiguous) : at::empty({0}, like.options());
+}
+
+}  // namespace ganfast

@@ -7,6 +7,7 @@ RuntimeError, AT_DISPATCH's "not implemented for" -> NotImplementedError), so th
 backend accepts and rejects exactly what the CPU and CUDA backends do. `op` is the full op name
 ("ganfast::bce_with_logits"). Nothing here reads tensor data: no host synchronisation.
 """
+import math
 from typing import NamedTuple, Optional, Sequence
 
 import torch
@@ -518,3 +519,124 @@ def check_batch_norm_act_backward(op: str, grad_output: torch.Tensor, input: tor
             raise TypeError(f"{op}: {arg} must be {scalar_type_name(compute)} (the compute dtype of "
                             f"{scalar_type_name(input.dtype)} input); got {scalar_type_name(t.dtype)}")
     return batch_norm_values_per_channel(input)
+
+
+# ---- info_loss family ---------------------------------------------------------------------------
+
+
+class InfoOperands(NamedTuple):
+    """info_loss's operands, checked (ganfast_common.h's InfoOperands): each present tensor
+    contiguous, None where absent; B rows, K classes (0 without the categorical part), J continuous
+    codes (0 without); `like` the first floating operand (the result's dtype and device)."""
+    cat_logits: Optional[torch.Tensor]
+    cat_codes: Optional[torch.Tensor]
+    cont_mean: Optional[torch.Tensor]
+    cont_codes: Optional[torch.Tensor]
+    cont_logstd: Optional[torch.Tensor]
+    B: int
+    K: int
+    J: int
+    like: torch.Tensor
+
+    @property
+    def has_cat(self) -> bool:
+        return self.cat_logits is not None
+
+    @property
+    def has_cont(self) -> bool:
+        return self.cont_mean is not None
+
+    @property
+    def has_logstd(self) -> bool:
+        return self.cont_logstd is not None
+
+
+def _check_info_weight(op: str, arg: str, w: float) -> None:
+    w = float(w)
+    if not (math.isfinite(w) and w >= 0):
+        raise ValueError(f"{op}: {arg} must be a finite number >= 0; got {w:g}")  # %g: as C++ prints a double
+
+
+def check_info_loss(op: str, cat_logits, cat_codes, cont_mean, cont_codes, cont_logstd,
+                    cat_weight: float, cont_weight: float) -> InfoOperands:
+    """check_info_loss of ganfast_common.h: the same checks in the same order, the same messages.
+    The range of the class indices (data) is each backend's."""
+    _check_info_weight(op, "cat_weight", cat_weight)
+    _check_info_weight(op, "cont_weight", cont_weight)
+    has_cat, has_cont, has_logstd = cat_logits is not None, cont_mean is not None, cont_logstd is not None
+    if has_cat != (cat_codes is not None):
+        raise ValueError(f"{op}: cat_logits and cat_codes must be given together (both or neither)")
+    if has_cont != (cont_codes is not None):
+        raise ValueError(f"{op}: cont_mean and cont_codes must be given together (both or neither)")
+    if has_logstd and not has_cont:
+        raise ValueError(f"{op}: cont_logstd needs cont_mean and cont_codes")
+    if not (has_cat or has_cont):
+        raise ValueError(f"{op}: nothing to compute: give cat_logits with cat_codes, cont_mean with cont_codes, "
+                         "or both")
+    B = K = J = 0
+    like = like_name = None
+    if has_cat:
+        x, c = cat_logits, cat_codes
+        check_floating(x, op, "cat_logits")
+        if x.dim() != 2:
+            raise ValueError(f"{op}: cat_logits must have shape (B, K); got shape {format_sizes(x.shape)}")
+        if x.shape[1] < 2:
+            raise ValueError(f"{op}: cat_logits must have K >= 2 classes (shape (B, K)); got shape "
+                             f"{format_sizes(x.shape)}")
+        if c.dtype != torch.int64:
+            raise TypeError(f"{op}: cat_codes must be an int64 (Long) tensor of class indices; got "
+                            f"{scalar_type_name(c.dtype)}")
+        check_same_device(x, c, op, "cat_logits", "cat_codes")
+        if c.dim() != 1 or c.shape[0] != x.shape[0]:
+            raise ValueError(f"{op}: cat_codes must have shape (B,) = ({x.shape[0]},) (cat_logits.size(0)); got "
+                             f"shape {format_sizes(c.shape)}")
+        B, K = x.shape
+        like, like_name = x, "cat_logits"
+    if has_cont:
+        mu = cont_mean
+        check_floating(mu, op, "cont_mean")
+        check_floating(cont_codes, op, "cont_codes")
+        if has_logstd:
+            check_floating(cont_logstd, op, "cont_logstd")
+        if mu.dim() != 2:
+            raise ValueError(f"{op}: cont_mean must have shape (B, J); got shape {format_sizes(mu.shape)}")
+        check_same_device(mu, cont_codes, op, "cont_mean", "cont_codes")
+        check_same_shape(mu, cont_codes, op, "cont_mean", "cont_codes")
+        if has_logstd:
+            check_same_device(mu, cont_logstd, op, "cont_mean", "cont_logstd")
+            check_same_shape(mu, cont_logstd, op, "cont_mean", "cont_logstd")
+        if has_cat:
+            check_same_device(like, mu, op, "cat_logits", "cont_mean")
+            if mu.shape[0] != B:
+                raise ValueError(f"{op}: cont_mean must have B = {B} rows (cat_logits.size(0)); got shape "
+                                 f"{format_sizes(mu.shape)}")
+        else:
+            B = mu.shape[0]
+            like, like_name = mu, "cont_mean"
+        J = mu.shape[1]
+        dtype = like.dtype
+        for t, arg in ((mu, "cont_mean"), (cont_codes, "cont_codes")) + (((cont_logstd, "cont_logstd"),)
+                                                                        if has_logstd else ()):
+            if t.dtype != dtype:
+                raise TypeError(f"{op}: {arg} must have the same dtype as {like_name} ({scalar_type_name(dtype)}); "
+                                f"got {scalar_type_name(t.dtype)}")
+    cont = lambda t: None if t is None else t.contiguous()  # noqa: E731
+    return InfoOperands(cont(cat_logits), cont(cat_codes), cont(cont_mean), cont(cont_codes), cont(cont_logstd),
+                        int(B), int(K), int(J), like)
+
+
+def check_info_grad_output(op: str, grad_output: torch.Tensor, o: InfoOperands) -> None:
+    check_floating(grad_output, op, "grad_output")
+    check_same_device(o.like, grad_output, op, "cat_logits" if o.has_cat else "cont_mean", "grad_output")
+    if grad_output.numel() != 1:
+        raise ValueError(f"{op}: grad_output must hold one value; got shape {format_sizes(grad_output.shape)}")
+
+
+def info_codes_error(op: str, codes: torch.Tensor, K: int) -> Optional[IndexError]:
+    """The error of class indices outside [0, K) (the first one, by index), or None. Reads the
+    codes: call it on CPU tensors only (on CUDA it would synchronise)."""
+    bad = ((codes < 0) | (codes >= K)).nonzero()
+    if bad.numel() == 0:
+        return None
+    b = int(bad[0, 0])
+    return IndexError(f"{op}: cat_codes must be class indices in [0, K) = [0, {K}); got {int(codes[b])} at index {b}")

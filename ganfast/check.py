@@ -145,6 +145,23 @@ def _call_g_loss(i):
     return {"loss": _ops().gan_g_loss(i["fake"], "nonsaturating")}
 
 
+# info_loss
+
+
+def _make_info(shape, dtype, device, gen):
+    B, K, J = shape
+    return {"cat_logits": _randn((B, K), dtype, device, gen, 2.0, grad=True),
+            "cat_codes": torch.randint(0, K, (B,), generator=gen, device=device),
+            "cont_mean": _randn((B, J), dtype, device, gen, grad=True),
+            "cont_codes": _randn((B, J), dtype, device, gen, grad=True),
+            "cont_logstd": _randn((B, J), dtype, device, gen, 0.5, grad=True)}
+
+
+def _call_info(i):
+    return {"loss": _ops().info_loss(i["cat_logits"], i["cat_codes"], i["cont_mean"], i["cont_codes"],
+                                     i["cont_logstd"], 0.7, 1.3)}
+
+
 # penalty
 
 
@@ -264,6 +281,8 @@ def _cases() -> list:
     add("losses", "gan_g_loss", "nonsaturating", _make_fake_logits, _call_g_loss,
         {"small": (77,), "production": (4_200_001,)})
     add("losses", "gan_g_loss", "nonsaturating", _make_fake_logits, _call_g_loss, {"huge": (_HUGE,)}, **_HUGE_KW)
+    # InfoGAN: B x K categorical logits, B x J continuous codes (production: many rows and blocks, K ~ 1000)
+    add("info_loss", "info_loss", "", _make_info, _call_info, {"small": (7, 10, 3), "production": (8193, 1000, 16)})
     add("penalty", "interpolate", "", _make_interpolate, _call_interpolate,
         {"small": (3, 3, 5, 7), "production": (64, 3, 64, 64)}, double_backward=True, reduces=False)
     add("penalty", "penalty_from_grad", "wgan-gp", _make_penalty, _call_penalty,
@@ -354,7 +373,9 @@ def _seed(case: Case, dtype: torch.dtype) -> int:
 
 
 def _oracle_copy(case: Case, inputs: dict) -> dict:
-    return {k: v.detach().to(case.oracle_dtype).requires_grad_(v.requires_grad) for k, v in inputs.items()}
+    # integer inputs (class indices) stay as they are
+    return {k: v.detach().to(case.oracle_dtype).requires_grad_(v.requires_grad) if v.is_floating_point() else v
+            for k, v in inputs.items()}
 
 
 def draw_upstream(case: Case, dtype: torch.dtype, device: torch.device) -> dict:

@@ -38,6 +38,7 @@ __all__ = [
     "binary_cross_entropy_with_logits",
     "discriminator_loss",
     "generator_loss",
+    "info_loss",
 ]
 
 # Objectives whose discriminator loss uses the labels (for one-sided label smoothing).
@@ -90,6 +91,31 @@ def discriminator_loss(real_logits: Tensor, fake_logits: Tensor, kind: str = "no
 def generator_loss(fake_logits: Tensor, kind: str = "nonsaturating") -> Tensor:
     """The generator's loss from the discriminator's raw logits on its samples."""
     return ops.gan_g_loss(fake_logits, kind)  # `kind` is validated by the op itself
+
+
+def info_loss(cat_logits: Optional[Tensor] = None, cat_codes: Optional[Tensor] = None,
+              cont_mean: Optional[Tensor] = None, cont_codes: Optional[Tensor] = None,
+              cont_logstd: Optional[Tensor] = None, cat_weight: float = 1.0, cont_weight: float = 1.0) -> Tensor:
+    """InfoGAN's mutual-information loss L_I (Chen et al. 2016) from Q's outputs, in one fused
+    kernel forward and one backward:
+
+        cat_weight * cross_entropy(cat_logits, cat_codes)                       (mean over B)
+      + cont_weight * mean_b sum_j [logstd + ((cont_codes - cont_mean) / exp(logstd))^2 / 2]
+
+    cat_logits (B, K), K >= 2, with cat_codes (B,) int64 class indices in [0, K); cont_mean,
+    cont_codes and (optionally; sigma = 1 without) cont_logstd of shape (B, J), the Gaussian
+    negative log-likelihood without its constant 0.5 log(2 pi). Either part may be absent, not
+    both; weights finite and >= 0. Equal in value and gradients (w.r.t. cat_logits, cont_mean,
+    cont_codes, cont_logstd) to the eager composite
+    `cat_weight * F.cross_entropy(cat_logits, cat_codes) + cont_weight * (cont_logstd + 0.5 *
+    ((cont_codes - cont_mean) * torch.exp(-cont_logstd)) ** 2).sum(1).mean()`; an empty batch
+    gives NaN, as there. Returns a 0-dim tensor in cat_logits' dtype (cont_mean's without the
+    categorical part); half precision is computed in float32. First order only: a second
+    derivative raises. Class indices outside [0, K) raise IndexError on CPU and are a device-side
+    assert on CUDA (as torch's cross_entropy), never a host synchronisation.
+    """
+    return ops.info_loss(cat_logits, cat_codes, cont_mean, cont_codes, cont_logstd, float(cat_weight),
+                         float(cont_weight))
 
 
 class BCEWithLogitsLoss(nn.Module):

@@ -52,7 +52,7 @@ def test_every_cuda_kernel_is_emulated(emulator):
         assert with_cuda == set(cuda_emu.ops())
     # and, independently of this install, one op of every family csrc/cuda holds
     families = {"losses.cu": "gan_d_loss", "penalty.cu": "penalty_from_grad", "bias_act.cu": "bias_act",
-                "batch_norm_act.cu": "batch_norm_act"}
+                "batch_norm_act.cu": "batch_norm_act", "info_loss.cu": "info_loss"}
     for cu in (cuda_emu.REPO / "csrc" / "cuda").glob("*.cu"):
         assert cu.name in families, f"csrc/cuda/{cu.name} is new: name one of its ops in this test"
         assert cuda_emu.has_kernel(families[cu.name]), cu.name
@@ -97,6 +97,9 @@ def _reductions(gen, dtype):
     }
     bn, mean, invstd = torch.ops.ganfast.batch_norm_act(x, None, None, None, None, True, 0.1, 1e-5, "relu", 0.0)
     out.update(bn_mean=mean, bn_invstd=invstd)
+    # info_loss: 300 categorical rows (a warp each) and 600 Gaussian terms over several blocks
+    logits, mu, ls = randn((300, 10), dtype, gen=gen), randn((300, 2), dtype, gen=gen), randn((300, 2), dtype, gen=gen)
+    out["info_loss"] = ops.info_loss(logits, torch.randint(0, 10, (300,), generator=gen), mu, mu.flip(0), ls, 0.7, 1.3)
     gi, gw, gb = torch.ops.ganfast.batch_norm_act_backward(randn(x.shape, dtype, gen=gen), x, None, None, mean,
                                                           invstd, True, "relu", 0.0)
     out.update(bn_grad_weight=gw, bn_grad_bias=gb)

@@ -110,6 +110,42 @@ def losses_case(batch: int, device) -> Case:
                 "`loss_d, loss_g` from (B, 1) logits; `backward([loss_d, loss_g])`", make_step)
 
 
+# ---- InfoGAN's mutual-information loss (Q's categorical and continuous heads), forward and backward ---
+
+def eager_info_loss(cat_logits, cat_codes, cont_mean, cont_codes, cont_logstd):
+    """L_I as an InfoGAN script writes it: cross-entropy plus the Gaussian NLL (no constant)."""
+    return (F.cross_entropy(cat_logits, cat_codes)
+            + (cont_logstd + 0.5 * ((cont_codes - cont_mean) * torch.exp(-cont_logstd)) ** 2).sum(1).mean())
+
+
+def ganfast_info_loss(cat_logits, cat_codes, cont_mean, cont_codes, cont_logstd):
+    return L.info_loss(cat_logits, cat_codes, cont_mean, cont_codes, cont_logstd)
+
+
+def info_loss_case(batch: int, classes: int, codes: int, device) -> Case:
+    def make_step(impl, **_):
+        g = _gen(batch * 1000 + classes)
+        logits = (torch.randn(batch, classes, generator=g) * 2).to(device).requires_grad_()
+        labels = torch.randint(0, classes, (batch,), generator=g).to(device)
+        mean = torch.randn(batch, codes, generator=g).to(device).requires_grad_()
+        logstd = (torch.randn(batch, codes, generator=g) * 0.5).to(device).requires_grad_()
+        sampled = torch.randn(batch, codes, generator=g).to(device)  # the codes G was given
+        fn = {"eager": eager_info_loss, "ganfast": ganfast_info_loss}.get(impl)
+        fn = fn or torch.compile(eager_info_loss)
+        leaves = [logits, mean, logstd]
+
+        def step():
+            loss = fn(logits, labels, mean, sampled, logstd)
+            loss.backward()
+            out = [("loss", loss.detach())] + _grads("Q heads", leaves)
+            _clear(leaves)
+            return out
+        return step
+
+    return Case("losses", "InfoGAN info_loss", f"B={batch}, K={classes}, J={codes}",
+                "`L_I` from Q's (B, K) logits with int64 codes and (B, J) mean / logstd; `backward()`", make_step)
+
+
 # ---- penalty: the gradient penalty from D's input gradient, forward and backward --------------------
 
 def eager_penalty(g):
@@ -527,6 +563,7 @@ def mlp_step_case(batch, width, device) -> Case:
 # Every case builder with its sizes: (builder, the quick run's arguments, the full run's arguments).
 SIZES = [
     (losses_case, [(4096,)], [(64,), (65536,)]),
+    (info_loss_case, [(16, 10, 2)], [(64, 10, 2)]),                       # batch, classes K, codes J
     (penalty_case, [((16, 3, 32, 32),)], [((64, 3, 64, 64),), ((256, 3, 128, 128),)]),
     (bias_act_case, [((8, 32, 16, 16),)], [((64, 128, 32, 32),)]),
     (lrelu_double_backward_case, [((8, 32, 16, 16),)], [((64, 128, 32, 32),)]),

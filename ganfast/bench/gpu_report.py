@@ -61,7 +61,7 @@ import time
 from pathlib import Path
 
 CCS = (80, 90)
-MODULES = ("losses", "penalty", "bias_act", "batch_norm_act", "conv_block")
+MODULES = ("losses", "penalty", "bias_act", "batch_norm_act", "conv_block", "info_loss")
 DTYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float64": "fp64"}
 _RESULT_TAG = "GANFAST_GPU_REPORT_TRITON "
 
@@ -481,11 +481,57 @@ def conv_block_configs():
     return out
 
 
+def info_loss_configs():
+    """The kernels of ganfast/triton/info_loss.py: each combination of parts the launchers pass
+    (categorical and continuous, with and without logstd; categorical alone; continuous alone,
+    with and without logstd) in float32, the full loss in float64 / float16 / bfloat16; the tile
+    shapes of K <= 16 (128 rows x 16), K ~ 50 (32 x 64) and K > 64 (16 x 128, K looped in chunks); the common
+    runtime specialisations (one tile per program; one row)."""
+    import triton.language as tl
+
+    from ganfast.triton import info_loss as I
+
+    def acc(dt):
+        return tl.float64 if dt == "float64" else tl.float32
+
+    out = []
+
+    def add(kernel, dt, parts, tile=(128, 16), i64=False, **extra):
+        cat, cont, logstd = parts
+        c = dict(HAS_CAT=cat, HAS_CONT=cont, HAS_LOGSTD=logstd, ACC=acc(dt), ROWS=tile[0], BLOCK_K=tile[1],
+                 BLOCK=I.BLOCK)
+        if kernel == "_info_forward_kernel":
+            c["PBLOCK"] = I.PBLOCK
+        c.update(extra)
+        # the launchers compile the class-index device_assert in wherever there are class indices
+        options = {"debug": True, "ptr_types": {"c_ptr": "*i64"}} if cat else {}
+        out.append(("info_loss", kernel, dt, c, i64, options))
+
+    every = ((True, True, True), (True, True, False), (True, False, False), (False, True, True),
+             (False, True, False))
+    one = dict(iters_r=1, iters_c=1)
+    for parts in every:
+        add("_info_forward_kernel", "float32", parts, **one)
+        add("_info_backward_kernel", "float32", parts)
+    for dt in ("float64", "float16", "bfloat16"):
+        add("_info_forward_kernel", dt, every[0], **one)
+        add("_info_backward_kernel", dt, every[0])
+    for tile in ((32, 64), (16, 128)):
+        add("_info_forward_kernel", "float32", every[0], tile, **one)
+        add("_info_backward_kernel", "float32", every[0], tile)
+    add("_info_forward_kernel", "float32", every[0])                         # several tiles a program
+    add("_info_forward_kernel", "float32", every[0], B=1, n=1, **one)        # one row, one code
+    add("_info_backward_kernel", "float32", every[0], B=1, n=1)
+    add("_info_forward_kernel", "float32", every[0], i64=True)               # int64 sizes
+    add("_info_backward_kernel", "float16", every[0], i64=True)
+    return out
+
+
 @functools.lru_cache(maxsize=None)
 def configs():
     """[(module, kernel name, dtype name, constexprs, int64 indices?, options)] of every module."""
     every = ([("losses",) + c for c in loss_configs()] + penalty_configs() + bias_act_configs()
-             + batch_norm_act_configs() + conv_block_configs())
+             + batch_norm_act_configs() + conv_block_configs() + info_loss_configs())
     seen, out = set(), []
     for c in every:  # the lists above name a few configurations twice: compile each once
         key = repr(c)
@@ -499,7 +545,8 @@ def configs():
 # (passed as Python floats, typed tl.float64 in the kernels).
 _ACC_POINTERS = ("partial_ptr", "norms_ptr", "vec_ptr", "dots_ptr", "mean_ptr", "invstd_ptr", "var_ptr",
                  "terms_ptr")
-_FLOAT_ARGS = ("real_label", "fake_label", "center", "alpha", "gain", "clamp", "momentum", "eps")
+_FLOAT_ARGS = ("real_label", "fake_label", "center", "alpha", "gain", "clamp", "momentum", "eps",
+               "cat_weight", "cont_weight", "cat_scale", "cont_scale")
 
 
 def signature(fn, dtype, constexprs, i64):
