@@ -485,7 +485,7 @@ def cycle_loss_configs():
     """The kernels of ganfast/triton/cycle_loss.py: the forward reduction and the backward (each
     output selection) in every dtype, with the loaded pointers declared 16-byte aligned (ALIGNED)
     and not; one pair (count = 1, the constexpr Triton makes of it), one BLOCK per program (iters
-    = 1); int64 sizes. table_ptr is the int64 table of the pairs' addresses and sizes."""
+    = 1). table_ptr is the int64 table of the pairs' addresses and (int64) sizes."""
     import triton.language as tl
 
     from ganfast.triton import cycle_loss as C
@@ -508,8 +508,8 @@ def cycle_loss_configs():
     add("_cycle_forward_kernel", "float32", ALIGNED=True, count=1, iters=1)
     add("_cycle_forward_kernel", "float16", ALIGNED=True, iters=1)
     add("_cycle_backward_kernel", "float32", WRITE_R=True, WRITE_O=False, ALIGNED=True, count=1)
-    add("_cycle_forward_kernel", "float32", i64=True, ALIGNED=True)
-    add("_cycle_backward_kernel", "bfloat16", i64=True, WRITE_R=True, WRITE_O=True, ALIGNED=False)
+    # (no "int64 sizes" configurations: the sizes are int64 in the table on every call; the int
+    # arguments, count and iters, stay far below 2**31)
     return out
 
 
