@@ -539,5 +539,25 @@ GANFAST_HD void info_gauss_grad(T c, T mu, T ls, bool has_logstd, T& dmu, T& dls
   dls = T(1) - z * z;
 }
 
+// ---------------------------------------------------------------------------------------------
+// cycle_loss family: weight * mean |r - o| per (reconstructed, original) pair, summed over pairs
+// ---------------------------------------------------------------------------------------------
+
+// |r - o|: the term summed (NaN propagates).
+template <typename T>
+GANFAST_HD T l1_term(T r, T o) {
+  const T d = r - o;
+  return d < T(0) ? -d : d;
+}
+
+// d|r - o| / dr: sign(r - o) with torch's l1_loss conventions: 0 at equality (the subgradient) and
+// 0 where r - o is NaN (torch's sgn of NaN in its backward). Selects only: GCC vectorises it.
+template <typename T>
+GANFAST_HD T l1_sign(T r, T o) {
+  const T d = r - o;
+  T s = d > T(0) ? T(1) : T(0);
+  return d < T(0) ? T(-1) : s;
+}
+
 }  // namespace math
 }  // namespace ganfast

@@ -99,6 +99,19 @@ TORCH_LIBRARY(ganfast, m) {
   m.def("batch_norm_act_backward(Tensor grad_output, Tensor input, Tensor? weight, Tensor? bias, "
         "Tensor save_mean, Tensor save_invstd, bool training, str act, float alpha) "
         "-> (Tensor grad_input, Tensor grad_weight, Tensor grad_bias)");
+
+  // ---- cycle_loss family (csrc/cpu/cycle_loss.cpp, csrc/cuda/cycle_loss.cu, ganfast/triton/cycle_loss.py)
+  // CycleGAN's cycle-consistency / identity L1 loss over a list of pairs:
+  // weight * sum_i mean|reconstructed[i] - original[i]| (each mean over its own pair's elements),
+  // all pairs in one launch. Pairs of one dtype and device, each pair of one shape; weight finite
+  // and >= 0. Returns a 0-dim tensor in the inputs' dtype.
+  m.def("cycle_loss(Tensor[] reconstructed, Tensor[] original, float weight) -> Tensor");
+  // The gradients w.r.t. every reconstructed[i] (weight * grad_output / numel_i * sign(r - o), 0 at
+  // r == o) and every original[i] (their negatives), all pairs in one launch, each in its input's
+  // dtype and layout. grad_reconstructed / grad_original say which list to write; the other comes
+  // back empty. First order only: not differentiable itself.
+  m.def("cycle_loss_backward(Tensor grad_output, Tensor[] reconstructed, Tensor[] original, float weight, "
+        "bool grad_reconstructed, bool grad_original) -> (Tensor[] grad_reconstructed, Tensor[] grad_original)");
 }
 
 // `import ganfast._C` loads this library, whose static initialisers register the ops above and

@@ -5,9 +5,11 @@
 
 #include <ATen/ATen.h>
 
+#include <cmath>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "gan_math.h"
 
@@ -646,6 +648,89 @@ inline void check_info_grad_output(const char* op, const at::Tensor& grad_output
 // The gradient of an operand: like t (contiguous), or an empty (0,) tensor where t is absent.
 inline at::Tensor info_grad_like(const at::Tensor& t, const at::Tensor& like) {
   return t.defined() ? at::empty_like(t, at::MemoryFormat::Contiguous) : at::empty({0}, like.options());
+}
+
+}  // namespace ganfast
+
+// ---- cycle_loss family --------------------------------------------------------------------------
+
+namespace ganfast {
+
+// cycle_loss's operands, in this order: the lists non-empty and of one length; then per pair i:
+// reconstructed[i] and original[i] floating, on reconstructed[0]'s device, of reconstructed[0]'s
+// dtype, original[i] of reconstructed[i]'s shape (no broadcasting: F.l1_loss warns and
+// broadcasts, ganfast refuses); weight finite and >= 0. (Python twin: ganfast/_args.py's
+// check_cycle_loss.)
+inline void check_cycle_loss(const char* op, at::TensorList reconstructed, at::TensorList original, double weight) {
+  TORCH_CHECK_VALUE(!reconstructed.empty(), op, ": reconstructed must hold at least one tensor; got an empty list");
+  TORCH_CHECK_VALUE(reconstructed.size() == original.size(), op,
+                    ": reconstructed and original must have the same length; got ", reconstructed.size(), " and ",
+                    original.size());
+  const at::Tensor& first = reconstructed[0];
+  for (size_t i = 0; i < reconstructed.size(); ++i) {
+    const std::string r_name = "reconstructed[" + std::to_string(i) + "]";
+    const std::string o_name = "original[" + std::to_string(i) + "]";
+    const at::Tensor& r = reconstructed[i];
+    const at::Tensor& o = original[i];
+    check_floating(r, op, r_name.c_str());
+    check_floating(o, op, o_name.c_str());
+    if (i > 0) check_same_device(first, r, op, "reconstructed[0]", r_name.c_str());
+    check_same_device(first, o, op, "reconstructed[0]", o_name.c_str());
+    if (i > 0)
+      TORCH_CHECK_TYPE(r.scalar_type() == first.scalar_type(), op, ": ", r_name,
+                       " must have the dtype of reconstructed[0] (", first.scalar_type(), "); got ", r.scalar_type());
+    TORCH_CHECK_TYPE(o.scalar_type() == first.scalar_type(), op, ": ", o_name,
+                     " must have the dtype of reconstructed[0] (", first.scalar_type(), "); got ", o.scalar_type());
+    check_same_shape(r, o, op, r_name.c_str(), o_name.c_str());
+  }
+  TORCH_CHECK_VALUE(std::isfinite(weight) && weight >= 0, op, ": weight must be finite and non-negative; got ",
+                    weight);
+}
+
+// cycle_loss_backward's upstream gradient: one value, floating, on the inputs' device (read there).
+inline void check_cycle_loss_grad_output(const char* op, const at::Tensor& grad_output, const at::Tensor& first) {
+  check_same_device(first, grad_output, op, "reconstructed[0]", "grad_output");
+  check_floating(grad_output, op, "grad_output");
+  TORCH_CHECK_VALUE(grad_output.numel() == 1, op, ": grad_output must hold one value; got shape ",
+                    grad_output.sizes());
+}
+
+// One pair as the kernels walk it: both dense (non-overlapping, every element in numel consecutive
+// positions) and in the same layout, so element k of the walk is data_ptr()[k] in both and the
+// gradients (empty_like of these) keep the layout. Contiguous and channels_last inputs are used as
+// they are; a reconstructed that is not dense (a strided view) is copied contiguous, and an original
+// whose layout differs from reconstructed's is copied into that layout (one extra read + write of
+// that tensor; its gradient then comes back in reconstructed's layout).
+struct CyclePair {
+  at::Tensor r, o;
+  int64_t n = 0;
+};
+
+inline bool same_dense_layout(const at::Tensor& a, const at::Tensor& b) {
+  if (a.sizes() != b.sizes()) return false;
+  for (int64_t d = 0; d < a.dim(); ++d)
+    if (a.size(d) > 1 && a.stride(d) != b.stride(d)) return false;
+  return true;
+}
+
+inline CyclePair make_cycle_pair(const at::Tensor& reconstructed, const at::Tensor& original) {
+  CyclePair p;
+  p.r = reconstructed.is_non_overlapping_and_dense() ? reconstructed : reconstructed.contiguous();
+  if (same_dense_layout(original, p.r) && original.is_non_overlapping_and_dense()) {
+    p.o = original;
+  } else {
+    p.o = at::empty_like(p.r);
+    p.o.copy_(original);
+  }
+  p.n = p.r.numel();
+  return p;
+}
+
+inline std::vector<CyclePair> make_cycle_pairs(at::TensorList reconstructed, at::TensorList original) {
+  std::vector<CyclePair> pairs;
+  pairs.reserve(reconstructed.size());
+  for (size_t i = 0; i < reconstructed.size(); ++i) pairs.push_back(make_cycle_pair(reconstructed[i], original[i]));
+  return pairs;
 }
 
 }  // namespace ganfast

@@ -640,3 +640,67 @@ def info_codes_error(op: str, codes: torch.Tensor, K: int) -> Optional[IndexErro
         return None
     b = int(bad[0, 0])
     return IndexError(f"{op}: cat_codes must be class indices in [0, K) = [0, {K}); got {int(codes[b])} at index {b}")
+
+
+# ---- cycle_loss family ---------------------------------------------------------------------------
+
+def _float_text(x: float) -> str:
+    """A double as C++'s ostream prints it (6 significant digits: -1, 0.5, inf, nan)."""
+    return f"{x:g}"
+
+
+def check_cycle_loss(op: str, reconstructed: Sequence[torch.Tensor], original: Sequence[torch.Tensor],
+                     weight: float) -> None:
+    """cycle_loss's operands (ganfast_common.h's check_cycle_loss): the lists non-empty and of one
+    length; per pair i: both floating, on reconstructed[0]'s device, of its dtype, original[i] of
+    reconstructed[i]'s shape (no broadcasting); weight finite and >= 0."""
+    if len(reconstructed) == 0:
+        raise ValueError(f"{op}: reconstructed must hold at least one tensor; got an empty list")
+    if len(reconstructed) != len(original):
+        raise ValueError(f"{op}: reconstructed and original must have the same length; got "
+                         f"{len(reconstructed)} and {len(original)}")
+    first = reconstructed[0]
+    for i, (r, o) in enumerate(zip(reconstructed, original)):
+        r_name, o_name = f"reconstructed[{i}]", f"original[{i}]"
+        check_floating(r, op, r_name)
+        check_floating(o, op, o_name)
+        if i > 0:
+            check_same_device(first, r, op, "reconstructed[0]", r_name)
+        check_same_device(first, o, op, "reconstructed[0]", o_name)
+        for t, name in ((r, r_name), (o, o_name)):
+            if t is not first and t.dtype != first.dtype:
+                raise TypeError(f"{op}: {name} must have the dtype of reconstructed[0] "
+                                f"({scalar_type_name(first.dtype)}); got {scalar_type_name(t.dtype)}")
+        check_same_shape(r, o, op, r_name, o_name)
+    w = float(weight)
+    if not (math.isfinite(w) and w >= 0):
+        raise ValueError(f"{op}: weight must be finite and non-negative; got {_float_text(w)}")
+
+
+def check_cycle_loss_grad_output(op: str, grad_output: torch.Tensor, first: torch.Tensor) -> None:
+    """cycle_loss_backward's upstream gradient: one value, floating, on the inputs' device."""
+    check_same_device(first, grad_output, op, "reconstructed[0]", "grad_output")
+    check_floating(grad_output, op, "grad_output")
+    if grad_output.numel() != 1:
+        raise ValueError(f"{op}: grad_output must hold one value; got shape {format_sizes(grad_output.shape)}")
+
+
+def same_dense_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """ganfast_common.h's same_dense_layout: one shape, one stride wherever a size exceeds 1."""
+    if a.shape != b.shape:
+        return False
+    return all(a.size(d) <= 1 or a.stride(d) == b.stride(d) for d in range(a.dim()))
+
+
+def make_cycle_pair(reconstructed: torch.Tensor, original: torch.Tensor):
+    """ganfast_common.h's make_cycle_pair: (r, o), both dense and in one layout, so element k of
+    the walk is the k-th element of memory in both. A dense reconstructed (contiguous,
+    channels_last) is used as it is, any other made contiguous; an original in another layout is
+    copied into reconstructed's."""
+    r = reconstructed if is_non_overlapping_and_dense(reconstructed) else reconstructed.contiguous()
+    if same_dense_layout(original, r) and is_non_overlapping_and_dense(original):
+        o = original
+    else:
+        o = torch.empty_like(r)
+        o.copy_(original)
+    return r, o

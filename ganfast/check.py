@@ -162,6 +162,21 @@ def _call_info(i):
                                      i["cont_logstd"], 0.7, 1.3)}
 
 
+# cycle_loss
+
+
+def _make_cycle(shape, dtype, device, gen):
+    # two pairs of different sizes (their blocks, chunks and tails differ); both sides differentiable
+    # (the identity loss's original is a generator's input too)
+    second = (shape[0] // 2 + 1,) + tuple(shape[1:])
+    return {"rec_a": _randn(shape, dtype, device, gen, grad=True), "orig_a": _randn(shape, dtype, device, gen, grad=True),
+            "rec_b": _randn(second, dtype, device, gen, grad=True), "orig_b": _randn(second, dtype, device, gen, grad=True)}
+
+
+def _call_cycle(i):
+    return {"loss": _ops().cycle_loss([i["rec_a"], i["rec_b"]], [i["orig_a"], i["orig_b"]], 10.0)}
+
+
 # penalty
 
 
@@ -281,6 +296,7 @@ def _cases() -> list:
     add("losses", "gan_g_loss", "nonsaturating", _make_fake_logits, _call_g_loss,
         {"small": (77,), "production": (4_200_001,)})
     add("losses", "gan_g_loss", "nonsaturating", _make_fake_logits, _call_g_loss, {"huge": (_HUGE,)}, **_HUGE_KW)
+    add("cycle_loss", "cycle_loss", "", _make_cycle, _call_cycle, {"small": (3, 3, 5, 7), "production": (64, 3, 64, 64)})
     # InfoGAN: B x K categorical logits, B x J continuous codes (production: many rows and blocks, K ~ 1000)
     add("info_loss", "info_loss", "", _make_info, _call_info, {"small": (7, 10, 3), "production": (8193, 1000, 16)})
     add("penalty", "interpolate", "", _make_interpolate, _call_interpolate,

@@ -67,7 +67,8 @@ def triton_module_path(family: str) -> Path:
 
 # One op of each family: whether the C++ library registers the family's kernels for a dispatch key.
 FAMILY_OPS = {"losses": "gan_d_loss", "penalty": "penalty_from_grad", "bias_act": "bias_act",
-              "batch_norm_act": "batch_norm_act", "info_loss": "info_loss"}
+              "batch_norm_act": "batch_norm_act", "info_loss": "info_loss",
+              "cycle_loss": "cycle_loss"}
 
 
 def cpp_family_registered(family: str, dispatch_key: str) -> bool:

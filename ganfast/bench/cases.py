@@ -43,7 +43,7 @@ R1_WEIGHT = R1_GAMMA / 2 * R1_EVERY
 
 @dataclass
 class Case:
-    family: str                                  # losses | penalty | bias_act | block | step
+    family: str                                  # losses | cycle_loss | penalty | bias_act | block | step
     name: str                                    # what is measured, for the tables
     size: str                                    # the shapes, for the tables
     detail: str                                  # what one step does (Markdown, for BENCHMARKS.md)
@@ -144,6 +144,41 @@ def info_loss_case(batch: int, classes: int, codes: int, device) -> Case:
 
     return Case("losses", "InfoGAN info_loss", f"B={batch}, K={classes}, J={codes}",
                 "`L_I` from Q's (B, K) logits with int64 codes and (B, J) mean / logstd; `backward()`", make_step)
+
+
+# ---- cycle_loss: CycleGAN's cycle-consistency L1, both directions, forward and backward -------------
+
+CYCLE_WEIGHT = 10.0  # CycleGAN's lambda_cyc
+
+
+def eager_cycle(rec, orig):
+    """CycleGAN as its reference code writes it: lambda * (L1(F(G(x)), x) + L1(G(F(y)), y))."""
+    return CYCLE_WEIGHT * (F.l1_loss(rec[0], orig[0]) + F.l1_loss(rec[1], orig[1]))
+
+
+def ganfast_cycle(rec, orig):
+    return L.cycle_loss(rec, orig, CYCLE_WEIGHT)
+
+
+def cycle_case(shape, device) -> Case:
+    def make_step(impl, **_):
+        gen = _gen(sum(shape) + 7)
+        # the reconstructions require grad (they come from the generators); the originals are real
+        # images
+        rec = [torch.randn(shape, generator=gen).to(device).requires_grad_() for _ in range(2)]
+        orig = [torch.randn(shape, generator=gen).to(device) for _ in range(2)]
+        fn = {"eager": eager_cycle, "ganfast": ganfast_cycle}.get(impl) or torch.compile(eager_cycle)
+
+        def step():
+            loss = fn(rec, orig)
+            loss.backward()
+            out = [("loss", loss.detach())] + _grads("reconstructed", rec)
+            _clear(rec)
+            return out
+        return step
+
+    return Case("cycle_loss", "CycleGAN cycle-consistency L1 (2 pairs)", "2 x " + "x".join(map(str, shape)),
+                "`10 * (F.l1_loss(F(G(x)), x) + F.l1_loss(G(F(y)), y))` and its backward", make_step)
 
 
 # ---- penalty: the gradient penalty from D's input gradient, forward and backward --------------------
@@ -563,6 +598,7 @@ def mlp_step_case(batch, width, device) -> Case:
 # Every case builder with its sizes: (builder, the quick run's arguments, the full run's arguments).
 SIZES = [
     (losses_case, [(4096,)], [(64,), (65536,)]),
+    (cycle_case, [((4, 3, 32, 32),)], [((64, 3, 64, 64),)]),
     (info_loss_case, [(16, 10, 2)], [(64, 10, 2)]),                       # batch, classes K, codes J
     (penalty_case, [((16, 3, 32, 32),)], [((64, 3, 64, 64),), ((256, 3, 128, 128),)]),
     (bias_act_case, [((8, 32, 16, 16),)], [((64, 128, 32, 32),)]),

@@ -61,7 +61,7 @@ import time
 from pathlib import Path
 
 CCS = (80, 90)
-MODULES = ("losses", "penalty", "bias_act", "batch_norm_act", "conv_block", "info_loss")
+MODULES = ("losses", "penalty", "bias_act", "batch_norm_act", "conv_block", "info_loss", "cycle_loss")
 DTYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float64": "fp64"}
 _RESULT_TAG = "GANFAST_GPU_REPORT_TRITON "
 
@@ -527,11 +527,44 @@ def info_loss_configs():
     return out
 
 
+def cycle_loss_configs():
+    """The kernels of ganfast/triton/cycle_loss.py: the forward reduction and the backward (each
+    output selection) in every dtype, with the loaded pointers declared 16-byte aligned (ALIGNED)
+    and not; one pair (count = 1, the constexpr Triton makes of it), one BLOCK per program (iters
+    = 1). table_ptr is the int64 table of the pairs' addresses and (int64) sizes."""
+    import triton.language as tl
+
+    from ganfast.triton import cycle_loss as C
+
+    out = []
+
+    def add(kernel, dt, i64=False, **c):
+        c.setdefault("ACC", tl.float64 if dt == "float64" else tl.float32)
+        c.setdefault("BLOCK", C.BLOCK)
+        if kernel == "_cycle_forward_kernel":
+            c.setdefault("PBLOCK", C.PBLOCK)
+        out.append(("cycle_loss", kernel, dt, c, i64, {"ptr_types": {"table_ptr": "*i64"}}))
+
+    for dt in DTYPES:
+        for aligned in (True, False):
+            add("_cycle_forward_kernel", dt, ALIGNED=aligned)
+            add("_cycle_backward_kernel", dt, WRITE_R=True, WRITE_O=False, ALIGNED=aligned)
+        add("_cycle_backward_kernel", dt, WRITE_R=True, WRITE_O=True, ALIGNED=True)
+        add("_cycle_backward_kernel", dt, WRITE_R=False, WRITE_O=True, ALIGNED=True)
+    add("_cycle_forward_kernel", "float32", ALIGNED=True, count=1, iters=1)
+    add("_cycle_forward_kernel", "float16", ALIGNED=True, iters=1)
+    add("_cycle_backward_kernel", "float32", WRITE_R=True, WRITE_O=False, ALIGNED=True, count=1)
+    # (no "int64 sizes" configurations: the sizes are int64 in the table on every call; the int
+    # arguments, count and iters, stay far below 2**31)
+    return out
+
+
 @functools.lru_cache(maxsize=None)
 def configs():
     """[(module, kernel name, dtype name, constexprs, int64 indices?, options)] of every module."""
     every = ([("losses",) + c for c in loss_configs()] + penalty_configs() + bias_act_configs()
-             + batch_norm_act_configs() + conv_block_configs() + info_loss_configs())
+             + batch_norm_act_configs() + conv_block_configs() + info_loss_configs()
+             + cycle_loss_configs())
     seen, out = set(), []
     for c in every:  # the lists above name a few configurations twice: compile each once
         key = repr(c)
@@ -546,7 +579,7 @@ def configs():
 _ACC_POINTERS = ("partial_ptr", "norms_ptr", "vec_ptr", "dots_ptr", "mean_ptr", "invstd_ptr", "var_ptr",
                  "terms_ptr")
 _FLOAT_ARGS = ("real_label", "fake_label", "center", "alpha", "gain", "clamp", "momentum", "eps",
-               "cat_weight", "cont_weight", "cat_scale", "cont_scale")
+               "cat_weight", "cont_weight", "cat_scale", "cont_scale", "weight")
 
 
 def signature(fn, dtype, constexprs, i64):
