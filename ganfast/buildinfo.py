@@ -10,6 +10,7 @@ do not, and the environment variables that change what runs.
 """
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import sys
@@ -63,24 +64,29 @@ def arch_runs_on(archs: str, capability: tuple[int, int]) -> Optional[str]:
     return None
 
 
-def _cpu_name() -> str:
+@functools.lru_cache(maxsize=None)
+def _cpuinfo() -> dict:
+    """The first "model name" and "flags" of /proc/cpuinfo ({} where there is none)."""
+    out = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key in ("model name", "flags") and key not in out:
+                out[key] = value.strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return out
+
+
+def _cpu_name() -> str:
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
 
 
 def _cpu_kernels() -> str:
     """Which clone of the CPU kernels runs (csrc/cpu: GCC target_clones avx512f / avx2 / default,
     picked at load time from the CPU's features)."""
-    try:
-        flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                      if line.startswith("flags")), [])
-    except OSError:
-        flags = []
+    flags = _cpuinfo().get("flags", "").split()
     if not flags:
         return f"picked at load time (torch sees {torch.backends.cpu.get_cpu_capability()})"
     return "avx512f" if "avx512f" in flags else "avx2" if "avx2" in flags else "default (no AVX2)"

@@ -75,7 +75,7 @@ class CheckpointError(ValueError):
         super().__init__(f"ganfast.train: {path} is not a ganfast checkpoint or is damaged: {why}")
 
 
-def _first_line(exc: BaseException, limit: int = 200) -> str:
+def first_line(exc: BaseException, limit: int = 200) -> str:
     """The exception in one line: its first line, and the next one too when the first only
     introduces it (load_state_dict's "Error(s) in loading state_dict for G:")."""
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
@@ -105,7 +105,7 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
         ckpt = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as e:  # noqa: BLE001  (a truncated zip, a foreign pickle, a text file: many types)
         raise CheckpointError(path, f"torch.load cannot read its {size:,} bytes, so it is truncated, corrupted "
-                                    f"or another kind of file ({_first_line(e)})") from None
+                                    f"or another kind of file ({first_line(e)})") from None
     if not isinstance(ckpt, dict):
         raise CheckpointError(path, f"it holds a {type(ckpt).__name__}, not a ganfast training checkpoint")
     if ckpt.get("format") != FORMAT:
@@ -127,4 +127,4 @@ def load_state(module, state: dict, path, what: str) -> None:
         module.load_state_dict(state)
     except (RuntimeError, KeyError, ValueError, TypeError, AttributeError) as e:
         raise CheckpointError(path, f"its {what} does not fit the model its configuration describes "
-                                    f"({_first_line(e, 300)})") from None
+                                    f"({first_line(e, 300)})") from None

@@ -22,7 +22,7 @@ except ImportError:  # Python 3.10: the same parser, from PyPI
 DATASETS = ("ring8", "grid25", "digits", "folder:PATH", "npy:PATH")
 # Generator steps of a run that does not say (--steps), per kind of data: each default run takes the
 # time the README and `ganfast train --help` state, measured on a 2-core CPU with the default
-# objective (nonsaturating; wgan and wgan-gp run 5 D steps per G step, so about 3x longer).
+# objective (nonsaturating; wgan and wgan-gp run 5 D steps per G step: about 6x as long on images).
 DEFAULT_STEPS = {"ring8": 8000, "grid25": 8000, "points": 8000, "digits": 4000, "images": 4000}
 BACKEND_CHOICES = ("auto", "cuda", "triton", "cpu", "reference")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import CheckpointError, checkpoint_path, load_checkpoint, load_state
+from .checkpoint import CheckpointError, checkpoint_path, first_line, load_checkpoint, load_state
 from .models import generator_from_spec, is_infogan, sample_codes
 
 
@@ -22,7 +22,7 @@ def load_generator(ckpt: str | Path, device: str | torch.device = "cpu", ema: bo
     try:
         G = generator_from_spec(spec)
     except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(path, f"its model description cannot be built ({e!r:.200})") from None
+        raise CheckpointError(path, f"its model description cannot be built ({first_line(e)})") from None
     load_state(G, state["G_ema" if ema else "G"], path, "G_ema" if ema else "G")
     G.z_dim = spec.get("z_dim", spec.get("nz"))
     G.latent = state["config"].get("latent", "normal")

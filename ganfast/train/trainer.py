@@ -26,7 +26,8 @@ import torch
 from .. import backend as _backend
 from .. import losses, steps
 from . import plots
-from .checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, load_state, save_atomic, write_text_atomic
+from .checkpoint import (CHECKPOINT_NAME, CheckpointError, first_line, load_checkpoint, load_state, save_atomic,
+                         write_text_atomic)
 from .config import RESUMABLE_CHANGES, TrainConfig
 from .data import DataSampler, load_dataset
 from .metrics import DigitClassifier, class_metrics, code_agreement, mode_metrics
@@ -529,7 +530,7 @@ class Trainer:
                 torch.cuda.set_rng_state_all(rng["cuda"])
             self.step = int(ckpt["step"])
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
-            raise CheckpointError(path, f"its random-number states or step cannot be restored ({e!r:.200})") from None
+            raise CheckpointError(path, f"its random-number states or step cannot be restored ({first_line(e)})") from None
         # metrics.jsonl may hold rows written after the checkpoint (an interrupted run): keep the
         # rows the checkpoint had, so the resumed file matches an uninterrupted run's
         path = self.out / "metrics.jsonl"
