@@ -271,7 +271,8 @@ def test_checkpoint_interrupted_mid_write_keeps_previous(tmp_path, monkeypatch):
 
 def _whole_checkpoint(step):
     """A dict with every part load_checkpoint requires (the values are not a real run's)."""
-    return {"format": ckpt_mod.FORMAT, "step": step, **{k: {} for k in ckpt_mod.REQUIRED_KEYS if k != "step"}}
+    keys = ckpt_mod.REQUIRED_KEYS + ckpt_mod.GAN_KEYS
+    return {"format": ckpt_mod.FORMAT, "step": step, **{k: {} for k in keys if k != "step"}}
 
 
 def test_leftover_temp_file_and_truncated_checkpoint(tmp_path):

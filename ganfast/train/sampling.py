@@ -19,6 +19,9 @@ def load_generator(ckpt: str | Path, device: str | torch.device = "cpu", ema: bo
     path = checkpoint_path(ckpt)
     state = load_checkpoint(path)
     spec = state["model"]
+    if spec.get("kind") == "cyclegan":
+        raise ValueError(f"ganfast sample: {path} is a CycleGAN run: its generators translate images rather than "
+                         f"draw samples; use ganfast translate --ckpt {ckpt} --input FILE_OR_FOLDER --out ...")
     try:
         G = generator_from_spec(spec)
     except (KeyError, TypeError, ValueError) as e:

@@ -36,7 +36,7 @@ from .objectives import get_objective
 
 # Everything a run writes; --overwrite removes exactly these (never other files in the folder).
 OUTPUT_FILES = ("config.toml", CHECKPOINT_NAME, "metrics.jsonl", "samples.png", "samples.npy", "training.png",
-                "summary.json", "codes.png")
+                "summary.json", "codes.png", "translations.png")
 OUTPUT_DIRS = ("samples",)
 
 _LABELLED = ("minimax", "nonsaturating", "least_squares")
@@ -88,6 +88,13 @@ def _merge_resume(given: TrainConfig, saved: dict, out: Path, explicit: Optional
 
 
 class Trainer:
+    def __new__(cls, config: TrainConfig = None, explicit: Optional[set] = None):
+        # one entry point for every model: a CycleGAN configuration gets CycleGAN's loop
+        if cls is Trainer and getattr(config, "model", None) == "cyclegan":
+            from .cyclegan import CycleGANTrainer
+            cls = CycleGANTrainer
+        return super().__new__(cls)
+
     def __init__(self, config: TrainConfig, explicit: Optional[set] = None) -> None:
         """explicit: the names of the fields the user set (the CLI passes its flags), so that resuming
         with e.g. --steps equal to the default still applies it; without it, a field counts as set
@@ -141,6 +148,11 @@ class Trainer:
         given = self.config
         if ckpt is not None:
             given = _merge_resume(given, ckpt["config"], self.out, self.explicit)
+            if given.model == "cyclegan" and type(self) is Trainer:
+                # resuming a CycleGAN run without --model: the saved configuration says which loop runs
+                from .cyclegan import CycleGANTrainer
+                self.__class__ = CycleGANTrainer
+                return self._setup(ckpt)
         # the data first: whether an npy: file holds 2-D points or images decides the defaults
         self.dataset = load_dataset(given.data, given.image_size, given.channels)
         cfg = given.resolve(points=not self.dataset.is_image)
@@ -213,8 +225,7 @@ class Trainer:
                 if s % cfg.log_every == 0 or at_ckpt or s % cfg.eval_every == 0:
                     row = self._flush()
                 if s % cfg.eval_every == 0 or s == cfg.steps:
-                    row["eval"] = self._evaluate(self.G_ema)
-                    row["eval_raw"] = self._evaluate(self.G)
+                    self._add_eval(row)
                 if row is not None:
                     self._append_row(row)
                     if bar is not None:
@@ -235,9 +246,7 @@ class Trainer:
             if bar is not None:
                 bar.close()
         elapsed = time.perf_counter() - t0
-        self._save_samples(out / "samples.png")
-        if self.info:
-            self._save_code_grid(out / "codes.png")
+        self._save_final()
         plots.plot_training(self.rows, out / "training.png", self.objective.loss)
         summary = self._summary(start_step, elapsed)
         summary["seconds_total"] = round(time.perf_counter() - t_start, 2)  # with data, plots, checkpoints
@@ -448,6 +457,16 @@ class Trainer:
         G.train(was_training)
         return out
 
+    def _add_eval(self, row: dict) -> None:
+        row["eval"] = self._evaluate(self.G_ema)
+        row["eval_raw"] = self._evaluate(self.G)
+
+    def _save_final(self) -> None:
+        """The pictures of the end of a run: samples.png, and InfoGAN's codes.png."""
+        self._save_samples(self.out / "samples.png")
+        if self.info:
+            self._save_code_grid(self.out / "codes.png")
+
     def _evaluate(self, G: torch.nn.Module) -> dict:
         ds = self.dataset
         n = self.cfg.eval_samples
@@ -531,6 +550,9 @@ class Trainer:
             self.step = int(ckpt["step"])
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise CheckpointError(path, f"its random-number states or step cannot be restored ({first_line(e)})") from None
+        self._restore_rows(ckpt)
+
+    def _restore_rows(self, ckpt: dict) -> None:
         # metrics.jsonl may hold rows written after the checkpoint (an interrupted run): keep the
         # rows the checkpoint had, so the resumed file matches an uninterrupted run's
         path = self.out / "metrics.jsonl"
