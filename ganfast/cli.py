@@ -72,7 +72,8 @@ def _positive_int(value: str) -> int:
 
 def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     from .train.config import (AMP_CHOICES, BACKEND_CHOICES, CYCLEGAN_BATCH, CYCLEGAN_WIDTH, DEFAULT_CYCLEGAN_STEPS,
-                               DEFAULT_STEPS, DEVICE_CHOICES, LATENT_CHOICES, MODELS, OPTIMIZERS, TrainConfig)
+                               DEFAULT_INFOGAN_STEPS, DEFAULT_STEPS, DEVICE_CHOICES, LATENT_CHOICES, MODELS,
+                               OPTIMIZERS, TrainConfig)
     from .train.objectives import OBJECTIVES
 
     d = TrainConfig()
@@ -98,7 +99,7 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
                         f"{steps['ring8']:,} on ring8 (38 s), grid25 (wgan-gp: 2.5 min) and 2-D npy: points; "
                         f"{steps['digits']:,} on digits (9.4 min) and folder: / npy: images (as long at "
                         f"32x32, about 55 min at 64x64); wgan and wgan-gp run 5 D steps per G step, about 6x as long "
-                        f"on images; cyclegan: {DEFAULT_CYCLEGAN_STEPS:,})")
+                        f"on images; infogan: {DEFAULT_INFOGAN_STEPS:,}; cyclegan: {DEFAULT_CYCLEGAN_STEPS:,})")
     g.add_argument("--batch-size", type=_positive_int, default=S,
                    help=f"real and generated samples per step (default: 256 for 2-D data, 64 for images, "
                         f"{CYCLEGAN_BATCH} per domain for cyclegan)")
@@ -155,8 +156,9 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cycle-weight", type=float, default=S,
                    help=f"lambda of the cycle-consistency L1, each direction (default: {d.cycle_weight})")
     g.add_argument("--identity-weight", type=float, default=S,
-                   help=f"identity L1 |G_AB(b) - b| + |G_BA(a) - a|, as a fraction of --cycle-weight (default: "
-                        f"{d.identity_weight}; 0: off)")
+                   help="identity L1 |G_AB(b) - b| + |G_BA(a) - a|, as a fraction of --cycle-weight (default: "
+                        "the reference's 0.5; 0 = off on cycle:digits,digits-bold, whose domains differ by an "
+                        "intensity inversion that the identity term fights)")
     g.add_argument("--pool-size", type=int, default=S,
                    help=f"generated images kept for the discriminators (default: {d.pool_size}; 0: none)")
     g.add_argument("--n-blocks", type=int, default=S,

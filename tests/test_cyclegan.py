@@ -152,7 +152,7 @@ def test_cycle_spec_errors(spec, match):
 # ---- the engine ------------------------------------------------------------------------------------
 
 TINY_CYCLE = dict(data="cycle:digits,digits-bold", model="cyclegan", steps=4, batch_size=2, ngf=2, ndf=2, n_blocks=1,
-                  pool_size=3, eval_every=2, progress=False, log_every=1)
+                  pool_size=3, identity_weight=0.5, eval_every=2, progress=False, log_every=1)
 
 
 def test_cyclegan_trains_evaluates_translates_and_resumes_exactly(tmp_path):
@@ -269,10 +269,15 @@ def test_cyclegan_defaults_and_setup_errors(tmp_path):
     assert (c.objective, c.steps, c.batch_size, c.ngf, c.ndf) == (
         "least_squares", DEFAULT_CYCLEGAN_STEPS, CYCLEGAN_BATCH, CYCLEGAN_WIDTH, CYCLEGAN_WIDTH)
     assert TrainConfig(data="digits").resolve().objective == "nonsaturating"
+    # the identity term: the reference's 0.5, but off on the embedded pair (an intensity inversion)
+    assert c.identity_weight == 0.0
+    assert TrainConfig(data="cycle:folder:x,folder:y", model="cyclegan").resolve().identity_weight == 0.5
+    assert TrainConfig(data="cycle:digits,digits-bold", model="cyclegan", identity_weight=0.25).resolve() \
+        .identity_weight == 0.25
     rgb = tmp_path / "rgb.npy"
     np.save(rgb, np.random.default_rng(0).random((30, 32, 32, 3), dtype=np.float32))
     cfg = TrainConfig(data=f"cycle:digits,npy:{rgb}", model="cyclegan", steps=1, out=str(tmp_path / "x"),
-                      progress=False)
+                      progress=False)  # identity 0.5 by default on a user's domains
     with pytest.raises(ValueError, match="both domains need the same channels; got A 1, B 3"):
         Trainer(cfg).fit()
     with pytest.raises(ValueError, match="is a pair of domains for CycleGAN"):

@@ -105,6 +105,9 @@ def test_default_steps_per_data_set_and_an_explicit_one_wins():
         assert c.eval_every == steps // 5 and c.noise_anneal == steps // 2
     assert TrainConfig(data="npy:x").resolve(points=True).steps == 8000
     assert TrainConfig(data="digits", steps=123).resolve().steps == 123
+    # the models with defaults of their own (config.py says why)
+    assert TrainConfig(data="digits", model="infogan").resolve().steps == 2000
+    assert TrainConfig(data="cycle:digits,digits-bold", model="cyclegan").resolve().steps == 2000
 
 
 def test_losses_go_through_ganfast_losses(tmp_path, monkeypatch):
