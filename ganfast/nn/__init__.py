@@ -4,7 +4,8 @@ from .blocks import Conv2dBlock, ConvTransposeBlock, LinearBlock
 from .dcgan import DCGANDiscriminator, DCGANGenerator, dcgan_init_
 from .fuse import BatchNorm2dParams, FusedConv2d, FusedConvTranspose2d, fuse
 from .infogan import InfoGANDiscriminator, InfoGANGenerator, InfoGANOutput
+from .norm import InstanceNormAct2d
 
 __all__ = ["BatchNorm2dParams", "BiasAct", "Conv2dBlock", "ConvTransposeBlock", "DCGANDiscriminator",
            "DCGANGenerator", "FusedConv2d", "FusedConvTranspose2d", "InfoGANDiscriminator", "InfoGANGenerator",
-           "InfoGANOutput", "LeakyReLU", "LinearBlock", "dcgan_init_", "fuse"]
+           "InfoGANOutput", "InstanceNormAct2d", "LeakyReLU", "LinearBlock", "dcgan_init_", "fuse"]
