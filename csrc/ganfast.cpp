@@ -100,6 +100,25 @@ TORCH_LIBRARY(ganfast, m) {
         "Tensor save_mean, Tensor save_invstd, bool training, str act, float alpha) "
         "-> (Tensor grad_input, Tensor grad_weight, Tensor grad_bias)");
 
+  // ---- instance_norm_act family (its kernels are batch_norm_act's, serving both: csrc/cpu/batch_norm_act.cpp,
+  // csrc/cuda/batch_norm_act.cu, ganfast/triton/batch_norm_act.py)
+  // out = act(weight[c] * (x - mean[n, c]) * invstd[n, c] + bias[c]) over input (N, C, *) (at least 3 dims,
+  // S = prod(sizes[2:]) > 1 values per instance; S = 0 gives an empty result), the mean and biased
+  // variance of each instance (n, c) over its S values: F.instance_norm with no running statistics.
+  // Instance norm is batch norm over the per-(n, c) axis: the view (1, N * C, S) of contiguous input,
+  // channel k = n * C + c, affine parameter k % C. weight None = 1, bias None = 0; act and alpha as
+  // bias_act's (gain 1, no clamp); eps > 0. Returns (out, save_mean, save_invstd): out contiguous (a
+  // non-contiguous input is made contiguous), the mean and 1 / sqrt(var + eps) of each instance, shape
+  // (N * C,) (index n * C + c), float32 (float64 for float64 input): the backward's cache.
+  m.def("instance_norm_act(Tensor input, Tensor? weight, Tensor? bias, float eps, str act, float alpha) "
+        "-> (Tensor out, Tensor save_mean, Tensor save_invstd)");
+  // The gradients w.r.t. input (contiguous), weight and bias (the last two (C,), summed over the
+  // samples, in weight's dtype, input's without weight; always defined). Not differentiable itself:
+  // double backward is an error.
+  m.def("instance_norm_act_backward(Tensor grad_output, Tensor input, Tensor? weight, Tensor? bias, "
+        "Tensor save_mean, Tensor save_invstd, str act, float alpha) "
+        "-> (Tensor grad_input, Tensor grad_weight, Tensor grad_bias)");
+
   // ---- cycle_loss family (csrc/cpu/cycle_loss.cpp, csrc/cuda/cycle_loss.cu, ganfast/triton/cycle_loss.py)
   // CycleGAN's cycle-consistency / identity L1 loss over a list of pairs:
   // weight * sum_i mean|reconstructed[i] - original[i]| (each mean over its own pair's elements),

@@ -531,6 +531,77 @@ inline int64_t check_batch_norm_act_backward(const char* op, const at::Tensor& g
 
 }  // namespace ganfast
 
+// ---- instance_norm_act family -------------------------------------------------------------------
+// Instance norm over input (N, C, *) is batch norm over the per-(n, c) axis: the view (1, N * C, S) of
+// a contiguous input, channel k = n * C + c, affine parameter k % C. The kernels are batch_norm_act's.
+
+namespace ganfast {
+
+// S = prod(sizes[2:]) of an (N, C, *) input: the values of each (n, c) instance.
+inline int64_t instance_norm_spatial_size(const at::Tensor& input) {
+  int64_t s = 1;
+  for (int64_t d = 2; d < input.dim(); ++d) s *= input.size(d);
+  return s;
+}
+
+inline void check_input_ncs(const char* op, const at::Tensor& input) {
+  check_floating(input, op, "input");
+  TORCH_CHECK_VALUE(input.dim() >= 3, op,
+                    ": input must have shape (N, C, *) with at least one spatial dim (at least 3 dims); got shape ",
+                    input.sizes());
+}
+
+// instance_norm_act's operands, in this order: input; weight, bias (C,) as batch_norm_act's; more
+// than one spatial element (torch's instance_norm refuses one too; none is an empty result, as
+// torch's); eps > 0. Returns S. (Python twin: ganfast/_args.py's check_instance_norm_act.)
+inline int64_t check_instance_norm_act(const char* op, const at::Tensor& input,
+                                       const std::optional<at::Tensor>& weight,
+                                       const std::optional<at::Tensor>& bias, double eps) {
+  check_input_ncs(op, input);
+  check_channel_vector(op, input, weight, "weight");
+  check_channel_vector(op, input, bias, "bias");
+  const int64_t s = instance_norm_spatial_size(input);
+  TORCH_CHECK_VALUE(s != 1, op, ": expected more than 1 spatial element per (sample, channel); got input of shape ",
+                    input.sizes());
+  TORCH_CHECK_VALUE(eps > 0, op, ": eps must be positive; got ", eps);
+  return s;
+}
+
+// instance_norm_act_backward's operands: input, weight, bias as instance_norm_act checks them;
+// grad_output floating of input's shape on its device; save_mean and save_invstd of shape (N * C,)
+// in the compute dtype. Returns S. (Python twin: ganfast/_args.py's check_instance_norm_act_backward.)
+inline int64_t check_instance_norm_act_backward(const char* op, const at::Tensor& grad_output,
+                                                const at::Tensor& input, const std::optional<at::Tensor>& weight,
+                                                const std::optional<at::Tensor>& bias,
+                                                const at::Tensor& save_mean, const at::Tensor& save_invstd) {
+  check_input_ncs(op, input);
+  check_channel_vector(op, input, weight, "weight");
+  check_channel_vector(op, input, bias, "bias");
+  check_floating(grad_output, op, "grad_output");
+  check_same_device(input, grad_output, op, "input", "grad_output");
+  check_same_shape(input, grad_output, op, "input", "grad_output");
+  const auto compute = batch_norm_compute_dtype(input.scalar_type());
+  const int64_t nc = input.size(0) * input.size(1);
+  for (const auto& [t, arg] : {std::pair<const at::Tensor&, const char*>{save_mean, "save_mean"},
+                               std::pair<const at::Tensor&, const char*>{save_invstd, "save_invstd"}}) {
+    check_same_device(input, t, op, "input", arg);
+    TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == nc, op, ": ", arg, " must have shape (N * C,) = (", nc,
+                      ",) (input.size(0) * input.size(1)); got ", t.sizes());
+    TORCH_CHECK_TYPE(t.scalar_type() == compute, op, ": ", arg, " must be ", compute, " (the compute dtype of ",
+                     input.scalar_type(), " input); got ", t.scalar_type());
+  }
+  return instance_norm_spatial_size(input);
+}
+
+// The per-instance view (1, N * C, S) of a contiguous input (N, C, *): batch_norm_act's kernels run
+// over it with N * C channels.
+inline at::Tensor instance_view(const at::Tensor& contiguous_input) {
+  return contiguous_input.view({1, contiguous_input.size(0) * contiguous_input.size(1),
+                                instance_norm_spatial_size(contiguous_input)});
+}
+
+}  // namespace ganfast
+
 // ---- info_loss family ---------------------------------------------------------------------------
 
 namespace ganfast {

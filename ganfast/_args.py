@@ -521,6 +521,68 @@ def check_batch_norm_act_backward(op: str, grad_output: torch.Tensor, input: tor
     return batch_norm_values_per_channel(input)
 
 
+# ---- instance_norm_act family --------------------------------------------------------------------
+# Instance norm over x (N, C, *) is batch norm over the per-(n, c) axis: the view (1, N * C, S) of an
+# NCHW-contiguous x, channel k = n * C + c, affine parameter k % C. The statistics are per (n, c).
+
+def instance_norm_spatial_size(input: torch.Tensor) -> int:
+    """S = prod(sizes[2:]) of an (N, C, *) input: the values of each (n, c) instance."""
+    s = 1
+    for d in input.shape[2:]:
+        s *= int(d)
+    return s
+
+
+def _check_input_ncs(op: str, input: torch.Tensor) -> None:
+    check_floating(input, op, "input")
+    if input.dim() < 3:
+        raise ValueError(f"{op}: input must have shape (N, C, *) with at least one spatial dim (at least 3 dims); "
+                         f"got shape {format_sizes(input.shape)}")
+
+
+def check_instance_norm_act(op: str, input: torch.Tensor, weight: Optional[torch.Tensor],
+                            bias: Optional[torch.Tensor], eps: float) -> int:
+    """instance_norm_act's operands, in this order: input ((N, C, *), at least 3 dims, floating);
+    weight, bias (C,) as batch_norm_act's; more than one spatial element (torch's instance_norm
+    refuses one too; none is an empty result, as torch's); eps > 0. Returns S, the values per
+    instance. (The twin of csrc/ganfast_common.h's check_instance_norm_act.)"""
+    _check_input_ncs(op, input)
+    _check_channel_vector(op, input, weight, "weight")
+    _check_channel_vector(op, input, bias, "bias")
+    s = instance_norm_spatial_size(input)
+    if s == 1:
+        raise ValueError(f"{op}: expected more than 1 spatial element per (sample, channel); got input of shape "
+                         f"{format_sizes(input.shape)}")
+    if not eps > 0:
+        raise ValueError(f"{op}: eps must be positive; got {'%g' % eps}")
+    return s
+
+
+def check_instance_norm_act_backward(op: str, grad_output: torch.Tensor, input: torch.Tensor,
+                                     weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+                                     save_mean: torch.Tensor, save_invstd: torch.Tensor) -> int:
+    """instance_norm_act_backward's operands: input, weight, bias as instance_norm_act checks them;
+    grad_output floating of input's shape on its device; save_mean and save_invstd of shape (N * C,)
+    in the compute dtype. Returns S. (The twin of csrc/ganfast_common.h's.)"""
+    _check_input_ncs(op, input)
+    _check_channel_vector(op, input, weight, "weight")
+    _check_channel_vector(op, input, bias, "bias")
+    check_floating(grad_output, op, "grad_output")
+    check_same_device(input, grad_output, op, "input", "grad_output")
+    check_same_shape(input, grad_output, op, "input", "grad_output")
+    compute = batch_norm_compute_dtype(input.dtype)
+    nc = input.size(0) * input.size(1)
+    for t, arg in ((save_mean, "save_mean"), (save_invstd, "save_invstd")):
+        check_same_device(input, t, op, "input", arg)
+        if not (t.dim() == 1 and t.size(0) == nc):
+            raise ValueError(f"{op}: {arg} must have shape (N * C,) = ({nc},) (input.size(0) * input.size(1)); got "
+                             f"{format_sizes(t.shape)}")
+        if t.dtype != compute:
+            raise TypeError(f"{op}: {arg} must be {scalar_type_name(compute)} (the compute dtype of "
+                            f"{scalar_type_name(input.dtype)} input); got {scalar_type_name(t.dtype)}")
+    return instance_norm_spatial_size(input)
+
+
 # ---- info_loss family ---------------------------------------------------------------------------
 
 

@@ -242,6 +242,23 @@ def _with_running_stats(out, i, training):
         else {"out": out}
 
 
+# instance_norm_act (CycleGAN's InstanceNorm + ReLU / LeakyReLU): per-(n, c) statistics
+
+
+def _make_instance_norm(shape, dtype, device, gen):
+    c = shape[1]
+    return {"x": (_randn(shape, dtype, device, gen, 2.0) + 0.5).requires_grad_(),  # a mean away from 0
+            "weight": _rand((c,), dtype, device, gen, 0.5, 1.5, grad=True),
+            "bias": _randn((c,), dtype, device, gen, 0.5, grad=True)}
+
+
+def _instance_norm_act(act, alpha=None):
+    def call(i):
+        return {"out": _ops().instance_norm_act(i["x"], i["weight"], i["bias"], 1e-5, act, alpha)}
+
+    return call
+
+
 def _make_block(shape, dtype, device, gen):
     """shape: (N, Cin, H, W, Cout) with DCGAN's upsampling convolution (kernel 4, stride 2, padding 1)."""
     n, cin, h, w, cout = shape
@@ -313,6 +330,12 @@ def _cases() -> list:
         **_HUGE_KW)
     add("bias_act", "bias_act", "swish", _make_bias_act, _bias_act("swish"),
         {"small": (3, 5, 7, 9), "production": (64, 128, 16, 16)}, double_backward=True)
+    add("instance_norm_act", "instance_norm_act", "relu", _make_instance_norm, _instance_norm_act("relu"),
+        {"small": (3, 5, 7, 9)})
+    add("instance_norm_act", "instance_norm_act", "lrelu", _make_instance_norm, _instance_norm_act("lrelu", 0.2),
+        {"small": (3, 5, 7, 9)})
+    add("instance_norm_act", "instance_norm_act", "tanh", _make_instance_norm, _instance_norm_act("tanh"),
+        {"production": (8, 64, 64, 64)})
     for training in (True, False):
         mode = "train" if training else "eval"
         add("batch_norm_act", "batch_norm_act", f"relu,{mode}", _make_batch_norm, _batch_norm_act("relu", training),

@@ -371,6 +371,8 @@ def batch_norm_act_configs():
 
     def add(kernel, dt, tile, i64=False, **c):
         bs, bc, ones = tiles[tile]
+        if kernel in _AFFINE_KERNELS:
+            c.setdefault("PERIODIC", False)  # batch norm: channel c's own parameters
         c = dict(c, ACC=acc(dt), BLOCK_S=bs, BLOCK_C=bc, **ones)
         out.append(("batch_norm_act", kernel, dt, c, i64, {"num_warps": warps(bs, bc), "ptr_types": ptrs(dt)}))
 
@@ -527,6 +529,57 @@ def info_loss_configs():
     return out
 
 
+# The kernels of batch_norm_act.py that read the affine parameters (PERIODIC: at c % P).
+_AFFINE_KERNELS = ("_bn_act_kernel", "_bn_act_backward_reduce_kernel", "_bn_act_backward_kernel")
+
+
+def instance_norm_act_configs():
+    """instance_norm_act's launches (ganfast/triton/instance_norm_act.py, which has no kernels of its
+    own: it runs batch_norm_act.py's over the view (1, N * C, S), so it is not in MODULES and its rows
+    are batch_norm_act kernels). The statistics and finalize are batch_norm_act's training
+    configurations without running statistics (covered there); what is new is PERIODIC=True (the
+    affine parameters at c % P) on the three affine kernels, with the tiles Walk picks for the view:
+    [2048, 1] for S >= 2048 (CycleGAN's 64x64 and larger maps), [256, 8] (16x16), [64, 32] (8x8,
+    PatchGAN's last maps); training backward only; the per-instance weight / bias gradients in the
+    accumulation dtype (float32 beside half inputs), weights as batch_norm_act's."""
+    import triton.language as tl
+
+    from ganfast.triton import batch_norm_act as B
+
+    def acc(dt):
+        return tl.float64 if dt == "float64" else tl.float32
+
+    tiles = {"s4096": (2048, 1), "s256": (256, 8), "s64": (64, 32)}
+    out = []
+
+    def add(kernel, dt, tile, i64=False, **c):
+        bs, bc = tiles[tile]
+        c = dict(c, PERIODIC=True, ACC=acc(dt), BLOCK_S=bs, BLOCK_C=bc, s_s=1)
+        ptrs = {"gw_ptr": "*fp32", "gb_ptr": "*fp32"} if dt in ("float16", "bfloat16") else {}
+        if dt in ("float16", "bfloat16"):
+            ptrs.update(w_ptr="*fp32", b_ptr="*fp32")
+        out.append(("batch_norm_act", kernel, dt, c, i64, {"num_warps": B._num_warps(bs * bc), "ptr_types": ptrs}))
+
+    def act_kernels(dt, tile, act, affine=True, i64=False):
+        bt = max(1, min(32, B.TILE // tiles[tile][1]))
+        add("_bn_act_kernel", dt, tile, i64, ACT=act, HAS_W=affine, HAS_B=affine, ITERS=1)
+        add("_bn_act_backward_reduce_kernel", dt, tile, i64, ACT=act, TRAINING=True, HAS_W=affine, HAS_B=affine,
+            ITERS=1, BLOCK_T=bt)
+        add("_bn_act_backward_kernel", dt, tile, i64, ACT=act, HAS_W=affine, HAS_B=affine, ITERS=1)
+
+    # CycleGAN's activations (ReLU in G, LeakyReLU in D, tanh once) at every tile, affine or not
+    for tile in tiles:
+        for act in ("relu", "lrelu"):
+            act_kernels("float32", tile, act)
+        act_kernels("float32", tile, "relu", affine=False)
+    act_kernels("float32", "s4096", "tanh")
+    for dt in ("float64", "float16", "bfloat16"):
+        act_kernels(dt, "s4096", "relu")
+        act_kernels(dt, "s64", "lrelu")
+    act_kernels("float32", "s4096", "relu", i64=True)
+    return out
+
+
 def cycle_loss_configs():
     """The kernels of ganfast/triton/cycle_loss.py: the forward reduction and the backward (each
     output selection) in every dtype, with the loaded pointers declared 16-byte aligned (ALIGNED)
@@ -563,8 +616,8 @@ def cycle_loss_configs():
 def configs():
     """[(module, kernel name, dtype name, constexprs, int64 indices?, options)] of every module."""
     every = ([("losses",) + c for c in loss_configs()] + penalty_configs() + bias_act_configs()
-             + batch_norm_act_configs() + conv_block_configs() + info_loss_configs()
-             + cycle_loss_configs())
+             + batch_norm_act_configs() + instance_norm_act_configs() + conv_block_configs()
+             + info_loss_configs() + cycle_loss_configs())
     seen, out = set(), []
     for c in every:  # the lists above name a few configurations twice: compile each once
         key = repr(c)
