@@ -197,13 +197,28 @@ def test_select_filters_by_family_or_name_and_rejects_unknown_words():
         S.select(cases, "nothing-like-this")
 
 
-def test_the_suite_covers_every_family_and_the_four_training_steps():
+def test_the_suite_covers_every_family_and_the_six_training_steps():
     for quick in (True, False):
         cases = S.load_cases_module().cases(torch.device("cpu"), quick=quick)
         assert {c.family for c in cases} == {"losses", "cycle_loss", "penalty", "bias_act", "block", "step"}
         steps = {c.name for c in cases if c.family == "step"}
         assert steps == {"DCGAN non-saturating step", "DCGAN WGAN-GP step", "DCGAN lazy R1 step",
-                         "MLP WGAN-GP step on ring8"}
+                         "MLP WGAN-GP step on ring8", "InfoGAN step", "CycleGAN step"}
+    assert {c.size for c in S.select(cases, "infogan step,cyclegan step")} == {
+        "B=64, 1x32x32, width 64, 10 cat + 2 cont codes", "B=8 per domain, 1x32x32, width 32, 6 blocks"}
+
+
+@pytest.mark.parametrize("name", ["InfoGAN step", "CycleGAN step"])
+def test_the_infogan_and_cyclegan_steps_agree_with_eager_and_count_fewer_ops(name):
+    """The engine's InfoGAN and CycleGAN steps at the quick sizes, eager against ganfast[cpu]: the
+    suite's own gate (float64 eager, learning rate 0) passes, and one step is counted."""
+    cases = S.load_cases_module().cases(torch.device("cpu"), quick=True)
+    case = next(c for c in cases if c.name == name)
+    res = S.run_case(case, torch.device("cpu"), ["cpu"], use_compile=False, quick=True, count=True)
+    assert not res["failures"], res["failures"]
+    rows = {r["contender"]: r for r in res["rows"]}
+    assert rows["eager"]["median_us"] > 0 and rows["ganfast[cpu]"]["median_us"] > 0
+    assert 0 < rows["ganfast[cpu]"]["ops"] < rows["eager"]["ops"]
 
 
 def test_the_cases_ship_in_the_package_so_any_install_has_the_suite():

@@ -1,6 +1,6 @@
 """`ganfast bench`: the benchmark suite, side by side in one run.
 
-For every case of ganfast/bench/cases.py (each op family and four whole training steps; they ship
+For every case of ganfast/bench/cases.py (each op family and six whole training steps; they ship
 in the package, so the suite runs from any install), in this order:
   1. build eager, torch.compile and ganfast under every backend present (ganfast/bench/cases.py);
   2. run each once from the same initial state and compare with eager (float32 tolerance): a
