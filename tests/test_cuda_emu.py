@@ -59,6 +59,7 @@ def test_every_cuda_kernel_is_emulated(emulator):
         assert cuda_emu.has_kernel(families[cu.name]), cu.name
     # ops that share a file with another: each named
     assert cuda_emu.has_kernel("bias_act_backward_with_bias")
+    assert cuda_emu.has_kernel("instance_norm_act")  # batch_norm_act.cu's kernels over the per-(n, c) axis
 
 
 def test_routing_runs_the_emulated_kernel(emulator):
@@ -104,6 +105,13 @@ def _reductions(gen, dtype):
     gi, gw, gb = torch.ops.ganfast.batch_norm_act_backward(randn(x.shape, dtype, gen=gen), x, None, None, mean,
                                                           invstd, True, "relu", 0.0)
     out.update(bn_grad_weight=gw, bn_grad_bias=gb)
+    # instance_norm_act: 15 instances of 1517 values (several reduce blocks each, their pieces added in
+    # order), the per-instance weight / bias gradients summed over n
+    w5 = randn((5,), dtype, gen=gen)
+    _, in_mean, in_invstd = torch.ops.ganfast.instance_norm_act(x, w5, None, 1e-5, "tanh", 0.0)
+    _, in_gw, in_gb = torch.ops.ganfast.instance_norm_act_backward(grad_grad, x, w5, w5, in_mean, in_invstd, "lrelu",
+                                                                  0.2)
+    out.update(in_mean=in_mean, in_invstd=in_invstd, in_grad_weight=in_gw, in_grad_bias=in_gb)
     cl = x.contiguous(memory_format=torch.channels_last)
     out["bn_channels_last_invstd"] = torch.ops.ganfast.batch_norm_act(cl, None, None, None, None, True, 0.1, 1e-5,
                                                                       "relu", 0.0)[2]

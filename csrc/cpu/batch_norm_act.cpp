@@ -1,9 +1,10 @@
 // CPU kernels of the batch_norm_act family (BatchNorm statistics + normalise + affine +
 // activation, and its fused backward), which also serve instance_norm_act: instance norm over x
 // (N, C, *) is batch norm over the view (1, N * C, S) of contiguous x (instance k = n * C + c, affine
-// parameter k % C, mapped where the per-channel coefficients are made: affine_coefficients). The math is csrc/gan_math.h's (batch_norm_act_value,
-// batch_norm_act_dz, batch_norm_grad_input); the argument checks csrc/ganfast_common.h's (shared
-// with csrc/cuda/batch_norm_act.cu); the loop shapes those of cpu_loops.h.
+// parameter k % C, mapped where the per-channel coefficients are made: affine_coefficients). The
+// math is csrc/gan_math.h's (batch_norm_act_value, batch_norm_act_dz, batch_norm_grad_input); the
+// argument checks csrc/ganfast_common.h's (shared with csrc/cuda/batch_norm_act.cu); the loop
+// shapes those of cpu_loops.h.
 //
 // Layouts, walked in memory order without a division per element:
 //   Rows    NCHW contiguous with prod(sizes[2:]) = inner > 1: rows of `inner` elements share one
@@ -25,8 +26,8 @@
 // costs less than a write and a read of dz).
 //
 // Reductions are deterministic for any number of threads: the elements of a channel are cut into
-// fixed pieces (at most kChunk elements, summed in 16 float lanes (Rows) or in the len lanes of the
-// periodic pattern (Cyclic), in the compute type), the pieces run in parallel, and their partial
+// fixed pieces (Rows: at most kRowsPiece elements, summed in 16 float lanes; Cyclic: at most kChunk,
+// in the len lanes of the periodic pattern; in the compute type), the pieces run in parallel, and their partial
 // sums are added in a fixed order in double (channel_loops.h, shared with bias_act's bias gradient).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -388,7 +389,8 @@ std::tuple<Tensor, Tensor, Tensor> instance_norm_act_backward(const Tensor& grad
     grad_bias[k % C] += s[k];
     grad_weight[k % C] += s[NC + k] * invstd[k];
   }
-  return {gi_view.view(input.sizes()), channel_tensor(grad_weight, param_dtype), channel_tensor(grad_bias, param_dtype)};
+  return {gi_view.view(input.sizes()), channel_tensor(grad_weight, param_dtype),
+          channel_tensor(grad_bias, param_dtype)};
 }
 
 }  // namespace

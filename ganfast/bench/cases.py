@@ -45,7 +45,8 @@ R1_WEIGHT = R1_GAMMA / 2 * R1_EVERY
 
 @dataclass
 class Case:
-    family: str                                  # losses | cycle_loss | penalty | bias_act | block | step
+    family: str                                  # losses | cycle_loss | penalty | bias_act | block |
+                                                 # instance_norm_act | step
     name: str                                    # what is measured, for the tables
     size: str                                    # the shapes, for the tables
     detail: str                                  # what one step does (Markdown, for BENCHMARKS.md)
@@ -314,6 +315,36 @@ def batch_norm_act_case(shape, device) -> Case:
     return Case("block", "BatchNorm2d + ReLU (training)", "x".join(map(str, shape)),
                 "batch statistics, normalise, affine, ReLU; backward with a random upstream gradient; "
                 "running statistics updated", make_step, rtol=1e-4, atol_scale=1e-5)
+
+
+# ---- instance_norm_act: CycleGAN's InstanceNorm + ReLU, forward and backward ---------------------------
+
+def instance_norm_act_case(shape, device) -> Case:
+    c = shape[1]
+
+    def make_step(impl, **_):
+        # CycleGAN's norm layer: nn.InstanceNorm2d(C) (affine=False, no running statistics) + ReLU
+        gen = _gen(5)
+        x = torch.randn(shape, generator=gen).to(device).requires_grad_()
+        u = torch.randn(shape, generator=gen).to(device)
+        if impl == "ganfast":
+            fn = gnn.InstanceNormAct2d(c, act="relu").to(device)
+        else:
+            fn = nn.Sequential(nn.InstanceNorm2d(c), nn.ReLU()).to(device)
+            if impl == "compile":
+                fn = torch.compile(fn)
+
+        def step():
+            y = fn(x)
+            y.backward(u)
+            out = [("y", y.detach()), ("grad x", x.grad)]
+            _clear((x,))
+            return out
+        return step
+
+    return Case("instance_norm_act", "InstanceNorm2d + ReLU", "x".join(map(str, shape)),
+                "per-(sample, channel) statistics, normalise, ReLU (CycleGAN's generator layer); backward with a "
+                "random upstream gradient", make_step, rtol=1e-4, atol_scale=1e-5)
 
 
 class TorchDCGANGenerator(nn.Module):
@@ -885,6 +916,7 @@ SIZES = [
     (bias_act_case, [((8, 32, 16, 16),)], [((64, 128, 32, 32),)]),
     (lrelu_double_backward_case, [((8, 32, 16, 16),)], [((64, 128, 32, 32),)]),
     (batch_norm_act_case, [((8, 32, 16, 16),)], [((64, 128, 16, 16),)]),
+    (instance_norm_act_case, [((4, 32, 16, 16),)], [((8, 256, 64, 64),)]),
     (generator_case, [(4, 32, 16)], [(64, 64, 64)]),                     # batch, image size, ngf
     (dcgan_step_case, [("nonsaturating", 4, 32, 16)], [("nonsaturating", 64, 64, 64)]),
     (dcgan_step_case, [("wgan-gp", 4, 32, 16)], [("wgan-gp", 32, 64, 64)]),
