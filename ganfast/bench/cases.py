@@ -62,6 +62,10 @@ class Case:
     # with a real lr Adam's first update, lr * sign(grad), turns float32 rounding in a gradient
     # near zero into a parameter change of 2 lr, which the G step's loss then shows).
     separate_check: bool = False
+    # check64's bar: a contender may deviate from float64 by this x eager float32's largest deviation
+    # in the step (+ harness.DEV_FLOOR). Raise it only for a step measured to amplify float32
+    # rounding beyond 10x what eager happens to show (the InfoGAN step: see infogan_step_case).
+    check64_factor: float = 10.0
 
     @property
     def key(self) -> str:
@@ -757,7 +761,11 @@ def infogan_step_case(batch, width, device) -> Case:
                 "Eager: the same layers in torch.nn, BCE-with-logits, `F.cross_entropy` + the Gaussian NLL in "
                 "torch; ganfast: `ganfast.nn.InfoGANGenerator` / `InfoGANDiscriminator`, "
                 "`ganfast.losses.discriminator_loss` / `generator_loss` / `info_loss`",
-                make_step, check64=True, separate_check=True)
+                # At B=64 D's first-step gradients amplify float32 rounding ~1000x: eager's own fakes
+                # perturbed by 1e-6 relative (a few ulp) move D's gradients by up to 2.9e-3 norm-wise
+                # against float64, while unperturbed eager happens to land within 1e-5. torch.compile
+                # and ganfast[cpu] measured 7.7e-4 (D grad 0) to 1.2e-3; a wrong formula is O(0.1-1).
+                make_step, check64=True, separate_check=True, check64_factor=1000.0)
 
 
 # ---- CycleGAN: the engine's step (ganfast/train/cyclegan.py) -------------------------------------------

@@ -113,7 +113,8 @@ def run_case(case, device, backends, use_compile: bool, quick: bool, count: bool
         eager_devs = H.deviations(expected, expected64)
 
         def check(who, outputs):
-            return H.check_against_float64(who, outputs, expected64, eager_devs)
+            return H.check_against_float64(who, outputs, expected64, eager_devs,
+                                           factor=getattr(case, "check64_factor", H.DEV_FACTOR))
     else:
         def check(who, outputs):
             return H.compare(who, outputs, expected, case.rtol, case.atol_scale)
