@@ -208,19 +208,6 @@ def test_the_suite_covers_every_family_and_the_six_training_steps():
         "B=64, 1x32x32, width 64, 10 cat + 2 cont codes", "B=8 per domain, 1x32x32, width 32, 6 blocks"}
 
 
-@pytest.mark.parametrize("name", ["InfoGAN step", "CycleGAN step"])
-def test_the_infogan_and_cyclegan_steps_agree_with_eager_and_count_fewer_ops(name):
-    """The engine's InfoGAN and CycleGAN steps at the quick sizes, eager against ganfast[cpu]: the
-    suite's own gate (float64 eager, learning rate 0) passes, and one step is counted."""
-    cases = S.load_cases_module().cases(torch.device("cpu"), quick=True)
-    case = next(c for c in cases if c.name == name)
-    res = S.run_case(case, torch.device("cpu"), ["cpu"], use_compile=False, quick=True, count=True)
-    assert not res["failures"], res["failures"]
-    rows = {r["contender"]: r for r in res["rows"]}
-    assert rows["eager"]["median_us"] > 0 and rows["ganfast[cpu]"]["median_us"] > 0
-    assert 0 < rows["ganfast[cpu]"]["ops"] < rows["eager"]["ops"]
-
-
 def test_the_cases_ship_in_the_package_so_any_install_has_the_suite():
     from ganfast.bench import cases
 
@@ -285,6 +272,8 @@ def _check_quick_report(out_dir, device, ganfast_rows):
         else:
             assert c["error"] is None and c["median_us"] > 0, (res["case"], c)
         assert res["name"] in md
+        if res["name"] in ("InfoGAN step", "CycleGAN step"):  # the fused ops replace eager's
+            assert 0 < rows[ganfast_rows[0]]["ops"] < rows["eager"]["ops"], res["case"]
     return meta
 
 
