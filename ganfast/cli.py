@@ -364,8 +364,8 @@ def _lazy(module: str):
 register_command(Command(
     "bench", "the benchmark suite: eager vs torch.compile vs ganfast, device-op counts, GPU report",
     *_lazy("bench.suite"),
-    description="Time every op family and four whole training steps (DCGAN non-saturating, DCGAN "
-                "WGAN-GP, DCGAN lazy R1, MLP WGAN-GP on ring8): eager PyTorch, torch.compile and every ganfast backend "
+    description="Time every op family and six whole training steps (DCGAN non-saturating, DCGAN "
+                "WGAN-GP, DCGAN lazy R1, MLP WGAN-GP on ring8, InfoGAN, CycleGAN): eager PyTorch, torch.compile and every ganfast backend "
                 "present, side by side in one run, verified against eager first; count each step's device "
                 "operations and bytes moved; write JSON, Markdown and a PNG chart to --out (default ./ganfast-bench). "
                 "--quick takes under 2 minutes on a 2-core CPU. --gpu-report writes the static sm_80/sm_90 "

@@ -197,13 +197,15 @@ def test_select_filters_by_family_or_name_and_rejects_unknown_words():
         S.select(cases, "nothing-like-this")
 
 
-def test_the_suite_covers_every_family_and_the_four_training_steps():
+def test_the_suite_covers_every_family_and_the_six_training_steps():
     for quick in (True, False):
         cases = S.load_cases_module().cases(torch.device("cpu"), quick=quick)
         assert {c.family for c in cases} == {"losses", "cycle_loss", "penalty", "bias_act", "block", "instance_norm_act", "step"}
         steps = {c.name for c in cases if c.family == "step"}
         assert steps == {"DCGAN non-saturating step", "DCGAN WGAN-GP step", "DCGAN lazy R1 step",
-                         "MLP WGAN-GP step on ring8"}
+                         "MLP WGAN-GP step on ring8", "InfoGAN step", "CycleGAN step"}
+    assert {c.size for c in S.select(cases, "infogan step,cyclegan step")} == {
+        "B=64, 1x32x32, width 64, 10 cat + 2 cont codes", "B=8 per domain, 1x32x32, width 32, 6 blocks"}
 
 
 def test_the_cases_ship_in_the_package_so_any_install_has_the_suite():
@@ -270,6 +272,8 @@ def _check_quick_report(out_dir, device, ganfast_rows):
         else:
             assert c["error"] is None and c["median_us"] > 0, (res["case"], c)
         assert res["name"] in md
+        if res["name"] in ("InfoGAN step", "CycleGAN step"):  # the fused ops replace eager's
+            assert 0 < rows[ganfast_rows[0]]["ops"] < rows["eager"]["ops"], res["case"]
     return meta
 
 

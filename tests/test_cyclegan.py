@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 import ganfast
 import ganfast.nn as gnn
+# the reference code's layers in torch.nn, shared with the benchmark's CycleGAN step
+from ganfast.bench.cases import copy_conv_weights, torch_patch_discriminator, torch_resnet_generator
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -24,57 +25,6 @@ def one_thread():
 
 # ---- the models against torch.nn ------------------------------------------------------------------
 
-def _torch_resnet_generator(in_ch, out_ch, ngf, n_blocks):
-    """The reference's ResnetGenerator (norm instance, no dropout, reflect padding) in torch.nn;
-    its convolutions before an InstanceNorm keep no bias (the norm removes it exactly)."""
-    def norm_relu(c, relu=True):
-        return [nn.InstanceNorm2d(c), nn.ReLU()] if relu else [nn.InstanceNorm2d(c)]
-
-    class Block(nn.Module):
-        def __init__(self, c):
-            super().__init__()
-            self.body = nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(c, c, 3, bias=False), *norm_relu(c),
-                                      nn.ReflectionPad2d(1), nn.Conv2d(c, c, 3, bias=False), *norm_relu(c, False))
-
-        def forward(self, x):
-            return x + self.body(x)
-
-    layers = [nn.ReflectionPad2d(3), nn.Conv2d(in_ch, ngf, 7, bias=False), *norm_relu(ngf)]
-    for i in range(2):
-        c = ngf * 2 ** i
-        layers += [nn.Conv2d(c, 2 * c, 3, 2, 1, bias=False), *norm_relu(2 * c)]
-    layers += [Block(4 * ngf) for _ in range(n_blocks)]
-    for i in range(2):
-        c = ngf * 2 ** (2 - i)
-        layers += [nn.ConvTranspose2d(c, c // 2, 3, 2, 1, output_padding=1, bias=False), *norm_relu(c // 2)]
-    layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, out_ch, 7), nn.Tanh()]
-    return nn.Sequential(*layers)
-
-
-def _torch_patch_discriminator(in_ch, ndf, n_layers):
-    layers = [nn.Conv2d(in_ch, ndf, 4, 2, 1), nn.LeakyReLU(0.2)]
-    mult = 1
-    for i in range(1, n_layers + 1):
-        prev, mult = mult, min(2 ** i, 8)
-        layers += [nn.Conv2d(ndf * prev, ndf * mult, 4, 2 if i < n_layers else 1, 1, bias=False),
-                   nn.InstanceNorm2d(ndf * mult), nn.LeakyReLU(0.2)]
-    layers.append(nn.Conv2d(ndf * mult, 1, 4, 1, 1))
-    return nn.Sequential(*layers)
-
-
-def _copy_weights(ours: nn.Module, twin: nn.Module) -> None:
-    """Our convolutions' weights (and the first D layer's BiasAct bias) into the twin, in order."""
-    src = [m for m in ours.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
-    dst = [m for m in twin.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
-    assert len(src) == len(dst)
-    biases = [m.bias for m in ours.modules() if isinstance(m, gnn.BiasAct)]
-    with torch.no_grad():
-        for s, d in zip(src, dst):
-            d.weight.copy_(s.weight)
-            if d.bias is not None:
-                d.bias.copy_(s.bias if s.bias is not None else biases.pop(0))
-
-
 @pytest.mark.parametrize("backend", ["cpu", "reference"])
 def test_models_match_the_reference_layers_in_float64(backend):
     torch.manual_seed(0)
@@ -82,9 +32,9 @@ def test_models_match_the_reference_layers_in_float64(backend):
     D = gnn.PatchDiscriminator(3, ndf=4, n_layers=3).double()
     with torch.no_grad():  # a non-zero bias, so that the BiasAct copy is checked
         next(m for m in D.modules() if isinstance(m, gnn.BiasAct)).bias.uniform_(-0.5, 0.5)
-    tG, tD = _torch_resnet_generator(1, 3, 4, 2).double(), _torch_patch_discriminator(3, 4, 3).double()
-    _copy_weights(G, tG)
-    _copy_weights(D, tD)
+    tG, tD = torch_resnet_generator(1, 3, 4, 2).double(), torch_patch_discriminator(3, 4, 3).double()
+    copy_conv_weights(G, tG)
+    copy_conv_weights(D, tD)
     x = torch.randn(3, 1, 28, 36, dtype=torch.float64, requires_grad=True)
     with ganfast.use_backend(backend):
         y = D(G(x))

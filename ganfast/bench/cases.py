@@ -1,4 +1,5 @@
-"""The benchmark suite's cases: every op family and four whole training steps, each as eager
+"""The benchmark suite's cases: every op family and six whole training steps (DCGAN
+non-saturating, WGAN-GP and lazy R1, the MLP WGAN-GP step, InfoGAN and CycleGAN), each as eager
 PyTorch writes it, as torch.compile runs it, and with ganfast. `ganfast bench` runs them
 (ganfast/bench/suite.py); `pytest benchmarks --benchmark-only` times the op-family cases with
 pytest-benchmark (benchmarks/test_micro.py).
@@ -19,6 +20,7 @@ agree with eager's within the case's float32 tolerance before anything is timed.
 """
 from __future__ import annotations
 
+import copy
 import functools
 from dataclasses import dataclass
 from typing import Callable, List, Tuple
@@ -60,6 +62,10 @@ class Case:
     # with a real lr Adam's first update, lr * sign(grad), turns float32 rounding in a gradient
     # near zero into a parameter change of 2 lr, which the G step's loss then shows).
     separate_check: bool = False
+    # check64's bar: a contender may deviate from float64 by this x eager float32's largest deviation
+    # in the step (+ harness.DEV_FLOOR). Raise it only for a step measured to amplify float32
+    # rounding beyond 10x what eager happens to show (the InfoGAN step: see infogan_step_case).
+    check64_factor: float = 10.0
 
     @property
     def key(self) -> str:
@@ -624,6 +630,289 @@ def mlp_step_case(batch, width, device) -> Case:
                 "only", make_step, rtol=1e-4, atol_scale=1e-4, separate_check=True)
 
 
+# ---- InfoGAN: the engine's step (ganfast/train/trainer.py, self.info) ----------------------------------
+
+INFO_NZ, INFO_CAT, INFO_CONT = 62, 10, 2          # the engine's InfoGAN latent (config.resolve)
+INFO_CAT_WEIGHT, INFO_CONT_WEIGHT = 1.0, 0.1      # TrainConfig.info_weight, info_cont_weight
+
+
+def torch_layers(block: nn.Module) -> List[nn.Module]:
+    """A ganfast.nn LinearBlock / Conv2dBlock / ConvTransposeBlock as the torch.nn layers it fuses
+    (Linear or the convolution, [BatchNorm], activation), holding copies of its parameters and
+    buffers."""
+    layer = block.linear if isinstance(block, gnn.LinearBlock) else block.conv
+    layers = [copy.deepcopy(layer)]
+    if block.bn is not None:
+        layers.append(copy.deepcopy(block.bn))
+    act = {"relu": nn.ReLU, "tanh": nn.Tanh, "lrelu": lambda: nn.LeakyReLU(block.alpha)}.get(block.act)
+    return layers + ([act()] if act is not None else [])
+
+
+class TorchInfoGANGenerator(nn.Module):
+    """ganfast.nn.InfoGANGenerator's architecture in torch.nn layers, with that generator's weights."""
+
+    def __init__(self, g: gnn.InfoGANGenerator):
+        super().__init__()
+        self.n_cat, self.ngf, self.start = g.n_cat, g.ngf, g.start
+        self.fc = nn.Sequential(*(layer for block in g.fc for layer in torch_layers(block)))
+        self.up = nn.Sequential(*(layer for block in g.up for layer in torch_layers(block)))
+
+    def forward(self, z, cat, cont):
+        h = self.fc(torch.cat([z, F.one_hot(cat, self.n_cat).to(z.dtype), cont], 1))
+        return self.up(h.view(h.size(0), 2 * self.ngf, self.start, self.start))
+
+
+class TorchInfoGANDiscriminator(nn.Module):
+    """ganfast.nn.InfoGANDiscriminator (sigma = 1: no log-std head, as the engine) in torch.nn
+    layers, with that discriminator's weights: (D's logits, Q's categorical logits, Q's means)."""
+
+    def __init__(self, d: gnn.InfoGANDiscriminator):
+        super().__init__()
+        self.n_cat, self.n_cont = d.n_cat, d.n_cont
+        self.trunk = nn.Sequential(*torch_layers(d.trunk[0]), *torch_layers(d.trunk[1]), nn.Flatten(),
+                                   *torch_layers(d.trunk[3]))
+        self.d_head = copy.deepcopy(d.d_head)
+        self.q_head = nn.Sequential(*torch_layers(d.q_head[0]), copy.deepcopy(d.q_head[1]))
+
+    def forward(self, x):
+        h = self.trunk(x)
+        q = self.q_head(h)
+        k = self.n_cat
+        return self.d_head(h).view(x.size(0)), q[:, :k], q[:, k:k + self.n_cont]
+
+
+def _eager_info_terms(cat_logits, cat, cont_mean, cont):
+    """The engine's weighted L_I (sigma = 1) as an InfoGAN script writes it."""
+    return (INFO_CAT_WEIGHT * F.cross_entropy(cat_logits, cat)
+            + INFO_CONT_WEIGHT * (0.5 * (cont - cont_mean) ** 2).sum(1).mean())
+
+
+def infogan_step_case(batch, width, device) -> Case:
+    image_size, nc = 32, 1
+
+    def make_step(impl, dtype=torch.float32, check=False):
+        torch.manual_seed(11)
+        G = gnn.InfoGANGenerator(INFO_NZ, INFO_CAT, INFO_CONT, nc, image_size, width)
+        D = gnn.InfoGANDiscriminator(nc, INFO_CAT, INFO_CONT, image_size, width)
+        if impl != "ganfast":
+            G, D = TorchInfoGANGenerator(G), TorchInfoGANDiscriminator(D)
+        G, D = G.to(device, dtype), D.to(device, dtype)
+        gen = _gen(12)
+        real = (torch.rand(batch, nc, image_size, image_size, generator=gen) * 2 - 1).to(device, dtype)
+        # the D step's and the G step's latents (fresh z and codes for each, as the engine draws them)
+        lat = [(torch.randn(batch, INFO_NZ, generator=gen).to(device, dtype),
+                torch.randint(0, INFO_CAT, (batch,), generator=gen).to(device),
+                (torch.rand(batch, INFO_CONT, generator=gen) * 2 - 1).to(device, dtype)) for _ in range(2)]
+        if impl == "ganfast":
+            def d_loss(real, fake, cat, cont):
+                q = D(fake)
+                return (L.discriminator_loss(D(real).logits, q.logits, "nonsaturating")
+                        + L.info_loss(q.cat_logits, cat, q.cont_mean, cont, q.cont_logstd,
+                                      cat_weight=INFO_CAT_WEIGHT, cont_weight=INFO_CONT_WEIGHT))
+
+            def g_loss(fake, cat, cont):
+                q = D(fake)
+                return (L.generator_loss(q.logits, "nonsaturating")
+                        + L.info_loss(q.cat_logits, cat, q.cont_mean, cont, q.cont_logstd,
+                                      cat_weight=INFO_CAT_WEIGHT, cont_weight=INFO_CONT_WEIGHT))
+        else:
+            if impl == "compile":
+                G, D = torch.compile(G), torch.compile(D)
+
+            def d_loss(real, fake, cat, cont):
+                r, (f, cat_logits, mean) = D(real)[0], D(fake)
+                return (F.binary_cross_entropy_with_logits(r, torch.ones_like(r))
+                        + F.binary_cross_entropy_with_logits(f, torch.zeros_like(f))
+                        + _eager_info_terms(cat_logits, cat, mean, cont))
+
+            def g_loss(fake, cat, cont):
+                f, cat_logits, mean = D(fake)
+                return (F.binary_cross_entropy_with_logits(f, torch.ones_like(f))
+                        + _eager_info_terms(cat_logits, cat, mean, cont))
+        g_params, d_params = list(G.parameters()), list(D.parameters())
+        # the engine's InfoGAN rates: D 2e-4, G 1e-3, Adam betas (0.5, 0.999)
+        opt_d = _adam(d_params, 0.0 if check else 2e-4, (0.5, 0.999))
+        opt_g = _adam(g_params, 0.0 if check else 1e-3, (0.5, 0.999))
+
+        def step():
+            (z_d, cat_d, cont_d), (z_g, cat_g, cont_g) = lat
+            D.requires_grad_(True)
+            with torch.no_grad():
+                fake = G(z_d, cat_d, cont_d)
+            loss_d = d_loss(real, fake, cat_d, cont_d)
+            opt_d.zero_grad(set_to_none=True)
+            loss_d.backward()
+            d_grads = [(w, g.clone() if check and g is not None else g) for w, g in _grads("D", d_params)]
+            opt_d.step()
+            D.requires_grad_(False)   # the G step computes G's gradients only, as the engine
+            loss_g = g_loss(G(z_g, cat_g, cont_g), cat_g, cont_g)
+            opt_g.zero_grad(set_to_none=True)
+            loss_g.backward()
+            opt_g.step()
+            D.requires_grad_(True)
+            return [("loss_d", loss_d.detach()), ("loss_g", loss_g.detach())] + _grads("G", g_params) + d_grads
+        return step
+
+    return Case("step", "InfoGAN step", f"B={batch}, 1x32x32, width {width}, 10 cat + 2 cont codes",
+                "the engine's InfoGAN step (ganfast/train/trainer.py): one D/Q step (G's fakes without grad; D on "
+                "real, D on fake for the logits and Q's predictions; non-saturating loss + the weighted mutual-"
+                "information term, sigma = 1) + one G step with fresh z and codes (non-saturating + information "
+                "term, D's requires_grad off), Adam D 2e-4 / G 1e-3, betas (0.5, 0.999); BatchNorm in G, D and Q. "
+                "Eager: the same layers in torch.nn, BCE-with-logits, `F.cross_entropy` + the Gaussian NLL in "
+                "torch; ganfast: `ganfast.nn.InfoGANGenerator` / `InfoGANDiscriminator`, "
+                "`ganfast.losses.discriminator_loss` / `generator_loss` / `info_loss`",
+                # At B=64 D's first-step gradients amplify float32 rounding ~1000x: eager's own fakes
+                # perturbed by 1e-6 relative (a few ulp) move D's gradients by up to 2.9e-3 norm-wise
+                # against float64, while unperturbed eager happens to land within 1e-5. torch.compile
+                # and ganfast[cpu] measured 7.7e-4 (D grad 0) to 1.2e-3; a wrong formula is O(0.1-1).
+                make_step, check64=True, separate_check=True, check64_factor=1000.0)
+
+
+# ---- CycleGAN: the engine's step (ganfast/train/cyclegan.py) -------------------------------------------
+
+CYCLE_IDENTITY = 0.5   # identity L1 weight, a fraction of CYCLE_WEIGHT (TrainConfig.identity_weight)
+
+
+def torch_resnet_generator(in_ch, out_ch, ngf, n_blocks) -> nn.Sequential:
+    """The CycleGAN reference's ResnetGenerator (norm instance, no dropout, reflect padding) in
+    torch.nn; its convolutions before an InstanceNorm keep no bias (the norm removes it exactly),
+    as ganfast.nn.ResnetGenerator's."""
+    def norm_relu(c, relu=True):
+        return [nn.InstanceNorm2d(c), nn.ReLU()] if relu else [nn.InstanceNorm2d(c)]
+
+    layers = [nn.ReflectionPad2d(3), nn.Conv2d(in_ch, ngf, 7, bias=False), *norm_relu(ngf)]
+    for i in range(2):
+        c = ngf * 2 ** i
+        layers += [nn.Conv2d(c, 2 * c, 3, 2, 1, bias=False), *norm_relu(2 * c)]
+    layers += [_TorchResnetBlock(nn.Sequential(
+        nn.ReflectionPad2d(1), nn.Conv2d(4 * ngf, 4 * ngf, 3, bias=False), *norm_relu(4 * ngf),
+        nn.ReflectionPad2d(1), nn.Conv2d(4 * ngf, 4 * ngf, 3, bias=False), *norm_relu(4 * ngf, False)))
+        for _ in range(n_blocks)]
+    for i in range(2):
+        c = ngf * 2 ** (2 - i)
+        layers += [nn.ConvTranspose2d(c, c // 2, 3, 2, 1, output_padding=1, bias=False), *norm_relu(c // 2)]
+    layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, out_ch, 7), nn.Tanh()]
+    return nn.Sequential(*layers)
+
+
+class _TorchResnetBlock(nn.Module):
+    def __init__(self, body):
+        super().__init__()
+        self.body = body
+
+    def forward(self, x):
+        return x + self.body(x)
+
+
+def torch_patch_discriminator(in_ch, ndf, n_layers) -> nn.Sequential:
+    """The reference's NLayerDiscriminator (norm instance) in torch.nn: LeakyReLU(0.2), the first
+    convolution with a bias (ganfast's keeps it in a BiasAct)."""
+    layers = [nn.Conv2d(in_ch, ndf, 4, 2, 1), nn.LeakyReLU(0.2)]
+    mult = 1
+    for i in range(1, n_layers + 1):
+        prev, mult = mult, min(2 ** i, 8)
+        layers += [nn.Conv2d(ndf * prev, ndf * mult, 4, 2 if i < n_layers else 1, 1, bias=False),
+                   nn.InstanceNorm2d(ndf * mult), nn.LeakyReLU(0.2)]
+    layers.append(nn.Conv2d(ndf * mult, 1, 4, 1, 1))
+    return nn.Sequential(*layers)
+
+
+def copy_conv_weights(ours: nn.Module, twin: nn.Module) -> None:
+    """A ganfast CycleGAN model's convolution weights (and its first D layer's BiasAct bias) into
+    its torch.nn twin, in order."""
+    src = [m for m in ours.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    dst = [m for m in twin.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    if len(src) != len(dst):
+        raise ValueError(f"copy_conv_weights: {len(src)} convolutions, but the twin has {len(dst)}")
+    biases = [m.bias for m in ours.modules() if isinstance(m, gnn.BiasAct)]
+    with torch.no_grad():
+        for s, d in zip(src, dst):
+            d.weight.copy_(s.weight)
+            if d.bias is not None:
+                d.bias.copy_(s.bias if s.bias is not None else biases.pop(0))
+
+
+def cyclegan_step_case(batch, width, n_blocks, device) -> Case:
+    image_size, ch, n_layers = 32, 1, 3
+
+    def make_step(impl, dtype=torch.float32, check=False):
+        torch.manual_seed(13)
+        Gs = [gnn.ResnetGenerator(ch, ch, width, n_blocks) for _ in range(2)]
+        Ds = [gnn.PatchDiscriminator(ch, width, n_layers) for _ in range(2)]
+        if impl != "ganfast":
+            twins = [torch_resnet_generator(ch, ch, width, n_blocks) for _ in range(2)] + \
+                    [torch_patch_discriminator(ch, width, n_layers) for _ in range(2)]
+            for ours, twin in zip(Gs + Ds, twins):
+                copy_conv_weights(ours, twin)
+            Gs, Ds = twins[:2], twins[2:]
+        G_AB, G_BA, D_A, D_B = (m.to(device, dtype) for m in Gs + Ds)
+        gen = _gen(14)
+        real_a, real_b = ((torch.rand(batch, ch, image_size, image_size, generator=gen) * 2 - 1).to(device, dtype)
+                          for _ in range(2))
+        if impl == "ganfast":
+            def g_losses(fake_a, fake_b, rec_a, rec_b, idt_a, idt_b):
+                # ganfast's least_squares G loss is (D - 1)^2 / 2: x2 is the reference's MSE to 1
+                gan = 2.0 * (L.generator_loss(D_B(fake_b), "least_squares")
+                             + L.generator_loss(D_A(fake_a), "least_squares"))
+                return (gan + L.cycle_loss([rec_a, rec_b], [real_a, real_b], weight=CYCLE_WEIGHT)
+                        + L.cycle_loss([idt_b, idt_a], [real_b, real_a], weight=CYCLE_WEIGHT * CYCLE_IDENTITY))
+
+            def d_losses(fake_a, fake_b):
+                # real and fake through each D in one pass (InstanceNorm does not couple samples)
+                return (S.discriminator_step_loss(D_A, real_a, fake_a, "least_squares").total
+                        + S.discriminator_step_loss(D_B, real_b, fake_b, "least_squares").total)
+        else:
+            if impl == "compile":
+                G_AB, G_BA, D_A, D_B = (torch.compile(m) for m in (G_AB, G_BA, D_A, D_B))
+
+            def mse(x, target):
+                return F.mse_loss(x, torch.full_like(x, target))
+
+            def g_losses(fake_a, fake_b, rec_a, rec_b, idt_a, idt_b):
+                return (mse(D_B(fake_b), 1.0) + mse(D_A(fake_a), 1.0)
+                        + CYCLE_WEIGHT * (F.l1_loss(rec_a, real_a) + F.l1_loss(rec_b, real_b))
+                        + CYCLE_WEIGHT * CYCLE_IDENTITY * (F.l1_loss(idt_b, real_b) + F.l1_loss(idt_a, real_a)))
+
+            def d_losses(fake_a, fake_b):
+                return (0.5 * (mse(D_A(real_a), 1.0) + mse(D_A(fake_a), 0.0))
+                        + 0.5 * (mse(D_B(real_b), 1.0) + mse(D_B(fake_b), 0.0)))
+        g_params = list(G_AB.parameters()) + list(G_BA.parameters())
+        d_params = list(D_A.parameters()) + list(D_B.parameters())
+        lr = 0.0 if check else 2e-4
+        opt_g, opt_d = _adam(g_params, lr, (0.5, 0.999)), _adam(d_params, lr, (0.5, 0.999))
+
+        def step():
+            D_A.requires_grad_(False)   # the G step computes the generators' gradients only
+            D_B.requires_grad_(False)
+            fake_b, fake_a = G_AB(real_a), G_BA(real_b)
+            loss_g = g_losses(fake_a, fake_b, G_BA(fake_b), G_AB(fake_a), G_BA(real_a), G_AB(real_b))
+            opt_g.zero_grad(set_to_none=True)
+            loss_g.backward()
+            opt_g.step()
+            D_A.requires_grad_(True)
+            D_B.requires_grad_(True)
+            loss_d = d_losses(fake_a.detach(), fake_b.detach())   # no image pool: this step's fakes
+            opt_d.zero_grad(set_to_none=True)
+            loss_d.backward()
+            opt_d.step()
+            return ([("loss_g", loss_g.detach()), ("loss_d", loss_d.detach())] + _grads("G", g_params)
+                    + _grads("D", d_params))
+        return step
+
+    return Case("step", "CycleGAN step", f"B={batch} per domain, 1x32x32, width {width}, {n_blocks} blocks",
+                "the engine's CycleGAN step (ganfast/train/cyclegan.py): both generators' LSGAN losses (the "
+                "reference's MSE to 1) + cycle L1 (weight 10, both directions) + identity L1 (weight 0.5 x 10), "
+                "one Adam step for both G's (D's requires_grad off); then both PatchGAN discriminators on real "
+                "and this step's fakes (LSGAN, halved), one Adam step for both D's; Adam(2e-4, (0.5, 0.999)). "
+                "The engine's image pool is left out (a host-side history of fakes, the same for every "
+                "implementation): D sees the step's fakes. Eager: the reference's layers in torch.nn "
+                "(`nn.InstanceNorm2d`, `nn.LeakyReLU(0.2)`), `F.mse_loss`, `F.l1_loss`, two passes per D; "
+                "ganfast: `ganfast.nn.ResnetGenerator` / `PatchDiscriminator` (instance_norm_act, bias_act), "
+                "`ganfast.losses.generator_loss`, cycle and identity L1 through one `cycle_loss` call each, "
+                "`ganfast.steps.discriminator_step_loss` (one pass over real and fake per D)",
+                make_step, check64=True, separate_check=True)
+
+
 # ---- the suite ---------------------------------------------------------------------------------------
 
 # Every case builder with its sizes: (builder, the quick run's arguments, the full run's arguments).
@@ -641,6 +930,8 @@ SIZES = [
     (dcgan_step_case, [("wgan-gp", 4, 32, 16)], [("wgan-gp", 32, 64, 64)]),
     (dcgan_step_case, [("r1", 4, 32, 16)], [("r1", 32, 64, 64)]),
     (mlp_step_case, [(256, 128)], [(256, 128)]),                          # batch, width
+    (infogan_step_case, [(8, 16)], [(64, 64)]),                           # batch, width (ngf = ndf)
+    (cyclegan_step_case, [(2, 8, 2)], [(8, 32, 6)]),                      # batch per domain, width, blocks
 ]
 
 
