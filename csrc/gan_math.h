@@ -492,5 +492,72 @@ GANFAST_HD T batch_norm_grad_input(T dz, T x, T mean, T a, T mean_dz, T k) {
   return a * (dz - mean_dz - (x - mean) * k);
 }
 
+// ---------------------------------------------------------------------------------------------
+// info_loss (InfoGAN's mutual-information loss). The categorical part of row b is
+// logsumexp_k x_k - x_c = m + log(sum_k e^(x_k - m)) - x_c (m = max_k x_k, every exponent <= 0:
+// exp_nonpos), its gradient softmax_k - [k == c]. The continuous part, per element, is the
+// Gaussian negative log-likelihood without its constant: ls + z^2 / 2, z = (c - mu) e^(-ls);
+// d/dmu = -z e^(-ls), d/dc = z e^(-ls), d/dls = 1 - z^2. Without logstd (sigma = 1): (c - mu)^2 / 2.
+// ---------------------------------------------------------------------------------------------
+
+// e^(-s) for any s, from exp_nonpos (vectorisable on the host): e^(-|s|), inverted where s < 0.
+// (float32: 1 / 0 = inf for s < -87, where e^87..e^88.7 would still be finite.)
+template <typename T>
+GANFAST_HD T exp_neg(T s) {
+  const T e = exp_nonpos(-std::fabs(s));
+  return s >= T(0) ? e : T(1) / e;
+}
+
+// The larger of a and b, NaN in b ignored (a NaN is kept by the sum of exponentials instead).
+template <typename T>
+GANFAST_HD T max_ignoring_nan(T a, T b) {
+  return b > a ? b : a;
+}
+
+// The Gaussian term of one element; has_logstd false: ls unused (sigma = 1).
+template <typename T>
+GANFAST_HD T info_gauss(T c, T mu, T ls, bool has_logstd) {
+  if (!has_logstd) {
+    const T d = c - mu;
+    return T(0.5) * d * d;
+  }
+  const T z = (c - mu) * exp_neg(ls);
+  return ls + T(0.5) * z * z;
+}
+
+// (d/dmu, d/dls) of info_gauss; d/dc = -d/dmu. Without logstd d/dls is 0.
+template <typename T>
+GANFAST_HD void info_gauss_grad(T c, T mu, T ls, bool has_logstd, T& dmu, T& dls) {
+  if (!has_logstd) {
+    dmu = mu - c;
+    dls = T(0);
+    return;
+  }
+  const T inv_sigma = exp_neg(ls);
+  const T z = (c - mu) * inv_sigma;
+  dmu = -z * inv_sigma;
+  dls = T(1) - z * z;
+}
+
+// ---------------------------------------------------------------------------------------------
+// cycle_loss family: weight * mean |r - o| per (reconstructed, original) pair, summed over pairs
+// ---------------------------------------------------------------------------------------------
+
+// |r - o|: the term summed (NaN propagates).
+template <typename T>
+GANFAST_HD T l1_term(T r, T o) {
+  const T d = r - o;
+  return d < T(0) ? -d : d;
+}
+
+// d|r - o| / dr: sign(r - o) with torch's l1_loss conventions: 0 at equality (the subgradient) and
+// 0 where r - o is NaN (torch's sgn of NaN in its backward). Selects only: GCC vectorises it.
+template <typename T>
+GANFAST_HD T l1_sign(T r, T o) {
+  const T d = r - o;
+  T s = d > T(0) ? T(1) : T(0);
+  return d < T(0) ? T(-1) : s;
+}
+
 }  // namespace math
 }  // namespace ganfast

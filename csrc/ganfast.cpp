@@ -36,6 +36,19 @@ TORCH_LIBRARY(ganfast, m) {
   m.def("gan_g_loss(Tensor fake_logits, str kind) -> Tensor");
   m.def("gan_g_loss_backward(Tensor grad_output, Tensor fake_logits, str kind) -> Tensor");
 
+  // ---- info_loss family (csrc/cpu/info_loss.cpp, csrc/cuda/info_loss.cu, ganfast/triton/info_loss.py)
+  // InfoGAN's mutual-information loss, a 0-dim tensor:
+  //   cat_weight * mean_b [logsumexp_k x_bk - x_b,c_b]                       (cat_logits (B, K), cat_codes (B,) int64)
+  // + cont_weight * mean_b sum_j [ls_bj + 0.5 ((c_bj - mu_bj) exp(-ls_bj))^2]  (cont tensors (B, J); ls = 0 if absent)
+  // Each part optional (not both absent); the 0.5 log 2 pi constant dropped. Checks in ganfast_common.h.
+  m.def("info_loss(Tensor? cat_logits, Tensor? cat_codes, Tensor? cont_mean, Tensor? cont_codes, "
+        "Tensor? cont_logstd, float cat_weight, float cont_weight) -> Tensor");
+  // The gradients w.r.t. cat_logits, cont_mean, cont_codes (= -grad_cont_mean) and cont_logstd, in
+  // one pass; an absent operand's gradient is an empty (0,) tensor. First order only.
+  m.def("info_loss_backward(Tensor grad_output, Tensor? cat_logits, Tensor? cat_codes, Tensor? cont_mean, "
+        "Tensor? cont_codes, Tensor? cont_logstd, float cat_weight, float cont_weight) "
+        "-> (Tensor grad_cat_logits, Tensor grad_cont_mean, Tensor grad_cont_codes, Tensor grad_cont_logstd)");
+
   // ---- penalty family (csrc/cpu/penalty.cpp, csrc/cuda/penalty.cu, ganfast/triton/penalty.py) ----
   // x_hat[b] = eps[b] * real[b] + (1 - eps[b]) * fake[b]; real and fake of one shape (B, ...),
   // eps of shape (B,). Linear in (real, fake), so its backward's derivative is itself again.
@@ -86,6 +99,38 @@ TORCH_LIBRARY(ganfast, m) {
   m.def("batch_norm_act_backward(Tensor grad_output, Tensor input, Tensor? weight, Tensor? bias, "
         "Tensor save_mean, Tensor save_invstd, bool training, str act, float alpha) "
         "-> (Tensor grad_input, Tensor grad_weight, Tensor grad_bias)");
+
+  // ---- instance_norm_act family (its kernels are batch_norm_act's, serving both: csrc/cpu/batch_norm_act.cpp,
+  // csrc/cuda/batch_norm_act.cu, ganfast/triton/batch_norm_act.py)
+  // out = act(weight[c] * (x - mean[n, c]) * invstd[n, c] + bias[c]) over input (N, C, *) (at least 3 dims,
+  // S = prod(sizes[2:]) > 1 values per instance; S = 0 gives an empty result), the mean and biased
+  // variance of each instance (n, c) over its S values: F.instance_norm with no running statistics.
+  // Instance norm is batch norm over the per-(n, c) axis: the view (1, N * C, S) of contiguous input,
+  // channel k = n * C + c, affine parameter k % C. weight None = 1, bias None = 0; act and alpha as
+  // bias_act's (gain 1, no clamp); eps > 0. Returns (out, save_mean, save_invstd): out contiguous (a
+  // non-contiguous input is made contiguous), the mean and 1 / sqrt(var + eps) of each instance, shape
+  // (N * C,) (index n * C + c), float32 (float64 for float64 input): the backward's cache.
+  m.def("instance_norm_act(Tensor input, Tensor? weight, Tensor? bias, float eps, str act, float alpha) "
+        "-> (Tensor out, Tensor save_mean, Tensor save_invstd)");
+  // The gradients w.r.t. input (contiguous), weight and bias (the last two (C,), summed over the
+  // samples, in weight's dtype, input's without weight; always defined). Not differentiable itself:
+  // double backward is an error.
+  m.def("instance_norm_act_backward(Tensor grad_output, Tensor input, Tensor? weight, Tensor? bias, "
+        "Tensor save_mean, Tensor save_invstd, str act, float alpha) "
+        "-> (Tensor grad_input, Tensor grad_weight, Tensor grad_bias)");
+
+  // ---- cycle_loss family (csrc/cpu/cycle_loss.cpp, csrc/cuda/cycle_loss.cu, ganfast/triton/cycle_loss.py)
+  // CycleGAN's cycle-consistency / identity L1 loss over a list of pairs:
+  // weight * sum_i mean|reconstructed[i] - original[i]| (each mean over its own pair's elements),
+  // all pairs in one launch. Pairs of one dtype and device, each pair of one shape; weight finite
+  // and >= 0. Returns a 0-dim tensor in the inputs' dtype.
+  m.def("cycle_loss(Tensor[] reconstructed, Tensor[] original, float weight) -> Tensor");
+  // The gradients w.r.t. every reconstructed[i] (weight * grad_output / numel_i * sign(r - o), 0 at
+  // r == o) and every original[i] (their negatives), all pairs in one launch, each in its input's
+  // dtype and layout. grad_reconstructed / grad_original say which list to write; the other comes
+  // back empty. First order only: not differentiable itself.
+  m.def("cycle_loss_backward(Tensor grad_output, Tensor[] reconstructed, Tensor[] original, float weight, "
+        "bool grad_reconstructed, bool grad_original) -> (Tensor[] grad_reconstructed, Tensor[] grad_original)");
 }
 
 // `import ganfast._C` loads this library, whose static initialisers register the ops above and

@@ -5,9 +5,11 @@
 
 #include <ATen/ATen.h>
 
+#include <cmath>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "gan_math.h"
 
@@ -525,6 +527,281 @@ inline int64_t check_batch_norm_act_backward(const char* op, const at::Tensor& g
                      input.scalar_type(), " input); got ", t.scalar_type());
   }
   return batch_norm_values_per_channel(input);
+}
+
+}  // namespace ganfast
+
+// ---- instance_norm_act family -------------------------------------------------------------------
+// Instance norm over input (N, C, *) is batch norm over the per-(n, c) axis: the view (1, N * C, S) of
+// a contiguous input, channel k = n * C + c, affine parameter k % C. The kernels are batch_norm_act's.
+
+namespace ganfast {
+
+// S = prod(sizes[2:]) of an (N, C, *) input: the values of each (n, c) instance.
+inline int64_t instance_norm_spatial_size(const at::Tensor& input) {
+  int64_t s = 1;
+  for (int64_t d = 2; d < input.dim(); ++d) s *= input.size(d);
+  return s;
+}
+
+inline void check_input_ncs(const char* op, const at::Tensor& input) {
+  check_floating(input, op, "input");
+  TORCH_CHECK_VALUE(input.dim() >= 3, op,
+                    ": input must have shape (N, C, *) with at least one spatial dim (at least 3 dims); got shape ",
+                    input.sizes());
+}
+
+// instance_norm_act's operands, in this order: input; weight, bias (C,) as batch_norm_act's; more
+// than one spatial element (torch's instance_norm refuses one too; none is an empty result, as
+// torch's); eps > 0. Returns S. (Python twin: ganfast/_args.py's check_instance_norm_act.)
+inline int64_t check_instance_norm_act(const char* op, const at::Tensor& input,
+                                       const std::optional<at::Tensor>& weight,
+                                       const std::optional<at::Tensor>& bias, double eps) {
+  check_input_ncs(op, input);
+  check_channel_vector(op, input, weight, "weight");
+  check_channel_vector(op, input, bias, "bias");
+  const int64_t s = instance_norm_spatial_size(input);
+  TORCH_CHECK_VALUE(s != 1, op, ": expected more than 1 spatial element per (sample, channel); got input of shape ",
+                    input.sizes());
+  TORCH_CHECK_VALUE(eps > 0, op, ": eps must be positive; got ", eps);
+  return s;
+}
+
+// instance_norm_act_backward's operands: input, weight, bias as instance_norm_act checks them;
+// grad_output floating of input's shape on its device; save_mean and save_invstd of shape (N * C,)
+// in the compute dtype. Returns S. (Python twin: ganfast/_args.py's check_instance_norm_act_backward.)
+inline int64_t check_instance_norm_act_backward(const char* op, const at::Tensor& grad_output,
+                                                const at::Tensor& input, const std::optional<at::Tensor>& weight,
+                                                const std::optional<at::Tensor>& bias,
+                                                const at::Tensor& save_mean, const at::Tensor& save_invstd) {
+  check_input_ncs(op, input);
+  check_channel_vector(op, input, weight, "weight");
+  check_channel_vector(op, input, bias, "bias");
+  check_floating(grad_output, op, "grad_output");
+  check_same_device(input, grad_output, op, "input", "grad_output");
+  check_same_shape(input, grad_output, op, "input", "grad_output");
+  const auto compute = batch_norm_compute_dtype(input.scalar_type());
+  const int64_t nc = input.size(0) * input.size(1);
+  for (const auto& [t, arg] : {std::pair<const at::Tensor&, const char*>{save_mean, "save_mean"},
+                               std::pair<const at::Tensor&, const char*>{save_invstd, "save_invstd"}}) {
+    check_same_device(input, t, op, "input", arg);
+    TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == nc, op, ": ", arg, " must have shape (N * C,) = (", nc,
+                      ",) (input.size(0) * input.size(1)); got ", t.sizes());
+    TORCH_CHECK_TYPE(t.scalar_type() == compute, op, ": ", arg, " must be ", compute, " (the compute dtype of ",
+                     input.scalar_type(), " input); got ", t.scalar_type());
+  }
+  return instance_norm_spatial_size(input);
+}
+
+// The per-instance view (1, N * C, S) of a contiguous input (N, C, *): batch_norm_act's kernels run
+// over it with N * C channels.
+inline at::Tensor instance_view(const at::Tensor& contiguous_input) {
+  return contiguous_input.view({1, contiguous_input.size(0) * contiguous_input.size(1),
+                                instance_norm_spatial_size(contiguous_input)});
+}
+
+}  // namespace ganfast
+
+// ---- info_loss family ---------------------------------------------------------------------------
+
+namespace ganfast {
+
+// info_loss's operands, checked: each present tensor contiguous; the flags say which parts are
+// there. B rows; K classes (0 without the categorical part); J continuous codes (0 without).
+struct InfoOperands {
+  at::Tensor cat_logits, cat_codes, cont_mean, cont_codes, cont_logstd;  // undefined when absent
+  bool has_cat = false, has_cont = false, has_logstd = false;
+  int64_t B = 0, K = 0, J = 0;
+  at::Tensor like;  // the first floating operand: the result's dtype and device
+};
+
+inline bool info_present(const std::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
+
+inline void check_info_weight(const char* op, const char* arg, double w) {
+  TORCH_CHECK_VALUE(std::isfinite(w) && w >= 0, op, ": ", arg, " must be a finite number >= 0; got ", w);
+}
+
+// The checks, in this order: the weights; which operands are given together; the categorical
+// part (cat_logits floating (B, K), K >= 2; cat_codes int64 (B,)); the continuous part (cont_mean,
+// cont_codes, cont_logstd floating, one shape (B, J)); one dtype, one device and one B for all.
+// The range of the codes (data) is each backend's: see csrc/cpu/info_loss.cpp.
+// (Python twin: ganfast/_args.py's check_info_loss.)
+inline InfoOperands check_info_loss(const char* op, const std::optional<at::Tensor>& cat_logits,
+                                    const std::optional<at::Tensor>& cat_codes,
+                                    const std::optional<at::Tensor>& cont_mean,
+                                    const std::optional<at::Tensor>& cont_codes,
+                                    const std::optional<at::Tensor>& cont_logstd, double cat_weight,
+                                    double cont_weight) {
+  check_info_weight(op, "cat_weight", cat_weight);
+  check_info_weight(op, "cont_weight", cont_weight);
+  InfoOperands o;
+  o.has_cat = info_present(cat_logits);
+  o.has_cont = info_present(cont_mean);
+  o.has_logstd = info_present(cont_logstd);
+  TORCH_CHECK_VALUE(o.has_cat == info_present(cat_codes), op,
+                    ": cat_logits and cat_codes must be given together (both or neither)");
+  TORCH_CHECK_VALUE(o.has_cont == info_present(cont_codes), op,
+                    ": cont_mean and cont_codes must be given together (both or neither)");
+  TORCH_CHECK_VALUE(o.has_cont || !o.has_logstd, op, ": cont_logstd needs cont_mean and cont_codes");
+  TORCH_CHECK_VALUE(o.has_cat || o.has_cont, op,
+                    ": nothing to compute: give cat_logits with cat_codes, cont_mean with cont_codes, or both");
+  const char* like_name = nullptr;
+  if (o.has_cat) {
+    const at::Tensor& x = *cat_logits;
+    const at::Tensor& c = *cat_codes;
+    check_floating(x, op, "cat_logits");
+    TORCH_CHECK_VALUE(x.dim() == 2, op, ": cat_logits must have shape (B, K); got shape ", x.sizes());
+    TORCH_CHECK_VALUE(x.size(1) >= 2, op, ": cat_logits must have K >= 2 classes (shape (B, K)); got shape ",
+                      x.sizes());
+    TORCH_CHECK_TYPE(c.scalar_type() == at::kLong, op,
+                     ": cat_codes must be an int64 (Long) tensor of class indices; got ", c.scalar_type());
+    check_same_device(x, c, op, "cat_logits", "cat_codes");
+    TORCH_CHECK_VALUE(c.dim() == 1 && c.size(0) == x.size(0), op, ": cat_codes must have shape (B,) = (",
+                      x.size(0), ",) (cat_logits.size(0)); got shape ", c.sizes());
+    o.B = x.size(0);
+    o.K = x.size(1);
+    o.like = x;
+    like_name = "cat_logits";
+  }
+  if (o.has_cont) {
+    const at::Tensor& mu = *cont_mean;
+    check_floating(mu, op, "cont_mean");
+    check_floating(*cont_codes, op, "cont_codes");
+    if (o.has_logstd) check_floating(*cont_logstd, op, "cont_logstd");
+    TORCH_CHECK_VALUE(mu.dim() == 2, op, ": cont_mean must have shape (B, J); got shape ", mu.sizes());
+    check_same_device(mu, *cont_codes, op, "cont_mean", "cont_codes");
+    check_same_shape(mu, *cont_codes, op, "cont_mean", "cont_codes");
+    if (o.has_logstd) {
+      check_same_device(mu, *cont_logstd, op, "cont_mean", "cont_logstd");
+      check_same_shape(mu, *cont_logstd, op, "cont_mean", "cont_logstd");
+    }
+    if (o.has_cat) {
+      check_same_device(o.like, mu, op, "cat_logits", "cont_mean");
+      TORCH_CHECK_VALUE(mu.size(0) == o.B, op, ": cont_mean must have B = ", o.B,
+                        " rows (cat_logits.size(0)); got shape ", mu.sizes());
+    } else {
+      o.B = mu.size(0);
+      o.like = mu;
+      like_name = "cont_mean";
+    }
+    o.J = mu.size(1);
+    const auto dtype = o.like.scalar_type();
+    for (const auto& [t, arg] : {std::pair<const at::Tensor&, const char*>{mu, "cont_mean"},
+                                 std::pair<const at::Tensor&, const char*>{*cont_codes, "cont_codes"}}) {
+      TORCH_CHECK_TYPE(t.scalar_type() == dtype, op, ": ", arg, " must have the same dtype as ", like_name,
+                       " (", dtype, "); got ", t.scalar_type());
+    }
+    if (o.has_logstd) {
+      TORCH_CHECK_TYPE(cont_logstd->scalar_type() == dtype, op, ": cont_logstd must have the same dtype as ",
+                       like_name, " (", dtype, "); got ", cont_logstd->scalar_type());
+    }
+  }
+  if (o.has_cat) {
+    o.cat_logits = cat_logits->contiguous();
+    o.cat_codes = cat_codes->contiguous();
+  }
+  if (o.has_cont) {
+    o.cont_mean = cont_mean->contiguous();
+    o.cont_codes = cont_codes->contiguous();
+    if (o.has_logstd) o.cont_logstd = cont_logstd->contiguous();
+  }
+  return o;
+}
+
+// info_loss_backward's upstream gradient: one value, floating, on the operands' device.
+inline void check_info_grad_output(const char* op, const at::Tensor& grad_output, const InfoOperands& o) {
+  check_floating(grad_output, op, "grad_output");
+  check_same_device(o.like, grad_output, op, o.has_cat ? "cat_logits" : "cont_mean", "grad_output");
+  TORCH_CHECK_VALUE(grad_output.numel() == 1, op, ": grad_output must hold one value; got shape ",
+                    grad_output.sizes());
+}
+
+// The gradient of an operand: like t (contiguous), or an empty (0,) tensor where t is absent.
+inline at::Tensor info_grad_like(const at::Tensor& t, const at::Tensor& like) {
+  return t.defined() ? at::empty_like(t, at::MemoryFormat::Contiguous) : at::empty({0}, like.options());
+}
+
+}  // namespace ganfast
+
+// ---- cycle_loss family --------------------------------------------------------------------------
+
+namespace ganfast {
+
+// cycle_loss's operands, in this order: the lists non-empty and of one length; then per pair i:
+// reconstructed[i] and original[i] floating, on reconstructed[0]'s device, of reconstructed[0]'s
+// dtype, original[i] of reconstructed[i]'s shape (no broadcasting: F.l1_loss warns and
+// broadcasts, ganfast refuses); weight finite and >= 0. (Python twin: ganfast/_args.py's
+// check_cycle_loss.)
+inline void check_cycle_loss(const char* op, at::TensorList reconstructed, at::TensorList original, double weight) {
+  TORCH_CHECK_VALUE(!reconstructed.empty(), op, ": reconstructed must hold at least one tensor; got an empty list");
+  TORCH_CHECK_VALUE(reconstructed.size() == original.size(), op,
+                    ": reconstructed and original must have the same length; got ", reconstructed.size(), " and ",
+                    original.size());
+  const at::Tensor& first = reconstructed[0];
+  for (size_t i = 0; i < reconstructed.size(); ++i) {
+    const std::string r_name = "reconstructed[" + std::to_string(i) + "]";
+    const std::string o_name = "original[" + std::to_string(i) + "]";
+    const at::Tensor& r = reconstructed[i];
+    const at::Tensor& o = original[i];
+    check_floating(r, op, r_name.c_str());
+    check_floating(o, op, o_name.c_str());
+    if (i > 0) check_same_device(first, r, op, "reconstructed[0]", r_name.c_str());
+    check_same_device(first, o, op, "reconstructed[0]", o_name.c_str());
+    if (i > 0)
+      TORCH_CHECK_TYPE(r.scalar_type() == first.scalar_type(), op, ": ", r_name,
+                       " must have the dtype of reconstructed[0] (", first.scalar_type(), "); got ", r.scalar_type());
+    TORCH_CHECK_TYPE(o.scalar_type() == first.scalar_type(), op, ": ", o_name,
+                     " must have the dtype of reconstructed[0] (", first.scalar_type(), "); got ", o.scalar_type());
+    check_same_shape(r, o, op, r_name.c_str(), o_name.c_str());
+  }
+  TORCH_CHECK_VALUE(std::isfinite(weight) && weight >= 0, op, ": weight must be finite and non-negative; got ",
+                    weight);
+}
+
+// cycle_loss_backward's upstream gradient: one value, floating, on the inputs' device (read there).
+inline void check_cycle_loss_grad_output(const char* op, const at::Tensor& grad_output, const at::Tensor& first) {
+  check_same_device(first, grad_output, op, "reconstructed[0]", "grad_output");
+  check_floating(grad_output, op, "grad_output");
+  TORCH_CHECK_VALUE(grad_output.numel() == 1, op, ": grad_output must hold one value; got shape ",
+                    grad_output.sizes());
+}
+
+// One pair as the kernels walk it: both dense (non-overlapping, every element in numel consecutive
+// positions) and in the same layout, so element k of the walk is data_ptr()[k] in both and the
+// gradients (empty_like of these) keep the layout. Contiguous and channels_last inputs are used as
+// they are; a reconstructed that is not dense (a strided view) is copied contiguous, and an original
+// whose layout differs from reconstructed's is copied into that layout (one extra read + write of
+// that tensor; its gradient then comes back in reconstructed's layout).
+struct CyclePair {
+  at::Tensor r, o;
+  int64_t n = 0;
+};
+
+inline bool same_dense_layout(const at::Tensor& a, const at::Tensor& b) {
+  if (a.sizes() != b.sizes()) return false;
+  for (int64_t d = 0; d < a.dim(); ++d)
+    if (a.size(d) > 1 && a.stride(d) != b.stride(d)) return false;
+  return true;
+}
+
+inline CyclePair make_cycle_pair(const at::Tensor& reconstructed, const at::Tensor& original) {
+  CyclePair p;
+  p.r = reconstructed.is_non_overlapping_and_dense() ? reconstructed : reconstructed.contiguous();
+  if (same_dense_layout(original, p.r) && original.is_non_overlapping_and_dense()) {
+    p.o = original;
+  } else {
+    p.o = at::empty_like(p.r);
+    p.o.copy_(original);
+  }
+  p.n = p.r.numel();
+  return p;
+}
+
+inline std::vector<CyclePair> make_cycle_pairs(at::TensorList reconstructed, at::TensorList original) {
+  std::vector<CyclePair> pairs;
+  pairs.reserve(reconstructed.size());
+  for (size_t i = 0; i < reconstructed.size(); ++i) pairs.push_back(make_cycle_pair(reconstructed[i], original[i]));
+  return pairs;
 }
 
 }  // namespace ganfast

@@ -7,6 +7,7 @@ RuntimeError, AT_DISPATCH's "not implemented for" -> NotImplementedError), so th
 backend accepts and rejects exactly what the CPU and CUDA backends do. `op` is the full op name
 ("ganfast::bce_with_logits"). Nothing here reads tensor data: no host synchronisation.
 """
+import math
 from typing import NamedTuple, Optional, Sequence
 
 import torch
@@ -518,3 +519,250 @@ def check_batch_norm_act_backward(op: str, grad_output: torch.Tensor, input: tor
             raise TypeError(f"{op}: {arg} must be {scalar_type_name(compute)} (the compute dtype of "
                             f"{scalar_type_name(input.dtype)} input); got {scalar_type_name(t.dtype)}")
     return batch_norm_values_per_channel(input)
+
+
+# ---- instance_norm_act family --------------------------------------------------------------------
+# Instance norm over x (N, C, *) is batch norm over the per-(n, c) axis: the view (1, N * C, S) of an
+# NCHW-contiguous x, channel k = n * C + c, affine parameter k % C. The statistics are per (n, c).
+
+def instance_norm_spatial_size(input: torch.Tensor) -> int:
+    """S = prod(sizes[2:]) of an (N, C, *) input: the values of each (n, c) instance."""
+    s = 1
+    for d in input.shape[2:]:
+        s *= int(d)
+    return s
+
+
+def _check_input_ncs(op: str, input: torch.Tensor) -> None:
+    check_floating(input, op, "input")
+    if input.dim() < 3:
+        raise ValueError(f"{op}: input must have shape (N, C, *) with at least one spatial dim (at least 3 dims); "
+                         f"got shape {format_sizes(input.shape)}")
+
+
+def check_instance_norm_act(op: str, input: torch.Tensor, weight: Optional[torch.Tensor],
+                            bias: Optional[torch.Tensor], eps: float) -> int:
+    """instance_norm_act's operands, in this order: input ((N, C, *), at least 3 dims, floating);
+    weight, bias (C,) as batch_norm_act's; more than one spatial element (torch's instance_norm
+    refuses one too; none is an empty result, as torch's); eps > 0. Returns S, the values per
+    instance. (The twin of csrc/ganfast_common.h's check_instance_norm_act.)"""
+    _check_input_ncs(op, input)
+    _check_channel_vector(op, input, weight, "weight")
+    _check_channel_vector(op, input, bias, "bias")
+    s = instance_norm_spatial_size(input)
+    if s == 1:
+        raise ValueError(f"{op}: expected more than 1 spatial element per (sample, channel); got input of shape "
+                         f"{format_sizes(input.shape)}")
+    if not eps > 0:
+        raise ValueError(f"{op}: eps must be positive; got {'%g' % eps}")
+    return s
+
+
+def check_instance_norm_act_backward(op: str, grad_output: torch.Tensor, input: torch.Tensor,
+                                     weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+                                     save_mean: torch.Tensor, save_invstd: torch.Tensor) -> int:
+    """instance_norm_act_backward's operands: input, weight, bias as instance_norm_act checks them;
+    grad_output floating of input's shape on its device; save_mean and save_invstd of shape (N * C,)
+    in the compute dtype. Returns S. (The twin of csrc/ganfast_common.h's.)"""
+    _check_input_ncs(op, input)
+    _check_channel_vector(op, input, weight, "weight")
+    _check_channel_vector(op, input, bias, "bias")
+    check_floating(grad_output, op, "grad_output")
+    check_same_device(input, grad_output, op, "input", "grad_output")
+    check_same_shape(input, grad_output, op, "input", "grad_output")
+    compute = batch_norm_compute_dtype(input.dtype)
+    nc = input.size(0) * input.size(1)
+    for t, arg in ((save_mean, "save_mean"), (save_invstd, "save_invstd")):
+        check_same_device(input, t, op, "input", arg)
+        if not (t.dim() == 1 and t.size(0) == nc):
+            raise ValueError(f"{op}: {arg} must have shape (N * C,) = ({nc},) (input.size(0) * input.size(1)); got "
+                             f"{format_sizes(t.shape)}")
+        if t.dtype != compute:
+            raise TypeError(f"{op}: {arg} must be {scalar_type_name(compute)} (the compute dtype of "
+                            f"{scalar_type_name(input.dtype)} input); got {scalar_type_name(t.dtype)}")
+    return instance_norm_spatial_size(input)
+
+
+# ---- info_loss family ---------------------------------------------------------------------------
+
+
+class InfoOperands(NamedTuple):
+    """info_loss's operands, checked (ganfast_common.h's InfoOperands): each present tensor
+    contiguous, None where absent; B rows, K classes (0 without the categorical part), J continuous
+    codes (0 without); `like` the first floating operand (the result's dtype and device)."""
+    cat_logits: Optional[torch.Tensor]
+    cat_codes: Optional[torch.Tensor]
+    cont_mean: Optional[torch.Tensor]
+    cont_codes: Optional[torch.Tensor]
+    cont_logstd: Optional[torch.Tensor]
+    B: int
+    K: int
+    J: int
+    like: torch.Tensor
+
+    @property
+    def has_cat(self) -> bool:
+        return self.cat_logits is not None
+
+    @property
+    def has_cont(self) -> bool:
+        return self.cont_mean is not None
+
+    @property
+    def has_logstd(self) -> bool:
+        return self.cont_logstd is not None
+
+
+def _check_info_weight(op: str, arg: str, w: float) -> None:
+    w = float(w)
+    if not (math.isfinite(w) and w >= 0):
+        raise ValueError(f"{op}: {arg} must be a finite number >= 0; got {w:g}")  # %g: as C++ prints a double
+
+
+def check_info_loss(op: str, cat_logits, cat_codes, cont_mean, cont_codes, cont_logstd,
+                    cat_weight: float, cont_weight: float) -> InfoOperands:
+    """check_info_loss of ganfast_common.h: the same checks in the same order, the same messages.
+    The range of the class indices (data) is each backend's."""
+    _check_info_weight(op, "cat_weight", cat_weight)
+    _check_info_weight(op, "cont_weight", cont_weight)
+    has_cat, has_cont, has_logstd = cat_logits is not None, cont_mean is not None, cont_logstd is not None
+    if has_cat != (cat_codes is not None):
+        raise ValueError(f"{op}: cat_logits and cat_codes must be given together (both or neither)")
+    if has_cont != (cont_codes is not None):
+        raise ValueError(f"{op}: cont_mean and cont_codes must be given together (both or neither)")
+    if has_logstd and not has_cont:
+        raise ValueError(f"{op}: cont_logstd needs cont_mean and cont_codes")
+    if not (has_cat or has_cont):
+        raise ValueError(f"{op}: nothing to compute: give cat_logits with cat_codes, cont_mean with cont_codes, "
+                         "or both")
+    B = K = J = 0
+    like = like_name = None
+    if has_cat:
+        x, c = cat_logits, cat_codes
+        check_floating(x, op, "cat_logits")
+        if x.dim() != 2:
+            raise ValueError(f"{op}: cat_logits must have shape (B, K); got shape {format_sizes(x.shape)}")
+        if x.shape[1] < 2:
+            raise ValueError(f"{op}: cat_logits must have K >= 2 classes (shape (B, K)); got shape "
+                             f"{format_sizes(x.shape)}")
+        if c.dtype != torch.int64:
+            raise TypeError(f"{op}: cat_codes must be an int64 (Long) tensor of class indices; got "
+                            f"{scalar_type_name(c.dtype)}")
+        check_same_device(x, c, op, "cat_logits", "cat_codes")
+        if c.dim() != 1 or c.shape[0] != x.shape[0]:
+            raise ValueError(f"{op}: cat_codes must have shape (B,) = ({x.shape[0]},) (cat_logits.size(0)); got "
+                             f"shape {format_sizes(c.shape)}")
+        B, K = x.shape
+        like, like_name = x, "cat_logits"
+    if has_cont:
+        mu = cont_mean
+        check_floating(mu, op, "cont_mean")
+        check_floating(cont_codes, op, "cont_codes")
+        if has_logstd:
+            check_floating(cont_logstd, op, "cont_logstd")
+        if mu.dim() != 2:
+            raise ValueError(f"{op}: cont_mean must have shape (B, J); got shape {format_sizes(mu.shape)}")
+        check_same_device(mu, cont_codes, op, "cont_mean", "cont_codes")
+        check_same_shape(mu, cont_codes, op, "cont_mean", "cont_codes")
+        if has_logstd:
+            check_same_device(mu, cont_logstd, op, "cont_mean", "cont_logstd")
+            check_same_shape(mu, cont_logstd, op, "cont_mean", "cont_logstd")
+        if has_cat:
+            check_same_device(like, mu, op, "cat_logits", "cont_mean")
+            if mu.shape[0] != B:
+                raise ValueError(f"{op}: cont_mean must have B = {B} rows (cat_logits.size(0)); got shape "
+                                 f"{format_sizes(mu.shape)}")
+        else:
+            B = mu.shape[0]
+            like, like_name = mu, "cont_mean"
+        J = mu.shape[1]
+        dtype = like.dtype
+        for t, arg in ((mu, "cont_mean"), (cont_codes, "cont_codes")) + (((cont_logstd, "cont_logstd"),)
+                                                                        if has_logstd else ()):
+            if t.dtype != dtype:
+                raise TypeError(f"{op}: {arg} must have the same dtype as {like_name} ({scalar_type_name(dtype)}); "
+                                f"got {scalar_type_name(t.dtype)}")
+    cont = lambda t: None if t is None else t.contiguous()  # noqa: E731
+    return InfoOperands(cont(cat_logits), cont(cat_codes), cont(cont_mean), cont(cont_codes), cont(cont_logstd),
+                        int(B), int(K), int(J), like)
+
+
+def check_info_grad_output(op: str, grad_output: torch.Tensor, o: InfoOperands) -> None:
+    check_floating(grad_output, op, "grad_output")
+    check_same_device(o.like, grad_output, op, "cat_logits" if o.has_cat else "cont_mean", "grad_output")
+    if grad_output.numel() != 1:
+        raise ValueError(f"{op}: grad_output must hold one value; got shape {format_sizes(grad_output.shape)}")
+
+
+def info_codes_error(op: str, codes: torch.Tensor, K: int) -> Optional[IndexError]:
+    """The error of class indices outside [0, K) (the first one, by index), or None. Reads the
+    codes: call it on CPU tensors only (on CUDA it would synchronise)."""
+    bad = ((codes < 0) | (codes >= K)).nonzero()
+    if bad.numel() == 0:
+        return None
+    b = int(bad[0, 0])
+    return IndexError(f"{op}: cat_codes must be class indices in [0, K) = [0, {K}); got {int(codes[b])} at index {b}")
+
+
+# ---- cycle_loss family ---------------------------------------------------------------------------
+
+def _float_text(x: float) -> str:
+    """A double as C++'s ostream prints it (6 significant digits: -1, 0.5, inf, nan)."""
+    return f"{x:g}"
+
+
+def check_cycle_loss(op: str, reconstructed: Sequence[torch.Tensor], original: Sequence[torch.Tensor],
+                     weight: float) -> None:
+    """cycle_loss's operands (ganfast_common.h's check_cycle_loss): the lists non-empty and of one
+    length; per pair i: both floating, on reconstructed[0]'s device, of its dtype, original[i] of
+    reconstructed[i]'s shape (no broadcasting); weight finite and >= 0."""
+    if len(reconstructed) == 0:
+        raise ValueError(f"{op}: reconstructed must hold at least one tensor; got an empty list")
+    if len(reconstructed) != len(original):
+        raise ValueError(f"{op}: reconstructed and original must have the same length; got "
+                         f"{len(reconstructed)} and {len(original)}")
+    first = reconstructed[0]
+    for i, (r, o) in enumerate(zip(reconstructed, original)):
+        r_name, o_name = f"reconstructed[{i}]", f"original[{i}]"
+        check_floating(r, op, r_name)
+        check_floating(o, op, o_name)
+        if i > 0:
+            check_same_device(first, r, op, "reconstructed[0]", r_name)
+        check_same_device(first, o, op, "reconstructed[0]", o_name)
+        for t, name in ((r, r_name), (o, o_name)):
+            if t is not first and t.dtype != first.dtype:
+                raise TypeError(f"{op}: {name} must have the dtype of reconstructed[0] "
+                                f"({scalar_type_name(first.dtype)}); got {scalar_type_name(t.dtype)}")
+        check_same_shape(r, o, op, r_name, o_name)
+    w = float(weight)
+    if not (math.isfinite(w) and w >= 0):
+        raise ValueError(f"{op}: weight must be finite and non-negative; got {_float_text(w)}")
+
+
+def check_cycle_loss_grad_output(op: str, grad_output: torch.Tensor, first: torch.Tensor) -> None:
+    """cycle_loss_backward's upstream gradient: one value, floating, on the inputs' device."""
+    check_same_device(first, grad_output, op, "reconstructed[0]", "grad_output")
+    check_floating(grad_output, op, "grad_output")
+    if grad_output.numel() != 1:
+        raise ValueError(f"{op}: grad_output must hold one value; got shape {format_sizes(grad_output.shape)}")
+
+
+def same_dense_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """ganfast_common.h's same_dense_layout: one shape, one stride wherever a size exceeds 1."""
+    if a.shape != b.shape:
+        return False
+    return all(a.size(d) <= 1 or a.stride(d) == b.stride(d) for d in range(a.dim()))
+
+
+def make_cycle_pair(reconstructed: torch.Tensor, original: torch.Tensor):
+    """ganfast_common.h's make_cycle_pair: (r, o), both dense and in one layout, so element k of
+    the walk is the k-th element of memory in both. A dense reconstructed (contiguous,
+    channels_last) is used as it is, any other made contiguous; an original in another layout is
+    copied into reconstructed's."""
+    r = reconstructed if is_non_overlapping_and_dense(reconstructed) else reconstructed.contiguous()
+    if same_dense_layout(original, r) and is_non_overlapping_and_dense(original):
+        o = original
+    else:
+        o = torch.empty_like(r)
+        o.copy_(original)
+    return r, o

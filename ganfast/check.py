@@ -145,6 +145,38 @@ def _call_g_loss(i):
     return {"loss": _ops().gan_g_loss(i["fake"], "nonsaturating")}
 
 
+# info_loss
+
+
+def _make_info(shape, dtype, device, gen):
+    B, K, J = shape
+    return {"cat_logits": _randn((B, K), dtype, device, gen, 2.0, grad=True),
+            "cat_codes": torch.randint(0, K, (B,), generator=gen, device=device),
+            "cont_mean": _randn((B, J), dtype, device, gen, grad=True),
+            "cont_codes": _randn((B, J), dtype, device, gen, grad=True),
+            "cont_logstd": _randn((B, J), dtype, device, gen, 0.5, grad=True)}
+
+
+def _call_info(i):
+    return {"loss": _ops().info_loss(i["cat_logits"], i["cat_codes"], i["cont_mean"], i["cont_codes"],
+                                     i["cont_logstd"], 0.7, 1.3)}
+
+
+# cycle_loss
+
+
+def _make_cycle(shape, dtype, device, gen):
+    # two pairs of different sizes (their blocks, chunks and tails differ); both sides differentiable
+    # (the identity loss's original is a generator's input too)
+    second = (shape[0] // 2 + 1,) + tuple(shape[1:])
+    return {"rec_a": _randn(shape, dtype, device, gen, grad=True), "orig_a": _randn(shape, dtype, device, gen, grad=True),
+            "rec_b": _randn(second, dtype, device, gen, grad=True), "orig_b": _randn(second, dtype, device, gen, grad=True)}
+
+
+def _call_cycle(i):
+    return {"loss": _ops().cycle_loss([i["rec_a"], i["rec_b"]], [i["orig_a"], i["orig_b"]], 10.0)}
+
+
 # penalty
 
 
@@ -210,6 +242,23 @@ def _with_running_stats(out, i, training):
         else {"out": out}
 
 
+# instance_norm_act (CycleGAN's InstanceNorm + ReLU / LeakyReLU): per-(n, c) statistics
+
+
+def _make_instance_norm(shape, dtype, device, gen):
+    c = shape[1]
+    return {"x": (_randn(shape, dtype, device, gen, 2.0) + 0.5).requires_grad_(),  # a mean away from 0
+            "weight": _rand((c,), dtype, device, gen, 0.5, 1.5, grad=True),
+            "bias": _randn((c,), dtype, device, gen, 0.5, grad=True)}
+
+
+def _instance_norm_act(act, alpha=None):
+    def call(i):
+        return {"out": _ops().instance_norm_act(i["x"], i["weight"], i["bias"], 1e-5, act, alpha)}
+
+    return call
+
+
 def _make_block(shape, dtype, device, gen):
     """shape: (N, Cin, H, W, Cout) with DCGAN's upsampling convolution (kernel 4, stride 2, padding 1)."""
     n, cin, h, w, cout = shape
@@ -264,6 +313,9 @@ def _cases() -> list:
     add("losses", "gan_g_loss", "nonsaturating", _make_fake_logits, _call_g_loss,
         {"small": (77,), "production": (4_200_001,)})
     add("losses", "gan_g_loss", "nonsaturating", _make_fake_logits, _call_g_loss, {"huge": (_HUGE,)}, **_HUGE_KW)
+    add("cycle_loss", "cycle_loss", "", _make_cycle, _call_cycle, {"small": (3, 3, 5, 7), "production": (64, 3, 64, 64)})
+    # InfoGAN: B x K categorical logits, B x J continuous codes (production: many rows and blocks, K ~ 1000)
+    add("info_loss", "info_loss", "", _make_info, _call_info, {"small": (7, 10, 3), "production": (8193, 1000, 16)})
     add("penalty", "interpolate", "", _make_interpolate, _call_interpolate,
         {"small": (3, 3, 5, 7), "production": (64, 3, 64, 64)}, double_backward=True, reduces=False)
     add("penalty", "penalty_from_grad", "wgan-gp", _make_penalty, _call_penalty,
@@ -278,6 +330,12 @@ def _cases() -> list:
         **_HUGE_KW)
     add("bias_act", "bias_act", "swish", _make_bias_act, _bias_act("swish"),
         {"small": (3, 5, 7, 9), "production": (64, 128, 16, 16)}, double_backward=True)
+    add("instance_norm_act", "instance_norm_act", "relu", _make_instance_norm, _instance_norm_act("relu"),
+        {"small": (3, 5, 7, 9)})
+    add("instance_norm_act", "instance_norm_act", "lrelu", _make_instance_norm, _instance_norm_act("lrelu", 0.2),
+        {"small": (3, 5, 7, 9)})
+    add("instance_norm_act", "instance_norm_act", "tanh", _make_instance_norm, _instance_norm_act("tanh"),
+        {"production": (8, 64, 64, 64)})
     for training in (True, False):
         mode = "train" if training else "eval"
         add("batch_norm_act", "batch_norm_act", f"relu,{mode}", _make_batch_norm, _batch_norm_act("relu", training),
@@ -354,7 +412,9 @@ def _seed(case: Case, dtype: torch.dtype) -> int:
 
 
 def _oracle_copy(case: Case, inputs: dict) -> dict:
-    return {k: v.detach().to(case.oracle_dtype).requires_grad_(v.requires_grad) for k, v in inputs.items()}
+    # integer inputs (class indices) stay as they are
+    return {k: v.detach().to(case.oracle_dtype).requires_grad_(v.requires_grad) if v.is_floating_point() else v
+            for k, v in inputs.items()}
 
 
 def draw_upstream(case: Case, dtype: torch.dtype, device: torch.device) -> dict:

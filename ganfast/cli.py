@@ -2,6 +2,7 @@
 
     ganfast train [flags]                     train a GAN (ring8 by default), see `ganfast train --help`
     ganfast sample --ckpt RUN --n N --out F   samples of a trained generator (.png grid or .npy)
+    ganfast translate --ckpt RUN --input X --out Y   a CycleGAN run's translation of your images
     ganfast check [--quick] [--json FILE]     every kernel against the float64 reference, on this machine
     ganfast bench [--quick] [--out DIR]       eager vs torch.compile vs ganfast, side by side
     ganfast --version                         this install: versions, compiled backends, devices
@@ -70,7 +71,8 @@ def _positive_int(value: str) -> int:
 
 
 def _add_train_arguments(p: argparse.ArgumentParser) -> None:
-    from .train.config import (AMP_CHOICES, BACKEND_CHOICES, DEFAULT_STEPS, DEVICE_CHOICES, LATENT_CHOICES,
+    from .train.config import (AMP_CHOICES, BACKEND_CHOICES, CYCLEGAN_BATCH, CYCLEGAN_WIDTH, DEFAULT_CYCLEGAN_STEPS,
+                               DEFAULT_INFOGAN_STEPS, DEFAULT_STEPS, DEVICE_CHOICES, LATENT_CHOICES, MODELS,
                                OPTIMIZERS, TrainConfig)
     from .train.objectives import OBJECTIVES
 
@@ -86,18 +88,21 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--data", type=_data_arg, default=S, metavar="DATA",
                    help="ring8 (8 Gaussians, std 0.01, on the unit circle), grid25 (25 Gaussians, std 0.05, "
                         "on {-4,-2,0,2,4}^2), digits (scikit-learn's 8x8 digits resized to --image-size), "
+                        "digits-bold (the same digits, strokes dilated and intensities inverted), "
                         "folder:PATH (PNG/JPEG files under PATH), npy:PATH ((N, 2) points or (N, [C,] H, W[, C]) "
-                        f"images) (default: {d.data})")
+                        "images), cycle:A,B (two image domains for --model cyclegan, e.g. "
+                        f"cycle:digits,digits-bold) (default: {d.data})")
     g.add_argument("--objective", choices=list(OBJECTIVES), default=S,
-                   help=f"the GAN objective (default: {d.objective}). {objectives}")
+                   help=f"the GAN objective (default: nonsaturating; least_squares for cyclegan). {objectives}")
     g.add_argument("--steps", type=_positive_int, default=S,
                    help=f"generator steps (default: by data, each default run measured on a 2-core CPU: "
                         f"{steps['ring8']:,} on ring8 (38 s), grid25 (wgan-gp: 2.5 min) and 2-D npy: points; "
                         f"{steps['digits']:,} on digits (9.4 min) and folder: / npy: images (as long at "
                         f"32x32, about 55 min at 64x64); wgan and wgan-gp run 5 D steps per G step, about 6x as long "
-                        f"on images)")
+                        f"on images; infogan: {DEFAULT_INFOGAN_STEPS:,}; cyclegan: {DEFAULT_CYCLEGAN_STEPS:,})")
     g.add_argument("--batch-size", type=_positive_int, default=S,
-                   help="real and generated samples per step (default: 256 for 2-D data, 64 for images)")
+                   help=f"real and generated samples per step (default: 256 for 2-D data, 64 for images, "
+                        f"{CYCLEGAN_BATCH} per domain for cyclegan)")
     g.add_argument("--d-steps", type=_positive_int, default=S,
                    help="discriminator steps per generator step, each with a fresh real batch and fresh z "
                         "(default: the objective's: 5 for wgan and wgan-gp, else 1)")
@@ -115,18 +120,51 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=S, help=f"seeds every random stream (default: {d.seed})")
 
     g = p.add_argument_group("models")
+    g.add_argument("--model", choices=MODELS, default=S,
+                   help=f"the image models (default: {d.model}): dcgan (Radford et al.), or infogan (Chen et al.: "
+                        "categorical and continuous codes in G's input, a Q head on D's trunk predicting them, "
+                        "the mutual-information term added to both losses; writes codes.png), or cyclegan (Zhu et "
+                        "al.: two ResNet generators and two PatchGAN discriminators between the domains of "
+                        "--data cycle:A,B; writes translations.png); 2-D data trains MLPs")
     g.add_argument("--z-dim", type=_positive_int, default=S,
                    help="latent dimension (default: 8 for ring8 and .npy points, 2 for grid25, 128 for images)")
     g.add_argument("--latent", choices=LATENT_CHOICES, default=S,
                    help=f"z ~ N(0, I) or U(-1, 1)^d (default: {d.latent})")
     g.add_argument("--width", type=_positive_int, default=S, help=f"MLP hidden units, 2-D data (default: {d.width})")
     g.add_argument("--depth", type=_positive_int, default=S, help=f"MLP hidden layers, 2-D data (default: {d.depth})")
-    g.add_argument("--ngf", type=_positive_int, default=S, help=f"DCGAN generator width (default: {d.ngf})")
-    g.add_argument("--ndf", type=_positive_int, default=S, help=f"DCGAN discriminator width (default: {d.ndf})")
+    g.add_argument("--ngf", type=_positive_int, default=S,
+                   help=f"generator width (default: 64; {CYCLEGAN_WIDTH} for cyclegan at 32x32)")
+    g.add_argument("--ndf", type=_positive_int, default=S,
+                   help=f"discriminator width (default: 64; {CYCLEGAN_WIDTH} for cyclegan at 32x32)")
     g.add_argument("--image-size", type=int, choices=(32, 64, 128), default=S,
                    help=f"images are resized to this square size (default: {d.image_size})")
     g.add_argument("--channels", type=int, choices=(1, 3), default=S,
                    help="1 (grayscale) or 3 (RGB) (default: as the images are)")
+
+    g = p.add_argument_group("infogan (--model infogan)")
+    g.add_argument("--cat-codes", type=int, default=S,
+                   help=f"values of the categorical code, drawn uniformly (default: {d.cat_codes}; 0: none)")
+    g.add_argument("--cont-codes", type=int, default=S,
+                   help=f"continuous codes, drawn U(-1, 1) (default: {d.cont_codes}; 0: none)")
+    g.add_argument("--info-weight", type=float, default=S,
+                   help=f"lambda of the categorical mutual-information term (default: {d.info_weight}, the paper's)")
+    g.add_argument("--info-cont-weight", type=float, default=S,
+                   help=f"lambda of the continuous codes' term (default: {d.info_cont_weight}; the paper uses "
+                        "less than 1 for continuous codes)")
+
+    g = p.add_argument_group("cyclegan (--model cyclegan --data cycle:A,B; defaults: the reference code's)")
+    g.add_argument("--cycle-weight", type=float, default=S,
+                   help=f"lambda of the cycle-consistency L1, each direction (default: {d.cycle_weight})")
+    g.add_argument("--identity-weight", type=float, default=S,
+                   help="identity L1 |G_AB(b) - b| + |G_BA(a) - a|, as a fraction of --cycle-weight (default: "
+                        "the reference's 0.5; 0 = off on cycle:digits,digits-bold, whose domains differ by an "
+                        "intensity inversion that the identity term fights)")
+    g.add_argument("--pool-size", type=int, default=S,
+                   help=f"generated images kept for the discriminators (default: {d.pool_size}; 0: none)")
+    g.add_argument("--n-blocks", type=int, default=S,
+                   help=f"residual blocks of each ResNet generator (default: {d.n_blocks})")
+    g.add_argument("--d-layers", type=_positive_int, default=S,
+                   help=f"strided layers of each PatchGAN discriminator (default: {d.d_layers}: 70x70 patches)")
 
     g = p.add_argument_group("objective options")
     g.add_argument("--gp-weight", type=float, default=S, help="wgan-gp's lambda (default: 10)")
@@ -192,10 +230,24 @@ def _format_summary(s: dict) -> str:
             lines.append(f"  {who}: {m['modes']}/{m['n_modes']} modes captured, {100 * m['high_quality']:.1f}% "
                          f"high-quality samples (step {s['eval_step']})")
         elif "classes" in m:
+            agreement = (f", categorical code / class agreement {100 * m['code_agreement']:.1f}%"
+                         if "code_agreement" in m else "")
             lines.append(f"  {who}: {m['classes']}/{m['n_classes']} classes covered, KL(classes || uniform) "
-                         f"{m['kl_uniform']:.4f} (step {s['eval_step']})")
+                         f"{m['kl_uniform']:.4f}{agreement} (step {s['eval_step']})")
+    m = s.get("metrics")
+    if m:  # cyclegan
+        content = (f"; content preserved A->B {100 * m['content_ab']:.1f}%, B->A {100 * m['content_ba']:.1f}%"
+                   if "content_ab" in m else "")
+        lines.append(f"  held-out cycle error |G_BA(G_AB(a)) - a| {m['cycle_l1_a']:.4f}, |G_AB(G_BA(b)) - b| "
+                     f"{m['cycle_l1_b']:.4f}{content} (step {s['eval_step']})")
+        out = s["out"]
+        lines.append(f"  files in {out}: config.toml checkpoint.pt metrics.jsonl training.png translations.png "
+                     f"samples/ summary.json")
+        lines.append(f"  translate your images: ganfast translate --ckpt {out} --input FILE_OR_FOLDER --out ...")
+        return "\n".join(lines)
     out = s["out"]
-    lines.append(f"  files in {out}: config.toml checkpoint.pt metrics.jsonl training.png samples.png samples/ "
+    codes = " codes.png" if (s.get("metrics_ema") or {}).get("code_agreement") is not None else ""
+    lines.append(f"  files in {out}: config.toml checkpoint.pt metrics.jsonl training.png samples.png{codes} samples/ "
                  f"summary.json")
     lines.append(f"  more samples: ganfast sample --ckpt {out} --n 1000 --out samples.png")
     return "\n".join(lines)
@@ -251,18 +303,50 @@ def _add_sample_arguments(p: argparse.ArgumentParser) -> None:
                    help=".png (an image grid; a scatter plot for 2-D data) or .npy (the raw array)")
     p.add_argument("--seed", type=int, default=0, help="seed of z (default: 0)")
     p.add_argument("--device", default="cpu", help="where to run the generator (default: cpu)")
+    p.add_argument("--cat", type=int, default=None, metavar="K",
+                   help="InfoGAN runs: fix the categorical code at K (default: drawn uniformly)")
 
 
 def _run_sample(args: argparse.Namespace) -> int:
     from .train import sample_to_file
 
-    path = sample_to_file(args.ckpt, args.n, args.out, seed=args.seed, device=args.device)
+    path = sample_to_file(args.ckpt, args.n, args.out, seed=args.seed, device=args.device, cat=args.cat)
     print(f"ganfast sample: wrote {args.n} samples of G_ema to {path}")
     return 0
 
 
 register_command(Command("sample", "write samples of a trained generator (G_ema) to .png or .npy",
                          _add_sample_arguments, _run_sample))
+
+
+# ---- ganfast translate --------------------------------------------------------------------------
+
+
+def _add_translate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ckpt", required=True, metavar="PATH", help="a CycleGAN run directory or its checkpoint.pt")
+    p.add_argument("--input", required=True, metavar="FILE_OR_FOLDER",
+                   help="a .npy array of images ((N, [C,] H, W[, C])), a PNG/JPEG image, or a folder of them "
+                        "(recursively); prepared as in training (centre crop, resized to the run's size and "
+                        "channels)")
+    p.add_argument("--out", required=True, metavar="FILE_OR_FOLDER",
+                   help="the same kind as --input: a .npy ((N, C, H, W) float32 in [-1, 1]), an image file, or "
+                        "a folder (one PNG per input image, same relative path)")
+    p.add_argument("--direction", choices=("AtoB", "BtoA"), default="AtoB",
+                   help="AtoB: G_AB (the first domain of cycle:A,B to the second); BtoA: G_BA (default: AtoB)")
+    p.add_argument("--device", default="cpu", help="where to run the generator (default: cpu)")
+
+
+def _run_translate(args: argparse.Namespace) -> int:
+    from .train import translate_files
+
+    written = translate_files(args.ckpt, args.input, args.out, direction=args.direction, device=args.device)
+    what = f"{len(written)} images into {args.out}" if len(written) > 1 else str(written[0])
+    print(f"ganfast translate: {args.direction} wrote {what}")
+    return 0
+
+
+register_command(Command("translate", "translate images with a CycleGAN run's generator (G_AB or G_BA)",
+                         _add_translate_arguments, _run_translate))
 
 
 def _lazy(module: str):
@@ -280,8 +364,8 @@ def _lazy(module: str):
 register_command(Command(
     "bench", "the benchmark suite: eager vs torch.compile vs ganfast, device-op counts, GPU report",
     *_lazy("bench.suite"),
-    description="Time every op family and four whole training steps (DCGAN non-saturating, DCGAN "
-                "WGAN-GP, DCGAN lazy R1, MLP WGAN-GP on ring8): eager PyTorch, torch.compile and every ganfast backend "
+    description="Time every op family and six whole training steps (DCGAN non-saturating, DCGAN "
+                "WGAN-GP, DCGAN lazy R1, MLP WGAN-GP on ring8, InfoGAN, CycleGAN): eager PyTorch, torch.compile and every ganfast backend "
                 "present, side by side in one run, verified against eager first; count each step's device "
                 "operations and bytes moved; write JSON, Markdown and a PNG chart to --out (default ./ganfast-bench). "
                 "--quick takes under 2 minutes on a 2-core CPU. --gpu-report writes the static sm_80/sm_90 "

@@ -21,7 +21,8 @@ torch.log(1 - torch.sigmoid(logit)) gives -inf once D saturates.
 """
 from __future__ import annotations
 
-from typing import Optional
+import math
+from typing import Optional, Sequence, Union
 
 from torch import Tensor, nn
 
@@ -36,8 +37,10 @@ __all__ = [
     "GeneratorLoss",
     "binary_cross_entropy",
     "binary_cross_entropy_with_logits",
+    "cycle_loss",
     "discriminator_loss",
     "generator_loss",
+    "info_loss",
 ]
 
 # Objectives whose discriminator loss uses the labels (for one-sided label smoothing).
@@ -61,6 +64,42 @@ def binary_cross_entropy(input: Tensor, target: Tensor, weight: Optional[Tensor]
         raise ValueError(f"Using a target size ({target.size()}) that is different to the input size "
                          f"({input.size()}) is deprecated. Please ensure they have the same size.")
     return ops.binary_cross_entropy(input, target, weight, reduction)
+
+
+def cycle_loss(reconstructed: Union[Tensor, Sequence[Tensor]], original: Union[Tensor, Sequence[Tensor]],
+               weight: float = 1.0) -> Tensor:
+    """CycleGAN's cycle-consistency (or identity) loss: weight * F.l1_loss(reconstructed, original),
+    same value and gradients (w.r.t. both tensors; 0 where they are equal, torch's subgradient).
+
+    reconstructed and original may also be equal-length lists (or tuples) of tensors: the result is
+    the sum of the pairs' losses, each the mean over its own elements, in one kernel launch forward
+    and one backward for all pairs (both directions of a CycleGAN, F(G(x)) vs x and G(F(y)) vs y, or
+    the identity losses, together):
+
+        loss_cyc = cycle_loss([F(G(x)), G(F(y))], [x, y], weight=10.0)
+
+    Each pair must have one shape (no broadcasting: F.l1_loss warns and broadcasts, this refuses),
+    all tensors one floating dtype and one device; weight finite and >= 0. An empty pair gives NaN
+    (the mean of nothing), as F.l1_loss. First order only: a second derivative is an error.
+    """
+    pair_types = (list, tuple)
+    if isinstance(reconstructed, Tensor) and isinstance(original, Tensor):
+        reconstructed, original = [reconstructed], [original]
+    elif not (isinstance(reconstructed, pair_types) and isinstance(original, pair_types)):
+        raise TypeError("ganfast.losses.cycle_loss: reconstructed and original must both be tensors or both be "
+                        "lists (or tuples) of tensors; got "
+                        f"{type(reconstructed).__name__} and {type(original).__name__}")
+    else:
+        for name, seq in (("reconstructed", reconstructed), ("original", original)):
+            for i, t in enumerate(seq):
+                if not isinstance(t, Tensor):
+                    raise TypeError(f"ganfast.losses.cycle_loss: {name}[{i}] must be a tensor; got {type(t).__name__}")
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+        raise TypeError(f"ganfast.losses.cycle_loss: weight must be a number; got {type(weight).__name__}")
+    weight = float(weight)
+    if not (math.isfinite(weight) and weight >= 0):
+        raise ValueError(f"ganfast.losses.cycle_loss: weight must be finite and non-negative; got {weight:g}")
+    return ops.cycle_loss(reconstructed, original, weight)
 
 
 def _check_labels(kind: str, real_label: float, fake_label: float) -> None:
@@ -90,6 +129,31 @@ def discriminator_loss(real_logits: Tensor, fake_logits: Tensor, kind: str = "no
 def generator_loss(fake_logits: Tensor, kind: str = "nonsaturating") -> Tensor:
     """The generator's loss from the discriminator's raw logits on its samples."""
     return ops.gan_g_loss(fake_logits, kind)  # `kind` is validated by the op itself
+
+
+def info_loss(cat_logits: Optional[Tensor] = None, cat_codes: Optional[Tensor] = None,
+              cont_mean: Optional[Tensor] = None, cont_codes: Optional[Tensor] = None,
+              cont_logstd: Optional[Tensor] = None, cat_weight: float = 1.0, cont_weight: float = 1.0) -> Tensor:
+    """InfoGAN's mutual-information loss L_I (Chen et al. 2016) from Q's outputs, in one fused
+    kernel forward and one backward:
+
+        cat_weight * cross_entropy(cat_logits, cat_codes)                       (mean over B)
+      + cont_weight * mean_b sum_j [logstd + ((cont_codes - cont_mean) / exp(logstd))^2 / 2]
+
+    cat_logits (B, K), K >= 2, with cat_codes (B,) int64 class indices in [0, K); cont_mean,
+    cont_codes and (optionally; sigma = 1 without) cont_logstd of shape (B, J), the Gaussian
+    negative log-likelihood without its constant 0.5 log(2 pi). Either part may be absent, not
+    both; weights finite and >= 0. Equal in value and gradients (w.r.t. cat_logits, cont_mean,
+    cont_codes, cont_logstd) to the eager composite
+    `cat_weight * F.cross_entropy(cat_logits, cat_codes) + cont_weight * (cont_logstd + 0.5 *
+    ((cont_codes - cont_mean) * torch.exp(-cont_logstd)) ** 2).sum(1).mean()`; an empty batch
+    gives NaN, as there. Returns a 0-dim tensor in cat_logits' dtype (cont_mean's without the
+    categorical part); half precision is computed in float32. First order only: a second
+    derivative raises. Class indices outside [0, K) raise IndexError on CPU and are a device-side
+    assert on CUDA (as torch's cross_entropy), never a host synchronisation.
+    """
+    return ops.info_loss(cat_logits, cat_codes, cont_mean, cont_codes, cont_logstd, float(cat_weight),
+                         float(cont_weight))
 
 
 class BCEWithLogitsLoss(nn.Module):

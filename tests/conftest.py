@@ -67,7 +67,11 @@ def triton_module_path(family: str) -> Path:
 
 # One op of each family: whether the C++ library registers the family's kernels for a dispatch key.
 FAMILY_OPS = {"losses": "gan_d_loss", "penalty": "penalty_from_grad", "bias_act": "bias_act",
-              "batch_norm_act": "batch_norm_act"}
+              "batch_norm_act": "batch_norm_act", "info_loss": "info_loss",
+              "cycle_loss": "cycle_loss", "instance_norm_act": "instance_norm_act"}
+# Families whose C++ kernels live in another family's files (csrc/cpu/<file>.cpp, csrc/cuda/<file>.cu):
+# instance norm is batch norm over the per-(n, c) axis, one set of kernels serving both.
+CPP_FAMILY_FILES = {"instance_norm_act": "batch_norm_act"}
 
 
 def cpp_family_registered(family: str, dispatch_key: str) -> bool:
@@ -99,7 +103,7 @@ def implementation_device(name: str, family="losses") -> str:
         if family != "losses" and not cpp_family_registered(family, "CPU"):
             # every family's CPU kernels are always built: a missing one is a broken install
             pytest.fail(f"cpu backend: ganfast::{FAMILY_OPS[family]} has no CPU kernel in this build "
-                        f"(csrc/cpu/{family}.cpp not built)")
+                        f"(csrc/cpu/{CPP_FAMILY_FILES.get(family, family)}.cpp not built)")
         return "cpu"
     if name == "cuda":
         info = ganfast.available_backends()["cuda"]

@@ -193,17 +193,19 @@ def test_select_filters_by_family_or_name_and_rejects_unknown_words():
     assert {c.family for c in S.select(cases, "penalty")} == {"penalty"}
     assert all("WGAN-GP" in c.name for c in S.select(cases, "wgan-gp"))
     assert S.select(cases, None) == cases
-    with pytest.raises(ValueError, match="matches no case; families: bias_act, block, losses, penalty, step"):
+    with pytest.raises(ValueError, match="matches no case; families: bias_act, block, cycle_loss, instance_norm_act, losses, penalty, step"):
         S.select(cases, "nothing-like-this")
 
 
-def test_the_suite_covers_every_family_and_the_four_training_steps():
+def test_the_suite_covers_every_family_and_the_six_training_steps():
     for quick in (True, False):
         cases = S.load_cases_module().cases(torch.device("cpu"), quick=quick)
-        assert {c.family for c in cases} == {"losses", "penalty", "bias_act", "block", "step"}
+        assert {c.family for c in cases} == {"losses", "cycle_loss", "penalty", "bias_act", "block", "instance_norm_act", "step"}
         steps = {c.name for c in cases if c.family == "step"}
         assert steps == {"DCGAN non-saturating step", "DCGAN WGAN-GP step", "DCGAN lazy R1 step",
-                         "MLP WGAN-GP step on ring8"}
+                         "MLP WGAN-GP step on ring8", "InfoGAN step", "CycleGAN step"}
+    assert {c.size for c in S.select(cases, "infogan step,cyclegan step")} == {
+        "B=64, 1x32x32, width 64, 10 cat + 2 cont codes", "B=8 per domain, 1x32x32, width 32, 6 blocks"}
 
 
 def test_the_cases_ship_in_the_package_so_any_install_has_the_suite():
@@ -230,7 +232,7 @@ def test_results_go_to_ganfast_bench_in_the_current_directory_by_default(tmp_pat
     monkeypatch.chdir(tmp_path)
     assert S.main(["--quick", "--only", "losses", "--device", "cpu", "--no-compile", "--no-count"]) == 0
     report = json.loads((tmp_path / "ganfast-bench" / "suite-quick.json").read_text())
-    assert [r["family"] for r in report["results"]] == ["losses"]
+    assert {r["family"] for r in report["results"]} == {"losses"}  # the GAN losses and info_loss
     assert sorted(p.name for p in (tmp_path / "ganfast-bench").iterdir()) == [
         "suite-quick.json", "suite-quick.md", "suite-quick.png"]
 
@@ -253,7 +255,7 @@ def _check_quick_report(out_dir, device, ganfast_rows):
     md = (out_dir / "suite-quick.md").read_text()
     meta, results = report["meta"], report["results"]
     assert meta["device"] == device and meta["torch"] == torch.__version__ and meta["copy_gbs"] > 0
-    assert {r["family"] for r in results} == {"losses", "penalty", "bias_act", "block", "step"}
+    assert {r["family"] for r in results} == {"losses", "cycle_loss", "penalty", "bias_act", "block", "instance_norm_act", "step"}
     for res in results:
         rows = {r["contender"]: r for r in res["rows"]}
         assert not res["failures"], res["failures"]
@@ -270,6 +272,8 @@ def _check_quick_report(out_dir, device, ganfast_rows):
         else:
             assert c["error"] is None and c["median_us"] > 0, (res["case"], c)
         assert res["name"] in md
+        if res["name"] in ("InfoGAN step", "CycleGAN step"):  # the fused ops replace eager's
+            assert 0 < rows[ganfast_rows[0]]["ops"] < rows["eager"]["ops"], res["case"]
     return meta
 
 

@@ -52,12 +52,14 @@ def test_every_cuda_kernel_is_emulated(emulator):
         assert with_cuda == set(cuda_emu.ops())
     # and, independently of this install, one op of every family csrc/cuda holds
     families = {"losses.cu": "gan_d_loss", "penalty.cu": "penalty_from_grad", "bias_act.cu": "bias_act",
-                "batch_norm_act.cu": "batch_norm_act"}
+                "batch_norm_act.cu": "batch_norm_act", "info_loss.cu": "info_loss",
+                "cycle_loss.cu": "cycle_loss"}
     for cu in (cuda_emu.REPO / "csrc" / "cuda").glob("*.cu"):
         assert cu.name in families, f"csrc/cuda/{cu.name} is new: name one of its ops in this test"
         assert cuda_emu.has_kernel(families[cu.name]), cu.name
     # ops that share a file with another: each named
     assert cuda_emu.has_kernel("bias_act_backward_with_bias")
+    assert cuda_emu.has_kernel("instance_norm_act")  # batch_norm_act.cu's kernels over the per-(n, c) axis
 
 
 def test_routing_runs_the_emulated_kernel(emulator):
@@ -97,9 +99,19 @@ def _reductions(gen, dtype):
     }
     bn, mean, invstd = torch.ops.ganfast.batch_norm_act(x, None, None, None, None, True, 0.1, 1e-5, "relu", 0.0)
     out.update(bn_mean=mean, bn_invstd=invstd)
+    # info_loss: 300 categorical rows (a warp each) and 600 Gaussian terms over several blocks
+    logits, mu, ls = randn((300, 10), dtype, gen=gen), randn((300, 2), dtype, gen=gen), randn((300, 2), dtype, gen=gen)
+    out["info_loss"] = ops.info_loss(logits, torch.randint(0, 10, (300,), generator=gen), mu, mu.flip(0), ls, 0.7, 1.3)
     gi, gw, gb = torch.ops.ganfast.batch_norm_act_backward(randn(x.shape, dtype, gen=gen), x, None, None, mean,
                                                           invstd, True, "relu", 0.0)
     out.update(bn_grad_weight=gw, bn_grad_bias=gb)
+    # instance_norm_act: 15 instances of 1517 values (several reduce blocks each, their pieces added in
+    # order), the per-instance weight / bias gradients summed over n
+    w5 = randn((5,), dtype, gen=gen)
+    _, in_mean, in_invstd = torch.ops.ganfast.instance_norm_act(x, w5, None, 1e-5, "tanh", 0.0)
+    _, in_gw, in_gb = torch.ops.ganfast.instance_norm_act_backward(grad_grad, x, w5, w5, in_mean, in_invstd, "lrelu",
+                                                                  0.2)
+    out.update(in_mean=in_mean, in_invstd=in_invstd, in_grad_weight=in_gw, in_grad_bias=in_gb)
     cl = x.contiguous(memory_format=torch.channels_last)
     out["bn_channels_last_invstd"] = torch.ops.ganfast.batch_norm_act(cl, None, None, None, None, True, 0.1, 1e-5,
                                                                       "relu", 0.0)[2]
@@ -107,6 +119,8 @@ def _reductions(gen, dtype):
     b = randn((5,), dtype, gen=gen)
     fused = torch.ops.ganfast.bias_act_backward_with_bias
     out["bias_grad_rows"] = fused(grad_grad, x, b, x, 1, "swish", 0.0, 1.0, -1.0)[1]
+    # cycle_loss: several pairs in one launch, the partials of every pair's blocks added in order
+    out["cycle_loss"] = ops.cycle_loss([x, r, cl], [grad_grad, torch.roll(r, 1), cl * 0.5], 1.5)
     out["bias_grad_channels_last"] = fused(grad_grad.contiguous(memory_format=torch.channels_last), None, b, cl, 1,
                                            "lrelu", 0.2, 1.0, -1.0)[1]
     return out

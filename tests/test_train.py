@@ -105,6 +105,9 @@ def test_default_steps_per_data_set_and_an_explicit_one_wins():
         assert c.eval_every == steps // 5 and c.noise_anneal == steps // 2
     assert TrainConfig(data="npy:x").resolve(points=True).steps == 8000
     assert TrainConfig(data="digits", steps=123).resolve().steps == 123
+    # the models with defaults of their own (config.py says why)
+    assert TrainConfig(data="digits", model="infogan").resolve().steps == 2000
+    assert TrainConfig(data="cycle:digits,digits-bold", model="cyclegan").resolve().steps == 1000
 
 
 def test_losses_go_through_ganfast_losses(tmp_path, monkeypatch):
@@ -271,7 +274,8 @@ def test_checkpoint_interrupted_mid_write_keeps_previous(tmp_path, monkeypatch):
 
 def _whole_checkpoint(step):
     """A dict with every part load_checkpoint requires (the values are not a real run's)."""
-    return {"format": ckpt_mod.FORMAT, "step": step, **{k: {} for k in ckpt_mod.REQUIRED_KEYS if k != "step"}}
+    keys = ckpt_mod.REQUIRED_KEYS + ckpt_mod.GAN_KEYS
+    return {"format": ckpt_mod.FORMAT, "step": step, **{k: {} for k in keys if k != "step"}}
 
 
 def test_leftover_temp_file_and_truncated_checkpoint(tmp_path):
@@ -459,7 +463,7 @@ def test_npy_points_and_images(tmp_path):
 
 @pytest.mark.parametrize("kw, match", [
     (dict(objective="wgan-qp"), "unknown objective 'wgan-qp'; choose one of nonsaturating, minimax, wgan, wgan-gp"),
-    (dict(data="mnist"), "unknown data set 'mnist'; choose one of ring8, grid25, digits, folder:PATH, npy:PATH"),
+    (dict(data="mnist"), "unknown data set 'mnist'; choose one of ring8, grid25, digits, digits-bold, folder:PATH, npy:PATH, cycle:A,B"),
     (dict(data="folder:"), "needs a path"),
     (dict(backend="tpu"), "unknown backend 'tpu'; choose one of auto, cuda, triton, cpu, reference"),
     (dict(steps=0), "steps must be a positive integer"),

@@ -84,7 +84,7 @@ def test_config_file_and_overwrite(tmp_path, capsys):
 
 @pytest.mark.parametrize("args, code, message", [
     (["train", "--objective", "wgan-qp"], 2, "invalid choice: 'wgan-qp' (choose from 'nonsaturating', 'minimax'"),
-    (["train", "--data", "mnist"], 2, "unknown data set 'mnist'; choose one of ring8, grid25, digits, folder:PATH"),
+    (["train", "--data", "mnist"], 2, "unknown data set 'mnist'; choose one of ring8, grid25, digits, digits-bold, folder:PATH"),
     (["train", "--stepz", "3"], 2, "unrecognized argument(s): --stepz 3\nvalid flags for 'ganfast train': --amp,"),
     (["train", "--steps", "0"], 2, "expected a positive integer; got 0"),
     (["train", "--backend", "tpu"], 2, "invalid choice: 'tpu'"),
@@ -176,7 +176,7 @@ DAMAGE = {  # kind -> what the message says after "is not a ganfast checkpoint o
     "a text file": "torch.load cannot read its",
     "a tensor": "it holds a Tensor, not a ganfast training checkpoint",
     "another format": "it has format 'something/2', not a 'ganfast.train/1' record",
-    "missing parts": "it lacks G_ema, opt_d",
+    "missing parts": "it lacks opt_d, G_ema",
     "weights of another model": "its G does not fit the model its configuration describes (RuntimeError: Error(s) "
                                 "in loading state_dict",
 }

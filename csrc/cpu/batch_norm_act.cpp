@@ -1,7 +1,10 @@
 // CPU kernels of the batch_norm_act family (BatchNorm statistics + normalise + affine +
-// activation, and its fused backward). The math is csrc/gan_math.h's (batch_norm_act_value,
-// batch_norm_act_dz, batch_norm_grad_input); the argument checks csrc/ganfast_common.h's (shared
-// with csrc/cuda/batch_norm_act.cu); the loop shapes those of cpu_loops.h.
+// activation, and its fused backward), which also serve instance_norm_act: instance norm over x
+// (N, C, *) is batch norm over the view (1, N * C, S) of contiguous x (instance k = n * C + c, affine
+// parameter k % C, mapped where the per-channel coefficients are made: affine_coefficients). The
+// math is csrc/gan_math.h's (batch_norm_act_value, batch_norm_act_dz, batch_norm_grad_input); the
+// argument checks csrc/ganfast_common.h's (shared with csrc/cuda/batch_norm_act.cu); the loop
+// shapes those of cpu_loops.h.
 //
 // Layouts, walked in memory order without a division per element:
 //   Rows    NCHW contiguous with prod(sizes[2:]) = inner > 1: rows of `inner` elements share one
@@ -23,8 +26,8 @@
 // costs less than a write and a read of dz).
 //
 // Reductions are deterministic for any number of threads: the elements of a channel are cut into
-// fixed pieces (at most kChunk elements, summed in 16 float lanes (Rows) or in the len lanes of the
-// periodic pattern (Cyclic), in the compute type), the pieces run in parallel, and their partial
+// fixed pieces (Rows: at most kRowsPiece elements, summed in 16 float lanes; Cyclic: at most kChunk,
+// in the len lanes of the periodic pattern; in the compute type), the pieces run in parallel, and their partial
 // sums are added in a fixed order in double (channel_loops.h, shared with bias_act's bias gradient).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -176,6 +179,89 @@ void dispatch_batch_norm_act(const Tensor& t, ActKind act, F&& f) {
   });
 }
 
+// ---- the passes both families run ---------------------------------------------------------------
+// Over a walk of `channels` channels (batch_norm_act: C; instance_norm_act: the N * C instances of the
+// view (1, N * C, S)), with per-channel coefficients the caller made from its parameters.
+
+// The mean and biased variance of each channel (M values each, M > 0) from one statistics pass.
+void channel_statistics(const Tensor& x, const Walk& w, int64_t M, std::vector<double>& mean,
+                        std::vector<double>& var) {
+  const int64_t C = w.channels;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "ganfast_batch_norm_stats", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    // K[c]: the channel's first element (sample 0, position 0).
+    std::vector<double> k(static_cast<size_t>(C));
+    for (int64_t c = 0; c < C; ++c)
+      k[c] = static_cast<double>(static_cast<acc_t>(xp[w.mode == Walk::Rows ? c * w.len : c]));
+    const std::vector<acc_t> shift = slots<acc_t>(w, k);
+    const std::vector<double> s = channel_sums<acc_t, 2>(w, StatsTerm<scalar_t, acc_t>{xp, shift.data()});
+    for (int64_t c = 0; c < C; ++c) {
+      const double d = s[c] / static_cast<double>(M);
+      mean[c] = k[c] + d;
+      var[c] = std::max(s[C + c] / static_cast<double>(M) - d * d, 0.0);
+    }
+  });
+}
+
+// out = f(x * scale[c] + shift[c]), one elementwise pass (w.n > 0).
+void normalize_act(const Tensor& x, Tensor& out, const Walk& w, ActKind act, double alpha,
+                   const std::vector<double>& scale, const std::vector<double>& shift) {
+  dispatch_batch_norm_act(x, act, [&](auto tag, auto a) {
+    using scalar_t = decltype(tag);
+    using acc_t = at::opmath_type<scalar_t>;
+    constexpr ActKind A = decltype(a)::value;
+    const std::vector<acc_t> sc = slots<acc_t>(w, scale), sh = slots<acc_t>(w, shift);
+    channel_for(w, ForwardTerm<scalar_t, acc_t, A>{x.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(),
+                                                   sc.data(), sh.data(), static_cast<acc_t>(alpha)});
+  });
+}
+
+// The backward's two passes: per channel (sum dz, sum dz (x - mean)), returned as s[0 .. C) and
+// s[C .. 2C) (C = w.channels), then grad_input (centred by the batch terms when `centre`: training
+// with M > 0). scale / shift / mean / invstd per channel, a = scale.
+std::vector<double> backward_passes(const Tensor& g, const Tensor& x, Tensor& grad_input, const Walk& w, ActKind act,
+                                    double alpha, const std::vector<double>& scale, const std::vector<double>& shift,
+                                    const std::vector<double>& mean, const std::vector<double>& invstd, int64_t M,
+                                    bool centre) {
+  const int64_t C = w.channels;
+  std::vector<double> s;
+  dispatch_batch_norm_act(x, act, [&](auto tag, auto act_tag) {
+    using scalar_t = decltype(tag);
+    using acc_t = at::opmath_type<scalar_t>;
+    constexpr ActKind A = decltype(act_tag)::value;
+    const std::vector<acc_t> sc = slots<acc_t>(w, scale), sh = slots<acc_t>(w, shift), mu = slots<acc_t>(w, mean);
+    const scalar_t* gp = g.const_data_ptr<scalar_t>();
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const acc_t al = static_cast<acc_t>(alpha);
+    s = channel_sums<acc_t, 2>(w, BackwardSumTerm<scalar_t, acc_t, A>{gp, xp, sc.data(), sh.data(), mu.data(), al});
+    if (w.n == 0) return;
+    std::vector<double> mean_dz(static_cast<size_t>(C), 0.0), k(static_cast<size_t>(C), 0.0);
+    if (centre) {
+      for (int64_t c = 0; c < C; ++c) {
+        mean_dz[c] = s[c] / static_cast<double>(M);
+        k[c] = invstd[c] * invstd[c] * s[C + c] / static_cast<double>(M);
+      }
+    }
+    const std::vector<acc_t> av = slots<acc_t>(w, scale), mdz = slots<acc_t>(w, mean_dz), kv = slots<acc_t>(w, k);
+    channel_for(w, GradInputTerm<scalar_t, acc_t, A>{gp, xp, grad_input.mutable_data_ptr<scalar_t>(), sc.data(),
+                                                     sh.data(), mu.data(), av.data(), mdz.data(), kv.data(), al});
+  });
+  return s;
+}
+
+// scale[k] = w[k % period] invstd[k], shift[k] = b[k % period] - mean[k] scale[k] over the walk's
+// channels: the channel-to-parameter mapping (period = C: batch norm's identity; instance norm's
+// instance k = n * C + c takes parameter c).
+void affine_coefficients(const std::vector<double>& wv, const std::vector<double>& bv, const std::vector<double>& mean,
+                         const std::vector<double>& invstd, std::vector<double>& scale, std::vector<double>& shift) {
+  const size_t period = wv.size();
+  for (size_t k = 0; k < mean.size(); ++k) {
+    scale[k] = wv[k % period] * invstd[k];
+    shift[k] = bv[k % period] - mean[k] * scale[k];
+  }
+}
+
 // ---- the ops -----------------------------------------------------------------------------------
 
 std::tuple<Tensor, Tensor, Tensor> batch_norm_act(const Tensor& input, const std::optional<Tensor>& weight,
@@ -197,23 +283,7 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_act(const Tensor& input, const std
   std::vector<double> mean(static_cast<size_t>(C), 0.0), invstd(static_cast<size_t>(C));
   if (training) {
     std::vector<double> var(static_cast<size_t>(C), 0.0);
-    if (M > 0) {
-      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "ganfast_batch_norm_stats", [&] {
-        using acc_t = at::opmath_type<scalar_t>;
-        const scalar_t* xp = x.const_data_ptr<scalar_t>();
-        // K[c]: the channel's first element (sample 0, position 0).
-        std::vector<double> k(static_cast<size_t>(C));
-        for (int64_t c = 0; c < C; ++c)
-          k[c] = static_cast<double>(static_cast<acc_t>(xp[w.mode == Walk::Rows ? c * w.len : c]));
-        const std::vector<acc_t> shift = slots<acc_t>(w, k);
-        const std::vector<double> s = channel_sums<acc_t, 2>(w, StatsTerm<scalar_t, acc_t>{xp, shift.data()});
-        for (int64_t c = 0; c < C; ++c) {
-          const double d = s[c] / static_cast<double>(M);
-          mean[c] = k[c] + d;
-          var[c] = std::max(s[C + c] / static_cast<double>(M) - d * d, 0.0);
-        }
-      });
-    }
+    if (M > 0) channel_statistics(x, w, M, mean, var);
     for (int64_t c = 0; c < C; ++c) invstd[c] = 1.0 / std::sqrt(var[c] + eps);
     if (has_running && M > 0) {  // an empty batch leaves them alone, as torch's batch_norm
       const std::vector<double> rm = channel_values(running_mean, C, 0.0), rv = channel_values(running_var, C, 1.0);
@@ -233,20 +303,9 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_act(const Tensor& input, const std
   }
 
   if (w.n > 0) {
-    const std::vector<double> wv = channel_values(weight, C, 1.0), bv = channel_values(bias, C, 0.0);
     std::vector<double> scale(static_cast<size_t>(C)), shift(static_cast<size_t>(C));
-    for (int64_t c = 0; c < C; ++c) {
-      scale[c] = wv[c] * invstd[c];
-      shift[c] = bv[c] - mean[c] * scale[c];
-    }
-    dispatch_batch_norm_act(x, act, [&](auto tag, auto a) {
-      using scalar_t = decltype(tag);
-      using acc_t = at::opmath_type<scalar_t>;
-      constexpr ActKind A = decltype(a)::value;
-      const std::vector<acc_t> sc = slots<acc_t>(w, scale), sh = slots<acc_t>(w, shift);
-      channel_for(w, ForwardTerm<scalar_t, acc_t, A>{x.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(),
-                                                     sc.data(), sh.data(), static_cast<acc_t>(alpha)});
-    });
+    affine_coefficients(channel_values(weight, C, 1.0), channel_values(bias, C, 0.0), mean, invstd, scale, shift);
+    normalize_act(x, out, w, act, alpha, scale, shift);
   }
   return {out, channel_tensor(mean, compute), channel_tensor(invstd, compute)};
 }
@@ -267,39 +326,71 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_act_backward(const Tensor& grad_ou
   const auto param_dtype = weight.has_value() && weight->defined() ? weight->scalar_type() : input.scalar_type();
 
   const std::vector<double> mean = channel_values(save_mean, C, 0.0), invstd = channel_values(save_invstd, C, 1.0);
-  const std::vector<double> wv = channel_values(weight, C, 1.0), bv = channel_values(bias, C, 0.0);
-  std::vector<double> scale(static_cast<size_t>(C)), shift(static_cast<size_t>(C)), a(static_cast<size_t>(C));
-  for (int64_t c = 0; c < C; ++c) {
-    scale[c] = wv[c] * invstd[c];
-    shift[c] = bv[c] - mean[c] * scale[c];
-    a[c] = scale[c];
-  }
+  std::vector<double> scale(static_cast<size_t>(C)), shift(static_cast<size_t>(C));
+  affine_coefficients(channel_values(weight, C, 1.0), channel_values(bias, C, 0.0), mean, invstd, scale, shift);
+  const std::vector<double> s =
+      backward_passes(g, x, grad_input, w, act, alpha, scale, shift, mean, invstd, M, training && M > 0);
   std::vector<double> grad_weight(static_cast<size_t>(C)), grad_bias(static_cast<size_t>(C));
-  dispatch_batch_norm_act(x, act, [&](auto tag, auto act_tag) {
-    using scalar_t = decltype(tag);
-    using acc_t = at::opmath_type<scalar_t>;
-    constexpr ActKind A = decltype(act_tag)::value;
-    const std::vector<acc_t> sc = slots<acc_t>(w, scale), sh = slots<acc_t>(w, shift), mu = slots<acc_t>(w, mean);
-    const scalar_t* gp = g.const_data_ptr<scalar_t>();
-    const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    const acc_t al = static_cast<acc_t>(alpha);
-    const std::vector<double> s =
-        channel_sums<acc_t, 2>(w, BackwardSumTerm<scalar_t, acc_t, A>{gp, xp, sc.data(), sh.data(), mu.data(), al});
-    std::vector<double> mean_dz(static_cast<size_t>(C), 0.0), k(static_cast<size_t>(C), 0.0);
-    for (int64_t c = 0; c < C; ++c) {
-      grad_bias[c] = s[c];
-      grad_weight[c] = s[C + c] * invstd[c];
-      if (training && M > 0) {
-        mean_dz[c] = s[c] / static_cast<double>(M);
-        k[c] = invstd[c] * invstd[c] * s[C + c] / static_cast<double>(M);
-      }
-    }
-    if (w.n == 0) return;
-    const std::vector<acc_t> av = slots<acc_t>(w, a), mdz = slots<acc_t>(w, mean_dz), kv = slots<acc_t>(w, k);
-    channel_for(w, GradInputTerm<scalar_t, acc_t, A>{gp, xp, grad_input.mutable_data_ptr<scalar_t>(), sc.data(),
-                                                     sh.data(), mu.data(), av.data(), mdz.data(), kv.data(), al});
-  });
+  for (int64_t c = 0; c < C; ++c) {
+    grad_bias[c] = s[c];
+    grad_weight[c] = s[C + c] * invstd[c];
+  }
   return {grad_input, channel_tensor(grad_weight, param_dtype), channel_tensor(grad_bias, param_dtype)};
+}
+
+// instance_norm_act: batch_norm_act's passes over the view (1, N * C, S) of the contiguous input (a
+// Rows walk of N * C channels: S > 1), the affine parameters mapped by k % C.
+std::tuple<Tensor, Tensor, Tensor> instance_norm_act(const Tensor& input, const std::optional<Tensor>& weight,
+                                                     const std::optional<Tensor>& bias, double eps,
+                                                     c10::string_view act_name, double alpha) {
+  constexpr const char* op = "ganfast::instance_norm_act";
+  const int64_t S = check_instance_norm_act(op, input, weight, bias, eps);
+  const ActKind act = parse_act(act_name);
+  const Tensor x = instance_view(input.contiguous());
+  Tensor out_view = empty_output_like(x);
+  const int64_t C = input.size(1), NC = x.size(1);
+  const Walk w = make_walk(x);
+  std::vector<double> mean(static_cast<size_t>(NC), 0.0), var(static_cast<size_t>(NC), 0.0),
+      invstd(static_cast<size_t>(NC));
+  if (S > 0 && NC > 0) channel_statistics(x, w, S, mean, var);
+  for (int64_t k = 0; k < NC; ++k) invstd[k] = 1.0 / std::sqrt(var[k] + eps);
+  if (w.n > 0) {
+    std::vector<double> scale(static_cast<size_t>(NC)), shift(static_cast<size_t>(NC));
+    affine_coefficients(channel_values(weight, C, 1.0), channel_values(bias, C, 0.0), mean, invstd, scale, shift);
+    normalize_act(x, out_view, w, act, alpha, scale, shift);
+  }
+  const auto compute = batch_norm_compute_dtype(x.scalar_type());
+  return {out_view.view(input.sizes()), channel_tensor(mean, compute), channel_tensor(invstd, compute)};
+}
+
+std::tuple<Tensor, Tensor, Tensor> instance_norm_act_backward(const Tensor& grad_output, const Tensor& input,
+                                                              const std::optional<Tensor>& weight,
+                                                              const std::optional<Tensor>& bias,
+                                                              const Tensor& save_mean, const Tensor& save_invstd,
+                                                              c10::string_view act_name, double alpha) {
+  constexpr const char* op = "ganfast::instance_norm_act_backward";
+  const int64_t S =
+      check_instance_norm_act_backward(op, grad_output, input, weight, bias, save_mean, save_invstd);
+  const ActKind act = parse_act(act_name);
+  const Tensor x = instance_view(input.contiguous());
+  const Tensor g = grad_output.to(x.scalar_type()).contiguous().view(x.sizes());
+  Tensor gi_view = empty_output_like(x);
+  const int64_t C = input.size(1), NC = x.size(1);
+  const Walk w = make_walk(x);
+  const auto param_dtype = weight.has_value() && weight->defined() ? weight->scalar_type() : input.scalar_type();
+  const std::vector<double> mean = channel_values(save_mean, NC, 0.0), invstd = channel_values(save_invstd, NC, 1.0);
+  std::vector<double> scale(static_cast<size_t>(NC)), shift(static_cast<size_t>(NC));
+  affine_coefficients(channel_values(weight, C, 1.0), channel_values(bias, C, 0.0), mean, invstd, scale, shift);
+  const std::vector<double> s = backward_passes(g, x, gi_view, w, act, alpha, scale, shift, mean, invstd, S, S > 0);
+  // grad_weight / grad_bias: the per-instance sums (in double, from the reduction above) added over
+  // the samples n = 0 .. N-1 in order: the tiny (N, C) -> (C) sum, on the host, deterministic.
+  std::vector<double> grad_weight(static_cast<size_t>(C), 0.0), grad_bias(static_cast<size_t>(C), 0.0);
+  for (int64_t k = 0; k < NC; ++k) {
+    grad_bias[k % C] += s[k];
+    grad_weight[k % C] += s[NC + k] * invstd[k];
+  }
+  return {gi_view.view(input.sizes()), channel_tensor(grad_weight, param_dtype),
+          channel_tensor(grad_bias, param_dtype)};
 }
 
 }  // namespace
@@ -307,6 +398,8 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_act_backward(const Tensor& grad_ou
 TORCH_LIBRARY_IMPL(ganfast, CPU, m) {
   m.impl("batch_norm_act", &batch_norm_act);
   m.impl("batch_norm_act_backward", &batch_norm_act_backward);
+  m.impl("instance_norm_act", &instance_norm_act);
+  m.impl("instance_norm_act_backward", &instance_norm_act_backward);
 }
 
 }  // namespace ganfast::cpu

@@ -12,8 +12,8 @@
 //   Plain   no channel at all (bias_act without a bias): only the plain loops of cpu_loops.h.
 //
 // channel_sums: per channel, K sums of a term over its elements. The elements of a channel are cut
-// into fixed pieces (at most kChunk elements, summed in 16 lanes (Rows) or in the len lanes of the
-// periodic pattern (Cyclic), in the compute type), the pieces run in parallel, and their partial
+// into fixed pieces (Rows: at most kRowsPiece elements, summed in 16 lanes; Cyclic: at most kChunk,
+// in the len lanes of the periodic pattern; in the compute type), the pieces run in parallel, and their partial
 // sums are added in a fixed order in double: the result does not depend on the number of threads.
 // A term may also write an output element as it goes (bias_act's gradient writes dx and sums it):
 // the sums then come from the same pass as the output.
@@ -31,6 +31,12 @@
 namespace ganfast::cpu {
 
 constexpr int64_t kMinPeriod = 256;
+// Rows: the longest piece summed in the compute type (64 values per lane), longer rows are cut into
+// several pieces whose sums are added in double. Rows of a few hundred values (batch norm after a
+// convolution) are one piece as before; instance_norm_act's rows are whole images (H W values, 4096
+// at 64x64), where 16 float lanes of 256 terms each lost ~1e-6 of the statistics (and so of every
+// normalised value), as much as the ganfast check tolerance of a float32 result.
+constexpr int64_t kRowsPiece = 1024;
 
 struct ChannelWalk {
   enum Mode { Plain, Rows, Cyclic } mode = Plain;
@@ -127,14 +133,14 @@ std::vector<double> channel_sums(const ChannelWalk& w, const T& t) {
   if (w.n == 0) return sums;
   if (w.mode == ChannelWalk::Rows) {
     const int64_t inner = w.len, rows = w.n / inner;
-    const int64_t pieces = (inner + kChunk - 1) / kChunk;  // per row
+    const int64_t pieces = (inner + kRowsPiece - 1) / kRowsPiece;  // per row
     const int64_t tasks = rows * pieces;
     std::vector<double> part(static_cast<size_t>(K * tasks));
-    const int64_t grain = std::max<int64_t>(1, kChunk / std::min(inner, kChunk));
+    const int64_t grain = std::max<int64_t>(1, kChunk / std::min(inner, kRowsPiece));  // ~kChunk values a grain
     at::parallel_for(0, tasks, grain, [&](int64_t t0, int64_t t1) {
       for (int64_t q = t0; q < t1; ++q) {
         const int64_t s = q / pieces, r = q % pieces;
-        const int64_t b = s * inner + r * kChunk, e = s * inner + std::min(inner, (r + 1) * kChunk);
+        const int64_t b = s * inner + r * kRowsPiece, e = s * inner + std::min(inner, (r + 1) * kRowsPiece);
         const Sums<acc_t, K> v = rows_piece_sum<acc_t, K>(b, e, t, t.param(s % C));
         for (int k = 0; k < K; ++k) part[K * q + k] = static_cast<double>(v.v[k]);
       }

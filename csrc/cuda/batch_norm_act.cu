@@ -1,5 +1,7 @@
 // CUDA kernels of the batch_norm_act family: the twin of csrc/cpu/batch_norm_act.cpp, with the
-// same functions, names and semantics. The math is csrc/gan_math.h's (batch_norm_act_value,
+// same functions, names and semantics; they also serve instance_norm_act, which is batch norm over
+// the view (1, N * C, S) of contiguous input (instance k = n * C + c, affine parameters at k % C:
+// ChannelIn::period, finalize_stats_kernel's period). The math is csrc/gan_math.h's (batch_norm_act_value,
 // batch_norm_act_dz, batch_norm_grad_input); the argument checks csrc/ganfast_common.h's.
 //
 // Layouts (as the CPU kernels): Rows = NCHW contiguous with inner = prod(sizes[2:]) > 1, channel c's
@@ -54,16 +56,23 @@ using at::Tensor;
 // Per-channel operands on the device (compute dtype, contiguous; null: absent)
 // ---------------------------------------------------------------------------------------------
 
+// The index of channel c's affine parameters: c itself (period 0: batch_norm_act), or c % period
+// (instance_norm_act, whose channel c = n * C + channel is an instance of the view (1, N * C, S)). Once
+// per channel (a reduce block's parameters, a finalize thread), never per element.
+__device__ __forceinline__ int64_t param_index(int64_t c, int64_t period) { return period > 0 ? c % period : c; }
+
 template <typename acc_t>
 struct ChannelIn {
   const acc_t* weight = nullptr;  // null: 1
   const acc_t* bias = nullptr;    // null: 0
   const acc_t* mean = nullptr;
   const acc_t* invstd = nullptr;
+  int64_t period = 0;  // the affine parameters of channel c at param_index(c, period)
 
   __device__ __forceinline__ void affine(int64_t c, acc_t& scale, acc_t& shift, acc_t& mean_c) const {
-    const acc_t w = weight != nullptr ? load_ro(weight + c) : acc_t(1);
-    const acc_t b = bias != nullptr ? load_ro(bias + c) : acc_t(0);
+    const int64_t pc = param_index(c, period);
+    const acc_t w = weight != nullptr ? load_ro(weight + pc) : acc_t(1);
+    const acc_t b = bias != nullptr ? load_ro(bias + pc) : acc_t(0);
     mean_c = load_ro(mean + c);
     scale = w * load_ro(invstd + c);
     shift = b - mean_c * scale;
@@ -131,16 +140,16 @@ struct RunningStats {
 };
 
 // save_mean, save_invstd and the forward's coef [2][C] = scale, shift of channel c, from its
-// mean and invstd in double.
+// mean and invstd in double; its affine parameters at pc.
 template <typename acc_t>
-__device__ __forceinline__ void store_channel_coefficients(int64_t c, int64_t C, double mean, double invstd,
-                                                           const acc_t* weight, const acc_t* bias, acc_t* save_mean,
-                                                           acc_t* save_invstd, acc_t* coef) {
-  const double scale = (weight != nullptr ? static_cast<double>(weight[c]) : 1.0) * invstd;
+__device__ __forceinline__ void store_channel_coefficients(int64_t c, int64_t pc, int64_t C, double mean,
+                                                           double invstd, const acc_t* weight, const acc_t* bias,
+                                                           acc_t* save_mean, acc_t* save_invstd, acc_t* coef) {
+  const double scale = (weight != nullptr ? static_cast<double>(weight[pc]) : 1.0) * invstd;
   save_mean[c] = static_cast<acc_t>(mean);
   save_invstd[c] = static_cast<acc_t>(invstd);
   coef[c] = static_cast<acc_t>(scale);
-  coef[C + c] = static_cast<acc_t>((bias != nullptr ? static_cast<double>(bias[c]) : 0.0) - mean * scale);
+  coef[C + c] = static_cast<acc_t>((bias != nullptr ? static_cast<double>(bias[pc]) : 0.0) - mean * scale);
 }
 
 // One block per channel: mean, invstd, the running statistics, scale / shift (coef [2][C]).
@@ -148,8 +157,9 @@ template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads, kMinBlocks)
     finalize_stats_kernel(const acc_t* __restrict__ partial, const int64_t C, const int64_t P, const int64_t M,
                           const scalar_t* __restrict__ x, const int64_t k_stride, const acc_t* __restrict__ weight,
-                          const acc_t* __restrict__ bias, const RunningStats<acc_t> running, const double eps,
-                          acc_t* __restrict__ save_mean, acc_t* __restrict__ save_invstd, acc_t* __restrict__ coef) {
+                          const acc_t* __restrict__ bias, const int64_t period, const RunningStats<acc_t> running,
+                          const double eps, acc_t* __restrict__ save_mean, acc_t* __restrict__ save_invstd,
+                          acc_t* __restrict__ coef) {
   const int64_t c = blockIdx.x;
   double s1, s2;
   channel_totals(partial, C, P, c, s1, s2);
@@ -166,7 +176,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
       running.var[c] = static_cast<acc_t>((1.0 - m) * static_cast<double>(running.var[c]) + m * var * unbias);
     }
   }
-  store_channel_coefficients(c, C, mean, 1.0 / std::sqrt(var + eps), weight, bias, save_mean, save_invstd, coef);
+  store_channel_coefficients(c, param_index(c, period), C, mean, 1.0 / std::sqrt(var + eps), weight, bias, save_mean,
+                             save_invstd, coef);
 }
 
 // One thread per channel: the running statistics as the batch's.
@@ -177,7 +188,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
                          acc_t* __restrict__ save_mean, acc_t* __restrict__ save_invstd, acc_t* __restrict__ coef) {
   const int64_t c = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   if (c >= C) return;
-  store_channel_coefficients(c, C, static_cast<double>(running_mean[c]),
+  store_channel_coefficients(c, c, C, static_cast<double>(running_mean[c]),
                              1.0 / std::sqrt(static_cast<double>(running_var[c]) + eps), weight, bias, save_mean,
                              save_invstd, coef);
 }
@@ -367,6 +378,88 @@ void dispatch_batch_norm_act(at::ScalarType t, ActKind act, F&& f) {
 // The ops
 // ---------------------------------------------------------------------------------------------
 
+// ---------------------------------------------------------------------------------------------
+// The launches both families run, over the geometry of what runs (batch_norm_act: C channels;
+// instance_norm_act: the N * C instances of the view (1, N * C, S), affine parameters at c % period)
+// ---------------------------------------------------------------------------------------------
+
+// Training statistics: reduce -> finalize_stats (save_mean, save_invstd, coef [2][g.C]; the running
+// statistics rs updated where given).
+template <typename scalar_t, typename acc_t>
+void launch_statistics(const char* op, const Tensor& x, const Geometry& g, int64_t M, const Tensor& w, const Tensor& b,
+                       int64_t period, const RunningStats<acc_t>& rs, double eps, Tensor& save_mean,
+                       Tensor& save_invstd, Tensor& coef, cudaStream_t stream) {
+  const StatsTerm<scalar_t> t{x.const_data_ptr<scalar_t>(), nullptr, g.rows ? g.inner : int64_t(1)};
+  int64_t P = 0;
+  const Tensor partial = launch_reduce(op, t, g, is_aligned(t.x), x, stream, &P);
+  GANFAST_LAUNCH(static_cast<unsigned int>(g.C), kThreads, 0, stream, finalize_stats_kernel<scalar_t, acc_t>)(
+      partial.const_data_ptr<acc_t>(), g.C, P, M, t.x, t.k_stride, ptr_or_null<acc_t>(w), ptr_or_null<acc_t>(b), period,
+      rs, eps, save_mean.mutable_data_ptr<acc_t>(), save_invstd.mutable_data_ptr<acc_t>(),
+      coef.mutable_data_ptr<acc_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// out = act(x * coef[0][c] + coef[1][c]): the forward's elementwise pass (g.n > 0).
+void launch_normalize(const Tensor& x, Tensor& out, const Geometry& g, const Tensor& coef, ActKind act, double alpha,
+                      c10::DeviceIndex device, cudaStream_t stream) {
+  dispatch_batch_norm_act(x.scalar_type(), act, [&](auto tag, auto a) {
+    using scalar_t = decltype(tag);
+    using acc_t = at::opmath_type<scalar_t>;
+    constexpr ActKind A = decltype(a)::value;
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    scalar_t* op_ = out.mutable_data_ptr<scalar_t>();
+    const BcastRef<acc_t> ch = channel_ref<acc_t>(coef, g);
+    dispatch_bool(is_aligned(xp) && is_aligned(op_), [&](auto aligned) {
+      constexpr int V = decltype(aligned)::value ? kVec<scalar_t> : 1;
+      launch_elementwise(ChannelMap<scalar_t, V, ForwardOp<acc_t, A>>{xp, nullptr, op_, ch, g.n, {static_cast<acc_t>(alpha)}},
+                         device, stream);
+    });
+  });
+}
+
+// The backward: reduce (sum dz, sum dz (x - mean)) -> finalize_backward (grad_weight, grad_bias per
+// channel of g, in the compute dtype; the grad_input coefficients) -> grad_input (g.n > 0). gx: the
+// upstream gradient in x's layout and dtype; mean, invstd contiguous (g.C).
+void launch_backward(const char* op, const Tensor& x, const Tensor& gx, Tensor& grad_input, const Geometry& g,
+                     int64_t M, bool training, const Tensor& w, const Tensor& b, int64_t period, const Tensor& mean,
+                     const Tensor& invstd, ActKind act, double alpha, Tensor& grad_weight, Tensor& grad_bias,
+                     const at::TensorOptions& copts, c10::DeviceIndex device, cudaStream_t stream) {
+  Tensor coef = at::empty({6, g.C}, copts);
+  dispatch_batch_norm_act(x.scalar_type(), act, [&](auto tag, auto a) {
+    using scalar_t = decltype(tag);
+    using acc_t = at::opmath_type<scalar_t>;
+    constexpr ActKind A = decltype(a)::value;
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const scalar_t* gp = gx.const_data_ptr<scalar_t>();
+    scalar_t* op_ = grad_input.mutable_data_ptr<scalar_t>();
+    ChannelIn<acc_t> ch;
+    ch.weight = ptr_or_null<acc_t>(w);
+    ch.bias = ptr_or_null<acc_t>(b);
+    ch.mean = mean.const_data_ptr<acc_t>();
+    ch.invstd = invstd.const_data_ptr<acc_t>();
+    ch.period = period;
+    const DzTerm<scalar_t, A> t{xp, gp, ch, static_cast<acc_t>(alpha)};
+    int64_t P = 0;
+    const Tensor partial = launch_reduce(op, t, g, is_aligned(xp) && is_aligned(gp), x, stream, &P);
+    GANFAST_LAUNCH(static_cast<unsigned int>(g.C), kThreads, 0, stream, finalize_backward_kernel<acc_t>)(
+        partial.const_data_ptr<acc_t>(), g.C, P, M, ch, training, grad_weight.mutable_data_ptr<acc_t>(),
+        grad_bias.mutable_data_ptr<acc_t>(), coef.mutable_data_ptr<acc_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (g.n == 0) return;
+    const BcastRef<acc_t> cref = channel_ref<acc_t>(coef, g);
+    dispatch_bool(is_aligned(xp) && is_aligned(gp) && is_aligned(op_), [&](auto aligned) {
+      constexpr int V = decltype(aligned)::value ? kVec<scalar_t> : 1;
+      launch_elementwise(
+          ChannelMap<scalar_t, V, GradInputOp<acc_t, A>>{xp, gp, op_, cref, g.n, {static_cast<acc_t>(alpha)}}, device,
+          stream);
+    });
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// The ops
+// ---------------------------------------------------------------------------------------------
+
 std::tuple<Tensor, Tensor, Tensor> batch_norm_act(const Tensor& input, const std::optional<Tensor>& weight,
                                                   const std::optional<Tensor>& bias,
                                                   const std::optional<Tensor>& running_mean,
@@ -396,21 +489,13 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_act(const Tensor& input, const std
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "ganfast_batch_norm_act_stats", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     if (training) {
-      const StatsTerm<scalar_t> t{x.const_data_ptr<scalar_t>(), nullptr, g.rows ? g.inner : int64_t(1)};
-      const bool aligned = is_aligned(t.x);
-      int64_t P = 0;
-      const Tensor partial = launch_reduce(op, t, g, aligned, x, stream, &P);
       RunningStats<acc_t> rs;
       if (has_running && M > 0) {
         rs.mean = rm.mutable_data_ptr<acc_t>();
         rs.var = rv.mutable_data_ptr<acc_t>();
         rs.momentum = momentum;
       }
-      GANFAST_LAUNCH(static_cast<unsigned int>(g.C), kThreads, 0, stream, finalize_stats_kernel<scalar_t, acc_t>)(
-          partial.const_data_ptr<acc_t>(), g.C, P, M, t.x, t.k_stride, ptr_or_null<acc_t>(w), ptr_or_null<acc_t>(b),
-          rs, eps, save_mean.mutable_data_ptr<acc_t>(), save_invstd.mutable_data_ptr<acc_t>(),
-          coef.mutable_data_ptr<acc_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      launch_statistics<scalar_t, acc_t>(op, x, g, M, w, b, 0, rs, eps, save_mean, save_invstd, coef, stream);
     } else {
       GANFAST_LAUNCH(static_cast<unsigned int>(ceil_div(g.C, kThreads)), kThreads, 0, stream, finalize_eval_kernel<acc_t>)(
           g.C, rm.const_data_ptr<acc_t>(), rv.const_data_ptr<acc_t>(), ptr_or_null<acc_t>(w), ptr_or_null<acc_t>(b),
@@ -424,19 +509,7 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_act(const Tensor& input, const std
     running_var->copy_(rv);
   }
   if (g.n == 0) return {out, save_mean, save_invstd};
-  dispatch_batch_norm_act(x.scalar_type(), act, [&](auto tag, auto a) {
-    using scalar_t = decltype(tag);
-    using acc_t = at::opmath_type<scalar_t>;
-    constexpr ActKind A = decltype(a)::value;
-    const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    scalar_t* op_ = out.mutable_data_ptr<scalar_t>();
-    const BcastRef<acc_t> ch = channel_ref<acc_t>(coef, g);
-    dispatch_bool(is_aligned(xp) && is_aligned(op_), [&](auto aligned) {
-      constexpr int V = decltype(aligned)::value ? kVec<scalar_t> : 1;
-      launch_elementwise(ChannelMap<scalar_t, V, ForwardOp<acc_t, A>>{xp, nullptr, op_, ch, g.n, {static_cast<acc_t>(alpha)}},
-                         device, stream);
-    });
-  });
+  launch_normalize(x, out, g, coef, act, alpha, device, stream);
   return {out, save_mean, save_invstd};
 }
 
@@ -453,38 +526,61 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_act_backward(const Tensor& grad_ou
   Tensor grad_input = at::empty_like(x);
   Tensor grad_weight = at::empty({g.C}, copts), grad_bias = at::empty({g.C}, copts);
   if (g.C == 0) return {grad_input, grad_weight.to(param_dtype), grad_bias.to(param_dtype)};
-  const Tensor gw = to_layout_of(grad_output, x);
-  const Tensor mean = save_mean.contiguous(), invstd = save_invstd.contiguous();
-  Tensor coef = at::empty({6, g.C}, copts);
-  dispatch_batch_norm_act(x.scalar_type(), act, [&](auto tag, auto a) {
-    using scalar_t = decltype(tag);
-    using acc_t = at::opmath_type<scalar_t>;
-    constexpr ActKind A = decltype(a)::value;
-    const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    const scalar_t* gp = gw.const_data_ptr<scalar_t>();
-    scalar_t* op_ = grad_input.mutable_data_ptr<scalar_t>();
-    ChannelIn<acc_t> ch;
-    ch.weight = ptr_or_null<acc_t>(w);
-    ch.bias = ptr_or_null<acc_t>(b);
-    ch.mean = mean.const_data_ptr<acc_t>();
-    ch.invstd = invstd.const_data_ptr<acc_t>();
-    const DzTerm<scalar_t, A> t{xp, gp, ch, static_cast<acc_t>(alpha)};
-    int64_t P = 0;
-    const Tensor partial = launch_reduce(op, t, g, is_aligned(xp) && is_aligned(gp), x, stream, &P);
-    GANFAST_LAUNCH(static_cast<unsigned int>(g.C), kThreads, 0, stream, finalize_backward_kernel<acc_t>)(
-        partial.const_data_ptr<acc_t>(), g.C, P, M, ch, training, grad_weight.mutable_data_ptr<acc_t>(),
-        grad_bias.mutable_data_ptr<acc_t>(), coef.mutable_data_ptr<acc_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    if (g.n == 0) return;
-    const BcastRef<acc_t> cref = channel_ref<acc_t>(coef, g);
-    dispatch_bool(is_aligned(xp) && is_aligned(gp) && is_aligned(op_), [&](auto aligned) {
-      constexpr int V = decltype(aligned)::value ? kVec<scalar_t> : 1;
-      launch_elementwise(
-          ChannelMap<scalar_t, V, GradInputOp<acc_t, A>>{xp, gp, op_, cref, g.n, {static_cast<acc_t>(alpha)}}, device,
-          stream);
-    });
-  });
+  launch_backward(op, x, to_layout_of(grad_output, x), grad_input, g, M, training, w, b, 0, save_mean.contiguous(),
+                  save_invstd.contiguous(), act, alpha, grad_weight, grad_bias, copts, device, stream);
   return {grad_input, grad_weight.to(param_dtype), grad_bias.to(param_dtype)};
+}
+
+// instance_norm_act: the launches above over the view (1, N * C, S) of the contiguous input (a Rows
+// geometry of N * C channels, S > 1; the training statistics without running statistics), the
+// affine parameters at k % C.
+std::tuple<Tensor, Tensor, Tensor> instance_norm_act(const Tensor& input, const std::optional<Tensor>& weight,
+                                                     const std::optional<Tensor>& bias, double eps,
+                                                     c10::string_view act_name, double alpha) {
+  constexpr const char* op = "ganfast::instance_norm_act";
+  const int64_t S = check_instance_norm_act(op, input, weight, bias, eps);
+  const c10::cuda::CUDAGuard device_guard(input.device());
+  const int64_t C = input.size(1);
+  const auto [act, x, g, compute, copts, w, b, stream, device] =
+      setup(op, instance_view(input.contiguous()), S, weight, bias, act_name);
+  Tensor out = at::empty_like(x);
+  Tensor save_mean = at::empty({g.C}, copts), save_invstd = at::empty({g.C}, copts);
+  if (g.C == 0) return {out.view(input.sizes()), save_mean, save_invstd};
+  Tensor coef = at::empty({2, g.C}, copts);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "ganfast_instance_norm_act_stats", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    launch_statistics<scalar_t, acc_t>(op, x, g, S, w, b, C, RunningStats<acc_t>{}, eps, save_mean, save_invstd, coef,
+                                       stream);
+  });
+  if (g.n > 0) launch_normalize(x, out, g, coef, act, alpha, device, stream);
+  return {out.view(input.sizes()), save_mean, save_invstd};
+}
+
+std::tuple<Tensor, Tensor, Tensor> instance_norm_act_backward(const Tensor& grad_output, const Tensor& input,
+                                                              const std::optional<Tensor>& weight,
+                                                              const std::optional<Tensor>& bias,
+                                                              const Tensor& save_mean, const Tensor& save_invstd,
+                                                              c10::string_view act_name, double alpha) {
+  constexpr const char* op = "ganfast::instance_norm_act_backward";
+  const int64_t S = check_instance_norm_act_backward(op, grad_output, input, weight, bias, save_mean, save_invstd);
+  const c10::cuda::CUDAGuard device_guard(input.device());
+  const int64_t N = input.size(0), C = input.size(1);
+  const auto [act, x, g, compute, copts, w, b, stream, device] =
+      setup(op, instance_view(input.contiguous()), S, weight, bias, act_name);
+  const auto param_dtype = weight.has_value() && weight->defined() ? weight->scalar_type() : input.scalar_type();
+  Tensor grad_input = at::empty_like(x);
+  // per instance (N * C), in the compute dtype; summed over the samples below
+  Tensor grad_weight = at::empty({g.C}, copts), grad_bias = at::empty({g.C}, copts);
+  if (g.C > 0) {
+    const Tensor gx = instance_view(grad_output.to(x.scalar_type()).contiguous());
+    launch_backward(op, x, gx, grad_input, g, S, true, w, b, C, save_mean.contiguous(), save_invstd.contiguous(), act,
+                    alpha, grad_weight, grad_bias, copts, device, stream);
+  }
+  // The (N, C) -> (C) sum of the per-instance weight / bias gradients: a tiny torch reduction over
+  // the samples on the stream (no atomics, no host synchronisation), not folded into the finalize
+  // (that would need a second last-block level over the instances of each channel).
+  return {grad_input.view(input.sizes()), grad_weight.view({N, C}).sum(0).to(param_dtype),
+          grad_bias.view({N, C}).sum(0).to(param_dtype)};
 }
 
 }  // namespace
@@ -492,6 +588,8 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_act_backward(const Tensor& grad_ou
 TORCH_LIBRARY_IMPL(ganfast, CUDA, m) {
   m.impl("batch_norm_act", &batch_norm_act);
   m.impl("batch_norm_act_backward", &batch_norm_act_backward);
+  m.impl("instance_norm_act", &instance_norm_act);
+  m.impl("instance_norm_act_backward", &instance_norm_act_backward);
 }
 
 }  // namespace ganfast::cuda

@@ -1,4 +1,5 @@
-"""The benchmark suite's cases: every op family and four whole training steps, each as eager
+"""The benchmark suite's cases: every op family and six whole training steps (DCGAN
+non-saturating, WGAN-GP and lazy R1, the MLP WGAN-GP step, InfoGAN and CycleGAN), each as eager
 PyTorch writes it, as torch.compile runs it, and with ganfast. `ganfast bench` runs them
 (ganfast/bench/suite.py); `pytest benchmarks --benchmark-only` times the op-family cases with
 pytest-benchmark (benchmarks/test_micro.py).
@@ -19,6 +20,7 @@ agree with eager's within the case's float32 tolerance before anything is timed.
 """
 from __future__ import annotations
 
+import copy
 import functools
 from dataclasses import dataclass
 from typing import Callable, List, Tuple
@@ -43,7 +45,8 @@ R1_WEIGHT = R1_GAMMA / 2 * R1_EVERY
 
 @dataclass
 class Case:
-    family: str                                  # losses | penalty | bias_act | block | step
+    family: str                                  # losses | cycle_loss | penalty | bias_act | block |
+                                                 # instance_norm_act | step
     name: str                                    # what is measured, for the tables
     size: str                                    # the shapes, for the tables
     detail: str                                  # what one step does (Markdown, for BENCHMARKS.md)
@@ -59,6 +62,10 @@ class Case:
     # with a real lr Adam's first update, lr * sign(grad), turns float32 rounding in a gradient
     # near zero into a parameter change of 2 lr, which the G step's loss then shows).
     separate_check: bool = False
+    # check64's bar: a contender may deviate from float64 by this x eager float32's largest deviation
+    # in the step (+ harness.DEV_FLOOR). Raise it only for a step measured to amplify float32
+    # rounding beyond 10x what eager happens to show (the InfoGAN step: see infogan_step_case).
+    check64_factor: float = 10.0
 
     @property
     def key(self) -> str:
@@ -108,6 +115,77 @@ def losses_case(batch: int, device) -> Case:
 
     return Case("losses", "non-saturating D + G loss", f"B={batch}",
                 "`loss_d, loss_g` from (B, 1) logits; `backward([loss_d, loss_g])`", make_step)
+
+
+# ---- InfoGAN's mutual-information loss (Q's categorical and continuous heads), forward and backward ---
+
+def eager_info_loss(cat_logits, cat_codes, cont_mean, cont_codes, cont_logstd):
+    """L_I as an InfoGAN script writes it: cross-entropy plus the Gaussian NLL (no constant)."""
+    return (F.cross_entropy(cat_logits, cat_codes)
+            + (cont_logstd + 0.5 * ((cont_codes - cont_mean) * torch.exp(-cont_logstd)) ** 2).sum(1).mean())
+
+
+def ganfast_info_loss(cat_logits, cat_codes, cont_mean, cont_codes, cont_logstd):
+    return L.info_loss(cat_logits, cat_codes, cont_mean, cont_codes, cont_logstd)
+
+
+def info_loss_case(batch: int, classes: int, codes: int, device) -> Case:
+    def make_step(impl, **_):
+        g = _gen(batch * 1000 + classes)
+        logits = (torch.randn(batch, classes, generator=g) * 2).to(device).requires_grad_()
+        labels = torch.randint(0, classes, (batch,), generator=g).to(device)
+        mean = torch.randn(batch, codes, generator=g).to(device).requires_grad_()
+        logstd = (torch.randn(batch, codes, generator=g) * 0.5).to(device).requires_grad_()
+        sampled = torch.randn(batch, codes, generator=g).to(device)  # the codes G was given
+        fn = {"eager": eager_info_loss, "ganfast": ganfast_info_loss}.get(impl)
+        fn = fn or torch.compile(eager_info_loss)
+        leaves = [logits, mean, logstd]
+
+        def step():
+            loss = fn(logits, labels, mean, sampled, logstd)
+            loss.backward()
+            out = [("loss", loss.detach())] + _grads("Q heads", leaves)
+            _clear(leaves)
+            return out
+        return step
+
+    return Case("losses", "InfoGAN info_loss", f"B={batch}, K={classes}, J={codes}",
+                "`L_I` from Q's (B, K) logits with int64 codes and (B, J) mean / logstd; `backward()`", make_step)
+
+
+# ---- cycle_loss: CycleGAN's cycle-consistency L1, both directions, forward and backward -------------
+
+CYCLE_WEIGHT = 10.0  # CycleGAN's lambda_cyc
+
+
+def eager_cycle(rec, orig):
+    """CycleGAN as its reference code writes it: lambda * (L1(F(G(x)), x) + L1(G(F(y)), y))."""
+    return CYCLE_WEIGHT * (F.l1_loss(rec[0], orig[0]) + F.l1_loss(rec[1], orig[1]))
+
+
+def ganfast_cycle(rec, orig):
+    return L.cycle_loss(rec, orig, CYCLE_WEIGHT)
+
+
+def cycle_case(shape, device) -> Case:
+    def make_step(impl, **_):
+        gen = _gen(sum(shape) + 7)
+        # the reconstructions require grad (they come from the generators); the originals are real
+        # images
+        rec = [torch.randn(shape, generator=gen).to(device).requires_grad_() for _ in range(2)]
+        orig = [torch.randn(shape, generator=gen).to(device) for _ in range(2)]
+        fn = {"eager": eager_cycle, "ganfast": ganfast_cycle}.get(impl) or torch.compile(eager_cycle)
+
+        def step():
+            loss = fn(rec, orig)
+            loss.backward()
+            out = [("loss", loss.detach())] + _grads("reconstructed", rec)
+            _clear(rec)
+            return out
+        return step
+
+    return Case("cycle_loss", "CycleGAN cycle-consistency L1 (2 pairs)", "2 x " + "x".join(map(str, shape)),
+                "`10 * (F.l1_loss(F(G(x)), x) + F.l1_loss(G(F(y)), y))` and its backward", make_step)
 
 
 # ---- penalty: the gradient penalty from D's input gradient, forward and backward --------------------
@@ -241,6 +319,36 @@ def batch_norm_act_case(shape, device) -> Case:
     return Case("block", "BatchNorm2d + ReLU (training)", "x".join(map(str, shape)),
                 "batch statistics, normalise, affine, ReLU; backward with a random upstream gradient; "
                 "running statistics updated", make_step, rtol=1e-4, atol_scale=1e-5)
+
+
+# ---- instance_norm_act: CycleGAN's InstanceNorm + ReLU, forward and backward ---------------------------
+
+def instance_norm_act_case(shape, device) -> Case:
+    c = shape[1]
+
+    def make_step(impl, **_):
+        # CycleGAN's norm layer: nn.InstanceNorm2d(C) (affine=False, no running statistics) + ReLU
+        gen = _gen(5)
+        x = torch.randn(shape, generator=gen).to(device).requires_grad_()
+        u = torch.randn(shape, generator=gen).to(device)
+        if impl == "ganfast":
+            fn = gnn.InstanceNormAct2d(c, act="relu").to(device)
+        else:
+            fn = nn.Sequential(nn.InstanceNorm2d(c), nn.ReLU()).to(device)
+            if impl == "compile":
+                fn = torch.compile(fn)
+
+        def step():
+            y = fn(x)
+            y.backward(u)
+            out = [("y", y.detach()), ("grad x", x.grad)]
+            _clear((x,))
+            return out
+        return step
+
+    return Case("instance_norm_act", "InstanceNorm2d + ReLU", "x".join(map(str, shape)),
+                "per-(sample, channel) statistics, normalise, ReLU (CycleGAN's generator layer); backward with a "
+                "random upstream gradient", make_step, rtol=1e-4, atol_scale=1e-5)
 
 
 class TorchDCGANGenerator(nn.Module):
@@ -522,20 +630,308 @@ def mlp_step_case(batch, width, device) -> Case:
                 "only", make_step, rtol=1e-4, atol_scale=1e-4, separate_check=True)
 
 
+# ---- InfoGAN: the engine's step (ganfast/train/trainer.py, self.info) ----------------------------------
+
+INFO_NZ, INFO_CAT, INFO_CONT = 62, 10, 2          # the engine's InfoGAN latent (config.resolve)
+INFO_CAT_WEIGHT, INFO_CONT_WEIGHT = 1.0, 0.1      # TrainConfig.info_weight, info_cont_weight
+
+
+def torch_layers(block: nn.Module) -> List[nn.Module]:
+    """A ganfast.nn LinearBlock / Conv2dBlock / ConvTransposeBlock as the torch.nn layers it fuses
+    (Linear or the convolution, [BatchNorm], activation), holding copies of its parameters and
+    buffers."""
+    layer = block.linear if isinstance(block, gnn.LinearBlock) else block.conv
+    layers = [copy.deepcopy(layer)]
+    if block.bn is not None:
+        layers.append(copy.deepcopy(block.bn))
+    act = {"relu": nn.ReLU, "tanh": nn.Tanh, "lrelu": lambda: nn.LeakyReLU(block.alpha)}.get(block.act)
+    return layers + ([act()] if act is not None else [])
+
+
+class TorchInfoGANGenerator(nn.Module):
+    """ganfast.nn.InfoGANGenerator's architecture in torch.nn layers, with that generator's weights."""
+
+    def __init__(self, g: gnn.InfoGANGenerator):
+        super().__init__()
+        self.n_cat, self.ngf, self.start = g.n_cat, g.ngf, g.start
+        self.fc = nn.Sequential(*(layer for block in g.fc for layer in torch_layers(block)))
+        self.up = nn.Sequential(*(layer for block in g.up for layer in torch_layers(block)))
+
+    def forward(self, z, cat, cont):
+        h = self.fc(torch.cat([z, F.one_hot(cat, self.n_cat).to(z.dtype), cont], 1))
+        return self.up(h.view(h.size(0), 2 * self.ngf, self.start, self.start))
+
+
+class TorchInfoGANDiscriminator(nn.Module):
+    """ganfast.nn.InfoGANDiscriminator (sigma = 1: no log-std head, as the engine) in torch.nn
+    layers, with that discriminator's weights: (D's logits, Q's categorical logits, Q's means)."""
+
+    def __init__(self, d: gnn.InfoGANDiscriminator):
+        super().__init__()
+        self.n_cat, self.n_cont = d.n_cat, d.n_cont
+        self.trunk = nn.Sequential(*torch_layers(d.trunk[0]), *torch_layers(d.trunk[1]), nn.Flatten(),
+                                   *torch_layers(d.trunk[3]))
+        self.d_head = copy.deepcopy(d.d_head)
+        self.q_head = nn.Sequential(*torch_layers(d.q_head[0]), copy.deepcopy(d.q_head[1]))
+
+    def forward(self, x):
+        h = self.trunk(x)
+        q = self.q_head(h)
+        k = self.n_cat
+        return self.d_head(h).view(x.size(0)), q[:, :k], q[:, k:k + self.n_cont]
+
+
+def _eager_info_terms(cat_logits, cat, cont_mean, cont):
+    """The engine's weighted L_I (sigma = 1) as an InfoGAN script writes it."""
+    return (INFO_CAT_WEIGHT * F.cross_entropy(cat_logits, cat)
+            + INFO_CONT_WEIGHT * (0.5 * (cont - cont_mean) ** 2).sum(1).mean())
+
+
+def infogan_step_case(batch, width, device) -> Case:
+    image_size, nc = 32, 1
+
+    def make_step(impl, dtype=torch.float32, check=False):
+        torch.manual_seed(11)
+        G = gnn.InfoGANGenerator(INFO_NZ, INFO_CAT, INFO_CONT, nc, image_size, width)
+        D = gnn.InfoGANDiscriminator(nc, INFO_CAT, INFO_CONT, image_size, width)
+        if impl != "ganfast":
+            G, D = TorchInfoGANGenerator(G), TorchInfoGANDiscriminator(D)
+        G, D = G.to(device, dtype), D.to(device, dtype)
+        gen = _gen(12)
+        real = (torch.rand(batch, nc, image_size, image_size, generator=gen) * 2 - 1).to(device, dtype)
+        # the D step's and the G step's latents (fresh z and codes for each, as the engine draws them)
+        lat = [(torch.randn(batch, INFO_NZ, generator=gen).to(device, dtype),
+                torch.randint(0, INFO_CAT, (batch,), generator=gen).to(device),
+                (torch.rand(batch, INFO_CONT, generator=gen) * 2 - 1).to(device, dtype)) for _ in range(2)]
+        if impl == "ganfast":
+            def d_loss(real, fake, cat, cont):
+                q = D(fake)
+                return (L.discriminator_loss(D(real).logits, q.logits, "nonsaturating")
+                        + L.info_loss(q.cat_logits, cat, q.cont_mean, cont, q.cont_logstd,
+                                      cat_weight=INFO_CAT_WEIGHT, cont_weight=INFO_CONT_WEIGHT))
+
+            def g_loss(fake, cat, cont):
+                q = D(fake)
+                return (L.generator_loss(q.logits, "nonsaturating")
+                        + L.info_loss(q.cat_logits, cat, q.cont_mean, cont, q.cont_logstd,
+                                      cat_weight=INFO_CAT_WEIGHT, cont_weight=INFO_CONT_WEIGHT))
+        else:
+            if impl == "compile":
+                G, D = torch.compile(G), torch.compile(D)
+
+            def d_loss(real, fake, cat, cont):
+                r, (f, cat_logits, mean) = D(real)[0], D(fake)
+                return (F.binary_cross_entropy_with_logits(r, torch.ones_like(r))
+                        + F.binary_cross_entropy_with_logits(f, torch.zeros_like(f))
+                        + _eager_info_terms(cat_logits, cat, mean, cont))
+
+            def g_loss(fake, cat, cont):
+                f, cat_logits, mean = D(fake)
+                return (F.binary_cross_entropy_with_logits(f, torch.ones_like(f))
+                        + _eager_info_terms(cat_logits, cat, mean, cont))
+        g_params, d_params = list(G.parameters()), list(D.parameters())
+        # the engine's InfoGAN rates: D 2e-4, G 1e-3, Adam betas (0.5, 0.999)
+        opt_d = _adam(d_params, 0.0 if check else 2e-4, (0.5, 0.999))
+        opt_g = _adam(g_params, 0.0 if check else 1e-3, (0.5, 0.999))
+
+        def step():
+            (z_d, cat_d, cont_d), (z_g, cat_g, cont_g) = lat
+            D.requires_grad_(True)
+            with torch.no_grad():
+                fake = G(z_d, cat_d, cont_d)
+            loss_d = d_loss(real, fake, cat_d, cont_d)
+            opt_d.zero_grad(set_to_none=True)
+            loss_d.backward()
+            d_grads = [(w, g.clone() if check and g is not None else g) for w, g in _grads("D", d_params)]
+            opt_d.step()
+            D.requires_grad_(False)   # the G step computes G's gradients only, as the engine
+            loss_g = g_loss(G(z_g, cat_g, cont_g), cat_g, cont_g)
+            opt_g.zero_grad(set_to_none=True)
+            loss_g.backward()
+            opt_g.step()
+            D.requires_grad_(True)
+            return [("loss_d", loss_d.detach()), ("loss_g", loss_g.detach())] + _grads("G", g_params) + d_grads
+        return step
+
+    return Case("step", "InfoGAN step", f"B={batch}, 1x32x32, width {width}, 10 cat + 2 cont codes",
+                "the engine's InfoGAN step (ganfast/train/trainer.py): one D/Q step (G's fakes without grad; D on "
+                "real, D on fake for the logits and Q's predictions; non-saturating loss + the weighted mutual-"
+                "information term, sigma = 1) + one G step with fresh z and codes (non-saturating + information "
+                "term, D's requires_grad off), Adam D 2e-4 / G 1e-3, betas (0.5, 0.999); BatchNorm in G, D and Q. "
+                "Eager: the same layers in torch.nn, BCE-with-logits, `F.cross_entropy` + the Gaussian NLL in "
+                "torch; ganfast: `ganfast.nn.InfoGANGenerator` / `InfoGANDiscriminator`, "
+                "`ganfast.losses.discriminator_loss` / `generator_loss` / `info_loss`",
+                # At B=64 D's first-step gradients amplify float32 rounding ~1000x: eager's own fakes
+                # perturbed by 1e-6 relative (a few ulp) move D's gradients by up to 2.9e-3 norm-wise
+                # against float64, while unperturbed eager happens to land within 1e-5. torch.compile
+                # and ganfast[cpu] measured 7.7e-4 (D grad 0) to 1.2e-3; a wrong formula is O(0.1-1).
+                make_step, check64=True, separate_check=True, check64_factor=1000.0)
+
+
+# ---- CycleGAN: the engine's step (ganfast/train/cyclegan.py) -------------------------------------------
+
+CYCLE_IDENTITY = 0.5   # identity L1 weight, a fraction of CYCLE_WEIGHT (TrainConfig.identity_weight)
+
+
+def torch_resnet_generator(in_ch, out_ch, ngf, n_blocks) -> nn.Sequential:
+    """The CycleGAN reference's ResnetGenerator (norm instance, no dropout, reflect padding) in
+    torch.nn; its convolutions before an InstanceNorm keep no bias (the norm removes it exactly),
+    as ganfast.nn.ResnetGenerator's."""
+    def norm_relu(c, relu=True):
+        return [nn.InstanceNorm2d(c), nn.ReLU()] if relu else [nn.InstanceNorm2d(c)]
+
+    layers = [nn.ReflectionPad2d(3), nn.Conv2d(in_ch, ngf, 7, bias=False), *norm_relu(ngf)]
+    for i in range(2):
+        c = ngf * 2 ** i
+        layers += [nn.Conv2d(c, 2 * c, 3, 2, 1, bias=False), *norm_relu(2 * c)]
+    layers += [_TorchResnetBlock(nn.Sequential(
+        nn.ReflectionPad2d(1), nn.Conv2d(4 * ngf, 4 * ngf, 3, bias=False), *norm_relu(4 * ngf),
+        nn.ReflectionPad2d(1), nn.Conv2d(4 * ngf, 4 * ngf, 3, bias=False), *norm_relu(4 * ngf, False)))
+        for _ in range(n_blocks)]
+    for i in range(2):
+        c = ngf * 2 ** (2 - i)
+        layers += [nn.ConvTranspose2d(c, c // 2, 3, 2, 1, output_padding=1, bias=False), *norm_relu(c // 2)]
+    layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, out_ch, 7), nn.Tanh()]
+    return nn.Sequential(*layers)
+
+
+class _TorchResnetBlock(nn.Module):
+    def __init__(self, body):
+        super().__init__()
+        self.body = body
+
+    def forward(self, x):
+        return x + self.body(x)
+
+
+def torch_patch_discriminator(in_ch, ndf, n_layers) -> nn.Sequential:
+    """The reference's NLayerDiscriminator (norm instance) in torch.nn: LeakyReLU(0.2), the first
+    convolution with a bias (ganfast's keeps it in a BiasAct)."""
+    layers = [nn.Conv2d(in_ch, ndf, 4, 2, 1), nn.LeakyReLU(0.2)]
+    mult = 1
+    for i in range(1, n_layers + 1):
+        prev, mult = mult, min(2 ** i, 8)
+        layers += [nn.Conv2d(ndf * prev, ndf * mult, 4, 2 if i < n_layers else 1, 1, bias=False),
+                   nn.InstanceNorm2d(ndf * mult), nn.LeakyReLU(0.2)]
+    layers.append(nn.Conv2d(ndf * mult, 1, 4, 1, 1))
+    return nn.Sequential(*layers)
+
+
+def copy_conv_weights(ours: nn.Module, twin: nn.Module) -> None:
+    """A ganfast CycleGAN model's convolution weights (and its first D layer's BiasAct bias) into
+    its torch.nn twin, in order."""
+    src = [m for m in ours.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    dst = [m for m in twin.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    if len(src) != len(dst):
+        raise ValueError(f"copy_conv_weights: {len(src)} convolutions, but the twin has {len(dst)}")
+    biases = [m.bias for m in ours.modules() if isinstance(m, gnn.BiasAct)]
+    with torch.no_grad():
+        for s, d in zip(src, dst):
+            d.weight.copy_(s.weight)
+            if d.bias is not None:
+                d.bias.copy_(s.bias if s.bias is not None else biases.pop(0))
+
+
+def cyclegan_step_case(batch, width, n_blocks, device) -> Case:
+    image_size, ch, n_layers = 32, 1, 3
+
+    def make_step(impl, dtype=torch.float32, check=False):
+        torch.manual_seed(13)
+        Gs = [gnn.ResnetGenerator(ch, ch, width, n_blocks) for _ in range(2)]
+        Ds = [gnn.PatchDiscriminator(ch, width, n_layers) for _ in range(2)]
+        if impl != "ganfast":
+            twins = [torch_resnet_generator(ch, ch, width, n_blocks) for _ in range(2)] + \
+                    [torch_patch_discriminator(ch, width, n_layers) for _ in range(2)]
+            for ours, twin in zip(Gs + Ds, twins):
+                copy_conv_weights(ours, twin)
+            Gs, Ds = twins[:2], twins[2:]
+        G_AB, G_BA, D_A, D_B = (m.to(device, dtype) for m in Gs + Ds)
+        gen = _gen(14)
+        real_a, real_b = ((torch.rand(batch, ch, image_size, image_size, generator=gen) * 2 - 1).to(device, dtype)
+                          for _ in range(2))
+        if impl == "ganfast":
+            def g_losses(fake_a, fake_b, rec_a, rec_b, idt_a, idt_b):
+                # ganfast's least_squares G loss is (D - 1)^2 / 2: x2 is the reference's MSE to 1
+                gan = 2.0 * (L.generator_loss(D_B(fake_b), "least_squares")
+                             + L.generator_loss(D_A(fake_a), "least_squares"))
+                return (gan + L.cycle_loss([rec_a, rec_b], [real_a, real_b], weight=CYCLE_WEIGHT)
+                        + L.cycle_loss([idt_b, idt_a], [real_b, real_a], weight=CYCLE_WEIGHT * CYCLE_IDENTITY))
+
+            def d_losses(fake_a, fake_b):
+                # real and fake through each D in one pass (InstanceNorm does not couple samples)
+                return (S.discriminator_step_loss(D_A, real_a, fake_a, "least_squares").total
+                        + S.discriminator_step_loss(D_B, real_b, fake_b, "least_squares").total)
+        else:
+            if impl == "compile":
+                G_AB, G_BA, D_A, D_B = (torch.compile(m) for m in (G_AB, G_BA, D_A, D_B))
+
+            def mse(x, target):
+                return F.mse_loss(x, torch.full_like(x, target))
+
+            def g_losses(fake_a, fake_b, rec_a, rec_b, idt_a, idt_b):
+                return (mse(D_B(fake_b), 1.0) + mse(D_A(fake_a), 1.0)
+                        + CYCLE_WEIGHT * (F.l1_loss(rec_a, real_a) + F.l1_loss(rec_b, real_b))
+                        + CYCLE_WEIGHT * CYCLE_IDENTITY * (F.l1_loss(idt_b, real_b) + F.l1_loss(idt_a, real_a)))
+
+            def d_losses(fake_a, fake_b):
+                return (0.5 * (mse(D_A(real_a), 1.0) + mse(D_A(fake_a), 0.0))
+                        + 0.5 * (mse(D_B(real_b), 1.0) + mse(D_B(fake_b), 0.0)))
+        g_params = list(G_AB.parameters()) + list(G_BA.parameters())
+        d_params = list(D_A.parameters()) + list(D_B.parameters())
+        lr = 0.0 if check else 2e-4
+        opt_g, opt_d = _adam(g_params, lr, (0.5, 0.999)), _adam(d_params, lr, (0.5, 0.999))
+
+        def step():
+            D_A.requires_grad_(False)   # the G step computes the generators' gradients only
+            D_B.requires_grad_(False)
+            fake_b, fake_a = G_AB(real_a), G_BA(real_b)
+            loss_g = g_losses(fake_a, fake_b, G_BA(fake_b), G_AB(fake_a), G_BA(real_a), G_AB(real_b))
+            opt_g.zero_grad(set_to_none=True)
+            loss_g.backward()
+            opt_g.step()
+            D_A.requires_grad_(True)
+            D_B.requires_grad_(True)
+            loss_d = d_losses(fake_a.detach(), fake_b.detach())   # no image pool: this step's fakes
+            opt_d.zero_grad(set_to_none=True)
+            loss_d.backward()
+            opt_d.step()
+            return ([("loss_g", loss_g.detach()), ("loss_d", loss_d.detach())] + _grads("G", g_params)
+                    + _grads("D", d_params))
+        return step
+
+    return Case("step", "CycleGAN step", f"B={batch} per domain, 1x32x32, width {width}, {n_blocks} blocks",
+                "the engine's CycleGAN step (ganfast/train/cyclegan.py): both generators' LSGAN losses (the "
+                "reference's MSE to 1) + cycle L1 (weight 10, both directions) + identity L1 (weight 0.5 x 10), "
+                "one Adam step for both G's (D's requires_grad off); then both PatchGAN discriminators on real "
+                "and this step's fakes (LSGAN, halved), one Adam step for both D's; Adam(2e-4, (0.5, 0.999)). "
+                "The engine's image pool is left out (a host-side history of fakes, the same for every "
+                "implementation): D sees the step's fakes. Eager: the reference's layers in torch.nn "
+                "(`nn.InstanceNorm2d`, `nn.LeakyReLU(0.2)`), `F.mse_loss`, `F.l1_loss`, two passes per D; "
+                "ganfast: `ganfast.nn.ResnetGenerator` / `PatchDiscriminator` (instance_norm_act, bias_act), "
+                "`ganfast.losses.generator_loss`, cycle and identity L1 through one `cycle_loss` call each, "
+                "`ganfast.steps.discriminator_step_loss` (one pass over real and fake per D)",
+                make_step, check64=True, separate_check=True)
+
+
 # ---- the suite ---------------------------------------------------------------------------------------
 
 # Every case builder with its sizes: (builder, the quick run's arguments, the full run's arguments).
 SIZES = [
     (losses_case, [(4096,)], [(64,), (65536,)]),
+    (cycle_case, [((4, 3, 32, 32),)], [((64, 3, 64, 64),)]),
+    (info_loss_case, [(16, 10, 2)], [(64, 10, 2)]),                       # batch, classes K, codes J
     (penalty_case, [((16, 3, 32, 32),)], [((64, 3, 64, 64),), ((256, 3, 128, 128),)]),
     (bias_act_case, [((8, 32, 16, 16),)], [((64, 128, 32, 32),)]),
     (lrelu_double_backward_case, [((8, 32, 16, 16),)], [((64, 128, 32, 32),)]),
     (batch_norm_act_case, [((8, 32, 16, 16),)], [((64, 128, 16, 16),)]),
+    (instance_norm_act_case, [((4, 32, 16, 16),)], [((8, 256, 64, 64),)]),
     (generator_case, [(4, 32, 16)], [(64, 64, 64)]),                     # batch, image size, ngf
     (dcgan_step_case, [("nonsaturating", 4, 32, 16)], [("nonsaturating", 64, 64, 64)]),
     (dcgan_step_case, [("wgan-gp", 4, 32, 16)], [("wgan-gp", 32, 64, 64)]),
     (dcgan_step_case, [("r1", 4, 32, 16)], [("r1", 32, 64, 64)]),
     (mlp_step_case, [(256, 128)], [(256, 128)]),                          # batch, width
+    (infogan_step_case, [(8, 16)], [(64, 64)]),                           # batch, width (ngf = ndf)
+    (cyclegan_step_case, [(2, 8, 2)], [(8, 32, 6)]),                      # batch per domain, width, blocks
 ]
 
 

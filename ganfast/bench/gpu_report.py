@@ -61,7 +61,7 @@ import time
 from pathlib import Path
 
 CCS = (80, 90)
-MODULES = ("losses", "penalty", "bias_act", "batch_norm_act", "conv_block")
+MODULES = ("losses", "penalty", "bias_act", "batch_norm_act", "conv_block", "info_loss", "cycle_loss")
 DTYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float64": "fp64"}
 _RESULT_TAG = "GANFAST_GPU_REPORT_TRITON "
 
@@ -371,6 +371,8 @@ def batch_norm_act_configs():
 
     def add(kernel, dt, tile, i64=False, **c):
         bs, bc, ones = tiles[tile]
+        if kernel in _AFFINE_KERNELS:
+            c.setdefault("PERIODIC", False)  # batch norm: channel c's own parameters
         c = dict(c, ACC=acc(dt), BLOCK_S=bs, BLOCK_C=bc, **ones)
         out.append(("batch_norm_act", kernel, dt, c, i64, {"num_warps": warps(bs, bc), "ptr_types": ptrs(dt)}))
 
@@ -481,11 +483,141 @@ def conv_block_configs():
     return out
 
 
+def info_loss_configs():
+    """The kernels of ganfast/triton/info_loss.py: each combination of parts the launchers pass
+    (categorical and continuous, with and without logstd; categorical alone; continuous alone,
+    with and without logstd) in float32, the full loss in float64 / float16 / bfloat16; the tile
+    shapes of K <= 16 (128 rows x 16), K ~ 50 (32 x 64) and K > 64 (16 x 128, K looped in chunks); the common
+    runtime specialisations (one tile per program; one row)."""
+    import triton.language as tl
+
+    from ganfast.triton import info_loss as I
+
+    def acc(dt):
+        return tl.float64 if dt == "float64" else tl.float32
+
+    out = []
+
+    def add(kernel, dt, parts, tile=(128, 16), i64=False, **extra):
+        cat, cont, logstd = parts
+        c = dict(HAS_CAT=cat, HAS_CONT=cont, HAS_LOGSTD=logstd, ACC=acc(dt), ROWS=tile[0], BLOCK_K=tile[1],
+                 BLOCK=I.BLOCK)
+        if kernel == "_info_forward_kernel":
+            c["PBLOCK"] = I.PBLOCK
+        c.update(extra)
+        # the launchers compile the class-index device_assert in wherever there are class indices
+        options = {"debug": True, "ptr_types": {"c_ptr": "*i64"}} if cat else {}
+        out.append(("info_loss", kernel, dt, c, i64, options))
+
+    every = ((True, True, True), (True, True, False), (True, False, False), (False, True, True),
+             (False, True, False))
+    one = dict(iters_r=1, iters_c=1)
+    for parts in every:
+        add("_info_forward_kernel", "float32", parts, **one)
+        add("_info_backward_kernel", "float32", parts)
+    for dt in ("float64", "float16", "bfloat16"):
+        add("_info_forward_kernel", dt, every[0], **one)
+        add("_info_backward_kernel", dt, every[0])
+    for tile in ((32, 64), (16, 128)):
+        add("_info_forward_kernel", "float32", every[0], tile, **one)
+        add("_info_backward_kernel", "float32", every[0], tile)
+    add("_info_forward_kernel", "float32", every[0])                         # several tiles a program
+    add("_info_forward_kernel", "float32", every[0], B=1, n=1, **one)        # one row, one code
+    add("_info_backward_kernel", "float32", every[0], B=1, n=1)
+    add("_info_forward_kernel", "float32", every[0], i64=True)               # int64 sizes
+    add("_info_backward_kernel", "float16", every[0], i64=True)
+    return out
+
+
+# The kernels of batch_norm_act.py that read the affine parameters (PERIODIC: at c % P).
+_AFFINE_KERNELS = ("_bn_act_kernel", "_bn_act_backward_reduce_kernel", "_bn_act_backward_kernel")
+
+
+def instance_norm_act_configs():
+    """instance_norm_act's launches (ganfast/triton/instance_norm_act.py, which has no kernels of its
+    own: it runs batch_norm_act.py's over the view (1, N * C, S), so it is not in MODULES and its rows
+    are batch_norm_act kernels). The statistics and finalize are batch_norm_act's training
+    configurations without running statistics (covered there); what is new is PERIODIC=True (the
+    affine parameters at c % P) on the three affine kernels, with the tiles Walk picks for the view:
+    [2048, 1] for S >= 2048 (CycleGAN's 64x64 and larger maps), [256, 8] (16x16), [64, 32] (8x8,
+    PatchGAN's last maps); training backward only; the per-instance weight / bias gradients in the
+    accumulation dtype (float32 beside half inputs), weights as batch_norm_act's."""
+    import triton.language as tl
+
+    from ganfast.triton import batch_norm_act as B
+
+    def acc(dt):
+        return tl.float64 if dt == "float64" else tl.float32
+
+    tiles = {"s4096": (2048, 1), "s256": (256, 8), "s64": (64, 32)}
+    out = []
+
+    def add(kernel, dt, tile, i64=False, **c):
+        bs, bc = tiles[tile]
+        c = dict(c, PERIODIC=True, ACC=acc(dt), BLOCK_S=bs, BLOCK_C=bc, s_s=1)
+        ptrs = {"gw_ptr": "*fp32", "gb_ptr": "*fp32"} if dt in ("float16", "bfloat16") else {}
+        if dt in ("float16", "bfloat16"):
+            ptrs.update(w_ptr="*fp32", b_ptr="*fp32")
+        out.append(("batch_norm_act", kernel, dt, c, i64, {"num_warps": B._num_warps(bs * bc), "ptr_types": ptrs}))
+
+    def act_kernels(dt, tile, act, affine=True, i64=False):
+        bt = max(1, min(32, B.TILE // tiles[tile][1]))
+        add("_bn_act_kernel", dt, tile, i64, ACT=act, HAS_W=affine, HAS_B=affine, ITERS=1)
+        add("_bn_act_backward_reduce_kernel", dt, tile, i64, ACT=act, TRAINING=True, HAS_W=affine, HAS_B=affine,
+            ITERS=1, BLOCK_T=bt)
+        add("_bn_act_backward_kernel", dt, tile, i64, ACT=act, HAS_W=affine, HAS_B=affine, ITERS=1)
+
+    # CycleGAN's activations (ReLU in G, LeakyReLU in D, tanh once) at every tile, affine or not
+    for tile in tiles:
+        for act in ("relu", "lrelu"):
+            act_kernels("float32", tile, act)
+        act_kernels("float32", tile, "relu", affine=False)
+    act_kernels("float32", "s4096", "tanh")
+    for dt in ("float64", "float16", "bfloat16"):
+        act_kernels(dt, "s4096", "relu")
+        act_kernels(dt, "s64", "lrelu")
+    act_kernels("float32", "s4096", "relu", i64=True)
+    return out
+
+
+def cycle_loss_configs():
+    """The kernels of ganfast/triton/cycle_loss.py: the forward reduction and the backward (each
+    output selection) in every dtype, with the loaded pointers declared 16-byte aligned (ALIGNED)
+    and not; one pair (count = 1, the constexpr Triton makes of it), one BLOCK per program (iters
+    = 1). table_ptr is the int64 table of the pairs' addresses and (int64) sizes."""
+    import triton.language as tl
+
+    from ganfast.triton import cycle_loss as C
+
+    out = []
+
+    def add(kernel, dt, i64=False, **c):
+        c.setdefault("ACC", tl.float64 if dt == "float64" else tl.float32)
+        c.setdefault("BLOCK", C.BLOCK)
+        if kernel == "_cycle_forward_kernel":
+            c.setdefault("PBLOCK", C.PBLOCK)
+        out.append(("cycle_loss", kernel, dt, c, i64, {"ptr_types": {"table_ptr": "*i64"}}))
+
+    for dt in DTYPES:
+        for aligned in (True, False):
+            add("_cycle_forward_kernel", dt, ALIGNED=aligned)
+            add("_cycle_backward_kernel", dt, WRITE_R=True, WRITE_O=False, ALIGNED=aligned)
+        add("_cycle_backward_kernel", dt, WRITE_R=True, WRITE_O=True, ALIGNED=True)
+        add("_cycle_backward_kernel", dt, WRITE_R=False, WRITE_O=True, ALIGNED=True)
+    add("_cycle_forward_kernel", "float32", ALIGNED=True, count=1, iters=1)
+    add("_cycle_forward_kernel", "float16", ALIGNED=True, iters=1)
+    add("_cycle_backward_kernel", "float32", WRITE_R=True, WRITE_O=False, ALIGNED=True, count=1)
+    # (no "int64 sizes" configurations: the sizes are int64 in the table on every call; the int
+    # arguments, count and iters, stay far below 2**31)
+    return out
+
+
 @functools.lru_cache(maxsize=None)
 def configs():
     """[(module, kernel name, dtype name, constexprs, int64 indices?, options)] of every module."""
     every = ([("losses",) + c for c in loss_configs()] + penalty_configs() + bias_act_configs()
-             + batch_norm_act_configs() + conv_block_configs())
+             + batch_norm_act_configs() + instance_norm_act_configs() + conv_block_configs()
+             + info_loss_configs() + cycle_loss_configs())
     seen, out = set(), []
     for c in every:  # the lists above name a few configurations twice: compile each once
         key = repr(c)
@@ -499,7 +631,8 @@ def configs():
 # (passed as Python floats, typed tl.float64 in the kernels).
 _ACC_POINTERS = ("partial_ptr", "norms_ptr", "vec_ptr", "dots_ptr", "mean_ptr", "invstd_ptr", "var_ptr",
                  "terms_ptr")
-_FLOAT_ARGS = ("real_label", "fake_label", "center", "alpha", "gain", "clamp", "momentum", "eps")
+_FLOAT_ARGS = ("real_label", "fake_label", "center", "alpha", "gain", "clamp", "momentum", "eps",
+               "cat_weight", "cont_weight", "cat_scale", "cont_scale", "weight")
 
 
 def signature(fn, dtype, constexprs, i64):

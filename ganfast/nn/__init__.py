@@ -1,8 +1,13 @@
 """Modules built on ganfast's fused ops."""
 from .bias_act import BiasAct, LeakyReLU
-from .blocks import Conv2dBlock, ConvTransposeBlock
+from .blocks import Conv2dBlock, ConvTransposeBlock, LinearBlock
+from .cyclegan import PatchDiscriminator, ResnetGenerator, cyclegan_init_
 from .dcgan import DCGANDiscriminator, DCGANGenerator, dcgan_init_
 from .fuse import BatchNorm2dParams, FusedConv2d, FusedConvTranspose2d, fuse
+from .infogan import InfoGANDiscriminator, InfoGANGenerator, InfoGANOutput
+from .norm import InstanceNormAct2d
 
 __all__ = ["BatchNorm2dParams", "BiasAct", "Conv2dBlock", "ConvTransposeBlock", "DCGANDiscriminator",
-           "DCGANGenerator", "FusedConv2d", "FusedConvTranspose2d", "LeakyReLU", "dcgan_init_", "fuse"]
+           "DCGANGenerator", "FusedConv2d", "FusedConvTranspose2d", "InfoGANDiscriminator", "InfoGANGenerator",
+           "InfoGANOutput", "InstanceNormAct2d", "LeakyReLU", "LinearBlock", "PatchDiscriminator", "ResnetGenerator",
+           "cyclegan_init_", "dcgan_init_", "fuse"]

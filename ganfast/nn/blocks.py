@@ -113,7 +113,8 @@ def conv_transpose_forward(x: Tensor, weight: Tensor, bias: Optional[Tensor], bn
 
 
 def _fold_conv2d(weight, bias, bn):
-    """Eval BatchNorm folded into a Conv2d's weight (Cout, Cin, kh, kw) and bias (float32 math)."""
+    """Eval BatchNorm folded into a Conv2d's weight (Cout, Cin, kh, kw) or a Linear's (Cout, Cin)
+    and the bias (float32 math)."""
     dtype = torch.promote_types(weight.dtype, torch.float32)
     scale = torch.rsqrt(bn.running_var.to(dtype) + bn.eps)
     if bn.weight is not None:
@@ -124,7 +125,8 @@ def _fold_conv2d(weight, bias, bn):
     shift = shift * scale
     if bn.bias is not None:
         shift = shift + bn.bias.to(dtype)
-    return (weight.to(dtype) * scale.view(-1, 1, 1, 1)).to(weight.dtype), shift.to(weight.dtype)
+    scale = scale.view(-1, *([1] * (weight.dim() - 1)))
+    return (weight.to(dtype) * scale).to(weight.dtype), shift.to(weight.dtype)
 
 
 def conv2d_forward(x: Tensor, weight: Tensor, bias: Optional[Tensor], bn, stride, padding, dilation,
@@ -213,6 +215,51 @@ class Conv2dBlock(nn.Module):
         _check_input(type(self).__name__, x, conv.in_channels)
         return conv2d_forward(x, conv.weight, conv.bias, self.bn, conv.stride, conv.padding, conv.dilation,
                               conv.groups, self.act, self.alpha)
+
+    def extra_repr(self) -> str:
+        return f"norm={self.norm!r}, act={self.act!r}" + (f", alpha={self.alpha}" if self.act == "lrelu" else "")
+
+
+def linear_forward(x: Tensor, weight: Tensor, bias: Optional[Tensor], bn, act: Optional[str], alpha: float) -> Tensor:
+    """Linear(weight, bias) -> bn (BatchNorm1d-like or None) -> act, as conv2d_forward: the bias (and
+    an eval BatchNorm, folded) in ganfast.ops.bias_act, or ganfast.ops.batch_norm_act in training."""
+    act = act or "linear"
+    use_batch_stats, factor = batch_norm_momentum(bn) if bn is not None else (False, 0.0)
+    if bn is not None and not use_batch_stats:
+        weight, bias = _fold_conv2d(weight, bias, bn)
+    if bn is None or not use_batch_stats:
+        y = F.linear(x, weight)
+        if bias is None and act == "linear":
+            return y
+        return ops.bias_act(y, bias, 1, act, alpha, 1.0, None)
+    y = F.linear(x, weight, bias)
+    running_mean, running_var = _running(bn, use_batch_stats)
+    return conv_block_ops._batch_norm_act()(y, bn.weight, bn.bias, running_mean, running_var, True,
+                                             factor, bn.eps, act, alpha)
+
+
+class LinearBlock(nn.Module):
+    """nn.Sequential(nn.Linear, [nn.BatchNorm1d], activation), fused as Conv2dBlock: the fully
+    connected layers of the InfoGAN models. Parameters in `linear` (nn.Linear) and `bn`
+    (nn.BatchNorm1d, norm='batch'); input (B, in_features)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, norm: Optional[str] = None,
+                 act: Optional[str] = "relu", momentum: Optional[float] = 0.1, eps: float = 1e-5, *,
+                 alpha: Optional[float] = None, device=None, dtype=None) -> None:
+        super().__init__()
+        _check_norm_act(type(self).__name__, norm, act)
+        self.norm, self.act = norm, act
+        self.alpha = float(DEFAULT_ALPHA if alpha is None else alpha)
+        self.linear = nn.Linear(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self.bn = nn.BatchNorm1d(out_features, eps, momentum, device=device, dtype=dtype) \
+            if norm == "batch" else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        lin = self.linear
+        if x.dim() != 2 or x.size(1) != lin.in_features:
+            raise ValueError(f"ganfast.nn.LinearBlock: input must have shape (B, {lin.in_features}); "
+                             f"got {tuple(x.shape)}")
+        return linear_forward(x, lin.weight, lin.bias, self.bn, self.act, self.alpha)
 
     def extra_repr(self) -> str:
         return f"norm={self.norm!r}, act={self.act!r}" + (f", alpha={self.alpha}" if self.act == "lrelu" else "")

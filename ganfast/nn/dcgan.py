@@ -31,13 +31,14 @@ def _positive(cls: str, **kwargs) -> None:
 
 
 def dcgan_init_(module: nn.Module) -> nn.Module:
-    """DCGAN initialisation of every convolution and BatchNorm in `module`, in place."""
+    """DCGAN initialisation of every convolution, linear layer and BatchNorm in `module`, in place
+    (InfoGAN uses the same)."""
     for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
             nn.init.normal_(m.weight, 0.0, 0.02)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
+        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
             nn.init.normal_(m.weight, 1.0, 0.02)
             nn.init.zeros_(m.bias)
     return module

@@ -6,22 +6,30 @@
     x = ganfast.train.sample(G, 1000, seed=0)
 
 Objectives: nonsaturating (default), minimax, wgan, wgan-gp, hinge, least_squares, r1.
-Data: ring8, grid25, digits, folder:PATH, npy:PATH. See TrainConfig for every option.
+Data: ring8, grid25, digits, digits-bold, folder:PATH, npy:PATH; cycle:A,B for CycleGAN
+(model="cyclegan": Trainer runs CycleGANTrainer's loop; translate_files applies its generators).
+See TrainConfig for every option.
 """
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import DATASETS, TrainConfig
-from .data import Dataset, load_dataset
+from .cyclegan import CycleGANTrainer
+from .data import CycleData, Dataset, load_cycle_data, load_dataset
 from .metrics import class_metrics, mode_metrics
 from .models import MLPDiscriminator, MLPGenerator
 from .objectives import OBJECTIVES, get_objective
 from .sampling import load_generator, sample, sample_to_file
+from .pool import ImagePool
 from .trainer import NonFiniteLossError, OutputDirError, Trainer
+from .translate import load_translator, translate_files
 
 __all__ = [
     "CheckpointError",
+    "CycleData",
+    "CycleGANTrainer",
     "DATASETS",
     "OBJECTIVES",
     "Dataset",
+    "ImagePool",
     "MLPDiscriminator",
     "MLPGenerator",
     "NonFiniteLossError",
@@ -31,9 +39,12 @@ __all__ = [
     "class_metrics",
     "get_objective",
     "load_checkpoint",
+    "load_cycle_data",
     "load_dataset",
     "load_generator",
+    "load_translator",
     "mode_metrics",
     "sample",
     "sample_to_file",
+    "translate_files",
 ]

@@ -64,7 +64,10 @@ def write_text_atomic(text: str, path: str | Path) -> None:
 
 FORMAT = "ganfast.train/1"
 # What every checkpoint the Trainer writes holds (trainer.py, _save_checkpoint).
-REQUIRED_KEYS = ("step", "config", "model", "G", "D", "G_ema", "opt_g", "opt_d", "scaler_g", "scaler_d", "rng")
+REQUIRED_KEYS = ("step", "config", "model", "opt_g", "opt_d", "rng")
+# ...and the networks of its kind of model (the "kind" of its "model" description)
+MODEL_KEYS = {"cyclegan": ("G_AB", "G_BA", "D_A", "D_B", "pool_a", "pool_b")}
+GAN_KEYS = ("G", "D", "G_ema", "scaler_g", "scaler_d")  # every other kind: one G, one D
 
 
 class CheckpointError(ValueError):
@@ -111,7 +114,8 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     if ckpt.get("format") != FORMAT:
         found = f"format {ckpt['format']!r}" if "format" in ckpt else f"keys {', '.join(map(str, list(ckpt)[:8]))}"
         raise CheckpointError(path, f"it has {found}, not a {FORMAT!r} record")
-    missing = [k for k in REQUIRED_KEYS if k not in ckpt]
+    kind = ckpt["model"].get("kind") if isinstance(ckpt.get("model"), dict) else None
+    missing = [k for k in REQUIRED_KEYS + MODEL_KEYS.get(kind, GAN_KEYS) if k not in ckpt]
     if missing:
         raise CheckpointError(path, f"it lacks {', '.join(missing)}")
     for key in ("config", "model", "rng"):

@@ -19,14 +19,24 @@ try:
 except ImportError:  # Python 3.10: the same parser, from PyPI
     import tomli as tomllib
 
-DATASETS = ("ring8", "grid25", "digits", "folder:PATH", "npy:PATH")
+DATASETS = ("ring8", "grid25", "digits", "digits-bold", "folder:PATH", "npy:PATH", "cycle:A,B")
 # Generator steps of a run that does not say (--steps), per kind of data: each default run takes the
 # time the README and `ganfast train --help` state, measured on a 2-core CPU with the default
 # objective (nonsaturating; wgan and wgan-gp run 5 D steps per G step: about 6x as long on images).
 DEFAULT_STEPS = {"ring8": 8000, "grid25": 8000, "points": 8000, "digits": 4000, "images": 4000}
+# CycleGAN's defaults (--model cyclegan): steps, batch and widths, measured on the embedded digits
+# pair (BENCHMARKS.md); the reference trains 256x256 photographs at batch 1 with 64 filters
+DEFAULT_CYCLEGAN_STEPS, CYCLEGAN_BATCH, CYCLEGAN_WIDTH = 1000, 8, 32
+# InfoGAN on digits: the code/class agreement peaks by about 2,000 steps (seed 0 at 4,000 steps: 78% at
+# 800, 83% at 1,600, 82% at 4,000), so its default run is half the other image models'
+DEFAULT_INFOGAN_STEPS = 2000
 BACKEND_CHOICES = ("auto", "cuda", "triton", "cpu", "reference")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 AMP_CHOICES = ("none", "bf16", "fp16")
+# The image models: DCGAN (Radford et al.), InfoGAN (Chen et al.: latent codes, Q head, the
+# mutual-information term) and CycleGAN (Zhu et al.: two generators and two PatchGAN discriminators
+# between two image domains, cycle:A,B). 2-D data always trains the MLPs.
+MODELS = ("dcgan", "infogan", "cyclegan")
 OPTIMIZERS = ("adam", "rmsprop")
 LATENT_CHOICES = ("normal", "uniform")
 
@@ -35,7 +45,7 @@ LATENT_CHOICES = ("normal", "uniform")
 class TrainConfig:
     # what to train
     data: str = "ring8"
-    objective: str = "nonsaturating"
+    objective: Optional[str] = None       # None: nonsaturating; least_squares (LSGAN) for cyclegan
     steps: Optional[int] = None           # None: DEFAULT_STEPS of the data (8,000 2-D, 4,000 images)
     batch_size: Optional[int] = None      # None: 256 for 2-D data, 64 for images
     d_steps: Optional[int] = None         # D steps per G step; None: the objective's default
@@ -47,14 +57,27 @@ class TrainConfig:
     lr_decay: bool = True                 # linear decay of both learning rates to 0 over the last half
     seed: int = 0
     # the models
-    z_dim: Optional[int] = None           # None: 8 for ring8 / .npy points, 2 for grid25, 128 for images
+    model: str = "dcgan"                  # images: dcgan, infogan or cyclegan (2-D data: the MLPs)
+    z_dim: Optional[int] = None           # None: 8 for ring8 / .npy points, 2 for grid25, 128 for images, 62 infogan
     latent: str = "normal"                # z ~ N(0, I) or U(-1, 1)
     width: int = 128                      # MLP hidden width (2-D data)
     depth: int = 3                        # MLP hidden layers (2-D data)
-    ngf: int = 64                         # DCGAN widths (images)
-    ndf: int = 64
+    ngf: Optional[int] = None             # generator / discriminator widths (images); None: 64, but 32
+    ndf: Optional[int] = None             # for cyclegan on 32x32 images (see resolve)
     image_size: int = 32                  # images are resized to this (32, 64 or 128)
     channels: Optional[int] = None        # 1 (grayscale) or 3 (RGB) for folder:/npy:; None: inferred
+    # InfoGAN (model = "infogan"): the codes and the weights of the mutual-information terms
+    cat_codes: int = 10                   # values of the categorical code (0: none)
+    cont_codes: int = 2                   # continuous codes, U(-1, 1) (0: none)
+    info_weight: float = 1.0              # lambda of the categorical term (the paper's 1)
+    info_cont_weight: float = 0.1         # lambda of the continuous terms (the paper: smaller than 1)
+    # CycleGAN (model = "cyclegan", data = "cycle:A,B"): the reference code's defaults
+    cycle_weight: float = 10.0            # lambda of the cycle-consistency L1 (each direction)
+    identity_weight: Optional[float] = None  # identity L1 weight, a fraction of cycle_weight (0: off);
+                                          # None: the reference's 0.5, but 0 on digits <-> digits-bold
+    pool_size: int = 50                   # history of generated images D sees (0: none)
+    n_blocks: int = 6                     # residual blocks of the ResNet generators
+    d_layers: int = 3                     # PatchGAN discriminator's strided layers (3: 70x70 patches)
     # objective options
     gp_weight: Optional[float] = None     # wgan-gp's lambda (default 10)
     clip: Optional[float] = None          # wgan's weight clipping (default 0.01)
@@ -140,25 +163,67 @@ class TrainConfig:
     # ---- checks and defaults ----------------------------------------------------------------
 
     def validate(self) -> None:
-        get_objective(self.objective)  # raises listing the choices
-        data_kind(self.data)           # raises listing the choices
+        objective = self.objective or "nonsaturating"
+        get_objective(objective)       # raises listing the choices
+        kind = data_kind(self.data)    # raises listing the choices
         _choice("backend", self.backend, BACKEND_CHOICES)
         _choice("device", self.device, DEVICE_CHOICES)
         _choice("amp", self.amp, AMP_CHOICES)
         _choice("latent", self.latent, LATENT_CHOICES)
+        _choice("model", self.model, MODELS)
+        for name in ("cat_codes", "cont_codes"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ValueError(f"ganfast.train: {name} must be an integer >= 0; got {v!r}")
+        if self.model == "infogan":
+            if self.cat_codes == 1:
+                raise ValueError("ganfast.train: cat_codes must be 0 (no categorical code) or >= 2; got 1")
+            if self.cat_codes == 0 and self.cont_codes == 0:
+                raise ValueError("ganfast.train: infogan needs a code: cat_codes >= 2 or cont_codes >= 1")
+            obj = get_objective(objective)
+            if obj.gp_weight > 0 or obj.r1_gamma > 0 or (self.gp_weight or 0) > 0 or (self.r1_gamma or 0) > 0:
+                raise ValueError(f"ganfast.train: infogan's discriminator has BatchNorm (the paper's), whose fused "
+                                 f"backward is first order: no gradient penalty through it (objective "
+                                 f"'{objective}', gp_weight, r1_gamma); choose nonsaturating, minimax, hinge, "
+                                 f"least_squares or wgan")
+        if (self.model == "cyclegan") != (kind == "cycle"):
+            if kind == "cycle":
+                raise ValueError(f"ganfast.train: data '{self.data}' is a pair of domains: train it with "
+                                 f"model 'cyclegan' (--model cyclegan)")
+            raise ValueError(f"ganfast.train: cyclegan translates between two image domains: data must be "
+                             f"cycle:A,B (e.g. cycle:digits,digits-bold); got '{self.data}'")
+        if self.model == "cyclegan":
+            obj = get_objective(objective)
+            if obj.gp_weight > 0 or obj.r1_gamma > 0 or (self.gp_weight or 0) > 0 or (self.r1_gamma or 0) > 0 \
+                    or obj.d_steps != 1 or (self.d_steps or 1) != 1:
+                raise ValueError(f"ganfast.train: cyclegan trains its two discriminators once per generator step "
+                                 f"with no gradient penalty (objective '{objective}', d_steps, gp_weight, r1_gamma "
+                                 f"given); choose least_squares (the reference's LSGAN), nonsaturating, minimax or "
+                                 f"hinge")
+        for name in ("cycle_weight", "identity_weight"):
+            v = getattr(self, name)
+            if name == "identity_weight" and v is None:
+                continue
+            if not (_is_number(v) and math.isfinite(v) and v >= 0):
+                raise ValueError(f"ganfast.train: {name} must be a finite number >= 0; got {v!r}")
+        if not isinstance(self.pool_size, int) or isinstance(self.pool_size, bool) or self.pool_size < 0:
+            raise ValueError(f"ganfast.train: pool_size must be an integer >= 0 (0: no image pool); "
+                             f"got {self.pool_size!r}")
+        if not isinstance(self.n_blocks, int) or isinstance(self.n_blocks, bool) or self.n_blocks < 0:
+            raise ValueError(f"ganfast.train: n_blocks must be an integer >= 0; got {self.n_blocks!r}")
         if self.optimizer is not None:
             _choice("optimizer", self.optimizer, OPTIMIZERS)
-        for name in ("log_every", "r1_every", "eval_samples", "width", "depth", "ngf", "ndf"):
+        for name in ("log_every", "r1_every", "eval_samples", "width", "depth", "d_layers"):
             _positive_int(name, getattr(self, name))
         if not isinstance(self.threads, int) or isinstance(self.threads, bool) or self.threads < 0:
             raise ValueError(f"ganfast.train: threads must be an integer >= 0 (0: automatic); got {self.threads!r}")
         for name in ("steps", "batch_size", "d_steps", "z_dim", "eval_every", "sample_every", "ckpt_every",
-                     "noise_anneal"):
+                     "noise_anneal", "ngf", "ndf"):
             if getattr(self, name) is not None:
                 _positive_int(name, getattr(self, name))
         if self.batch_size is not None and self.batch_size < 2:
             raise ValueError(f"ganfast.train: batch_size must be >= 2; got {self.batch_size}")
-        for name in ("lr", "lr_d", "lr_g", "gp_weight", "clip", "r1_gamma"):
+        for name in ("lr", "lr_d", "lr_g", "gp_weight", "clip", "r1_gamma", "info_weight", "info_cont_weight"):
             v = getattr(self, name)
             if v is not None and not (_is_number(v) and math.isfinite(v) and v >= 0):
                 raise ValueError(f"ganfast.train: {name} must be a finite number >= 0; got {v!r}")
@@ -168,10 +233,10 @@ class TrainConfig:
                 raise ValueError(f"ganfast.train: {name} must be > 0; got {v!r}")
         if not (_is_number(self.label_smoothing) and 0 <= self.label_smoothing < 1):
             raise ValueError(f"ganfast.train: label_smoothing must be in [0, 1); got {self.label_smoothing!r}")
-        if self.label_smoothing > 0 and get_objective(self.objective).loss not in ("minimax", "nonsaturating",
+        if self.label_smoothing > 0 and get_objective(objective).loss not in ("minimax", "nonsaturating",
                                                                                   "least_squares"):
             raise ValueError(f"ganfast.train: label_smoothing applies to minimax, nonsaturating, r1 and "
-                             f"least_squares; objective '{self.objective}' has no labels")
+                             f"least_squares; objective '{objective}' has no labels")
         if self.instance_noise is not None and not (_is_number(self.instance_noise)
                                                     and math.isfinite(self.instance_noise) and self.instance_noise >= 0):
             raise ValueError(f"ganfast.train: instance_noise must be a finite number >= 0; got {self.instance_noise!r}")
@@ -193,20 +258,37 @@ class TrainConfig:
         """A copy with every None default filled in from the objective and the data set. `points`:
         whether the data are 2-D points (the Trainer knows once it has loaded an npy: file; by
         default only ring8 and grid25 count as points)."""
-        obj = get_objective(self.objective)
         kind = data_kind(self.data)
         two_d = kind in ("ring8", "grid25") if points is None else bool(points)
         c = dataclasses.replace(self)
-        c.steps = c.steps or DEFAULT_STEPS.get(kind, DEFAULT_STEPS["points" if two_d else "images"])
-        c.batch_size = c.batch_size or (256 if two_d else 64)
+        cycle = c.model == "cyclegan"
+        c.objective = c.objective or ("least_squares" if cycle else "nonsaturating")
+        obj = get_objective(c.objective)
+        c.steps = c.steps or (DEFAULT_CYCLEGAN_STEPS if cycle else
+                              DEFAULT_INFOGAN_STEPS if c.model == "infogan" and not two_d else
+                              DEFAULT_STEPS.get(kind, DEFAULT_STEPS["points" if two_d else "images"]))
+        c.batch_size = c.batch_size or (256 if two_d else CYCLEGAN_BATCH if cycle else 64)
+        # CycleGAN on 32x32: the reference's 64 filters are sized for 256x256 photographs; 32 learns the
+        # embedded digits pair in the default run's time (BENCHMARKS.md)
+        c.ngf = c.ngf or (CYCLEGAN_WIDTH if cycle and c.image_size == 32 else 64)
+        c.ndf = c.ndf or (CYCLEGAN_WIDTH if cycle and c.image_size == 32 else 64)
+        if c.identity_weight is None:
+            # The identity term asks G_AB(b) = b: it favours maps that keep the sign of the input. The
+            # embedded pair differs by an intensity inversion, and there (measured, BENCHMARKS.md) it
+            # makes each digit translate to the one its complement resembles (0% content preserved,
+            # 1 -> 0, ...) where without it 95% is preserved after 100 steps
+            embedded = kind == "cycle" and set(c.data.split(":", 1)[1].split(",")) <= {"digits", "digits-bold"}
+            c.identity_weight = 0.0 if embedded else 0.5
         # measured (5,000 steps, 3 seeds): ring8 keeps all 8 modes with z in R^8 where R^2 lost one on a
         # seed; grid25's 5x5 layout is found from a 2-D latent (all 25) more reliably than from R^8
-        c.z_dim = c.z_dim or (128 if not two_d else 2 if data_kind(c.data) == "grid25" else 8)
+        infogan = c.model == "infogan" and not two_d
+        c.z_dim = c.z_dim or (62 if infogan else 128 if not two_d else 2 if data_kind(c.data) == "grid25" else 8)
         c.d_steps = c.d_steps or obj.d_steps
         c.optimizer = c.optimizer or obj.optimizer
         obj_lr = obj.lr_2d if two_d and obj.lr_2d is not None else obj.lr
         c.lr_d = c.lr_d or c.lr or obj_lr
-        c.lr_g = c.lr_g or c.lr or obj_lr
+        # InfoGAN's paper: D 2e-4, G 1e-3 (Adam, beta1 0.5) with the DCGAN-style objectives
+        c.lr_g = c.lr_g or c.lr or (1e-3 if infogan and obj.lr == 2e-4 else obj_lr)
         c.lr = None if c.lr_d != c.lr_g else c.lr_d
         c.betas = tuple(c.betas) if c.betas is not None else obj.betas
         c.gp_weight = obj.gp_weight if c.gp_weight is None else c.gp_weight
@@ -232,9 +314,9 @@ RESUMABLE_CHANGES = ("steps", "out", "resume", "overwrite", "backend", "device",
 def data_kind(data: str) -> str:
     if not isinstance(data, str):
         raise TypeError(f"ganfast.train: data must be a string; got {type(data).__name__}")
-    if data in ("ring8", "grid25", "digits"):
+    if data in ("ring8", "grid25", "digits", "digits-bold"):
         return data
-    for prefix in ("folder", "npy"):
+    for prefix in ("folder", "npy", "cycle"):
         if data.startswith(prefix + ":"):
             if not data[len(prefix) + 1:]:
                 raise ValueError(f"ganfast.train: data '{data}' needs a path after '{prefix}:'")

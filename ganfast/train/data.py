@@ -4,6 +4,9 @@ a folder of images and a .npy array.
     ring8    8 Gaussians of std 0.01 on the unit circle
     grid25   25 Gaussians of std 0.05 at {-4, -2, 0, 2, 4}^2
     digits   the 1,797 8x8 handwritten digits that ship with scikit-learn, resized (32x32)
+    digits-bold  the same digits with strokes dilated (3x3 maximum filter) and intensities inverted
+    cycle:A,B    two domains (any of the image data sets above) for CycleGAN; digits,digits-bold
+                 splits the digits so that no image appears in both domains
     folder:PATH  PNG / JPEG files under PATH (recursively), resized, grayscale or RGB
     npy:PATH     an array: (N, 2) points, or images (N, H, W), (N, C, H, W) or (N, H, W, C)
 
@@ -127,6 +130,22 @@ def digits(image_size: int = 32) -> Dataset:
                    n_classes=10)
 
 
+def digits_bold(image_size: int = 32) -> Dataset:
+    """The digits with their strokes dilated by a 3x3 maximum filter at `image_size` and the
+    intensities inverted (x -> -x): CycleGAN's embedded second domain, the same content (labels kept
+    for the content-preservation metric) in another style."""
+    d = digits(image_size)
+    x = -F.max_pool2d(d.points, 3, stride=1, padding=1)
+    return Dataset("digits-bold", points=x, labels=d.labels, n_classes=10)
+
+
+def unpaired_halves(n: int, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """Two disjoint halves of range(n), shuffled with `seed`: CycleGAN's embedded pair draws domain A
+    from the first and domain B from the second, so no digit image appears in both (unpaired)."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return perm[: n // 2].sort().values, perm[n // 2:].sort().values
+
+
 def folder(path: str, image_size: int = 32, channels: Optional[int] = None) -> Dataset:
     from PIL import Image, UnidentifiedImageError
 
@@ -153,17 +172,22 @@ def folder(path: str, image_size: int = 32, channels: Optional[int] = None) -> D
     if channels is None:
         gray = ("1", "L", "LA", "I", "I;16", "F")
         channels = 1 if all(m in gray for m in modes) else 3
-    mode = "L" if channels == 1 else "RGB"
-    tensors = []
-    for im in images:
-        im = im.convert(mode)
-        w, h = im.size
-        s = min(w, h)  # centre crop to a square, then resize with Pillow's antialiasing filter
-        im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
-        im = im.resize((image_size, image_size), Image.Resampling.BICUBIC)
-        a = np.asarray(im, dtype=np.float32).reshape(image_size, image_size, channels)
-        tensors.append(torch.from_numpy(a).permute(2, 0, 1) / 127.5 - 1)
-    return Dataset(f"folder:{path}", points=torch.stack(tensors).clamp(-1, 1), skipped=len(skipped))
+    tensors = [image_tensor(im, image_size, channels) for im in images]
+    return Dataset(f"folder:{path}", points=torch.stack(tensors), skipped=len(skipped))
+
+
+def image_tensor(im, image_size: int, channels: int) -> Tensor:
+    """A Pillow image as the models see it: (channels, image_size, image_size) in [-1, 1], centre-
+    cropped to a square and resized with Pillow's bicubic (antialiasing) filter."""
+    from PIL import Image
+
+    im = im.convert("L" if channels == 1 else "RGB")
+    w, h = im.size
+    s = min(w, h)
+    im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+    im = im.resize((image_size, image_size), Image.Resampling.BICUBIC)
+    a = np.asarray(im, dtype=np.float32).reshape(image_size, image_size, channels)
+    return (torch.from_numpy(a).permute(2, 0, 1) / 127.5 - 1).clamp(-1, 1)
 
 
 def npy(path: str, image_size: int = 32, channels: Optional[int] = None) -> Dataset:
@@ -206,6 +230,11 @@ def npy(path: str, image_size: int = 32, channels: Optional[int] = None) -> Data
 
 def load_dataset(data: str, image_size: int = 32, channels: Optional[int] = None) -> Dataset:
     kind = data_kind(data)  # raises listing the choices
+    if kind == "cycle":
+        raise ValueError(f"ganfast.train: data '{data}' is a pair of domains for CycleGAN (--model cyclegan); "
+                         f"the other models train on one data set")
+    if kind == "digits-bold":
+        return digits_bold(image_size)
     if kind == "ring8":
         return ring8()
     if kind == "grid25":
@@ -218,3 +247,72 @@ def load_dataset(data: str, image_size: int = 32, channels: Optional[int] = None
         return ds
     path = data.split(":", 1)[1]
     return folder(path, image_size, channels) if kind == "folder" else npy(path, image_size, channels)
+
+
+# ---- CycleGAN's two domains -----------------------------------------------------------------------
+
+EMBEDDED_DOMAINS = ("digits", "digits-bold")
+# Images of each domain kept out of training for the metrics (cycle error, content preservation).
+HELD_OUT_FRACTION, HELD_OUT_MAX = 0.1, 200
+
+
+class CycleData:
+    """CycleGAN's data: two image domains `a` and `b` (Datasets of the training images) and their
+    held-out images `a_test` / `b_test` (with labels `a_test_labels` / `b_test_labels` where the
+    domain has them: the embedded digits pair)."""
+
+    def __init__(self, name: str, a: Dataset, b: Dataset, a_test: Tensor, b_test: Tensor,
+                 a_test_labels: Optional[Tensor], b_test_labels: Optional[Tensor]) -> None:
+        self.name, self.a, self.b = name, a, b
+        self.a_test, self.b_test = a_test, b_test
+        self.a_test_labels, self.b_test_labels = a_test_labels, b_test_labels
+        self.is_image = True
+
+
+def split_cycle_spec(data: str) -> tuple[str, str]:
+    """'cycle:A,B' -> (A, B), each checked as an image data set."""
+    body = data.split(":", 1)[1]
+    parts = body.split(",")
+    if len(parts) != 2 or not all(parts):
+        raise ValueError(f"ganfast.train: data '{data}': expected cycle:A,B with two domains separated by one "
+                         f"comma (each digits, digits-bold, folder:PATH or npy:PATH)")
+    for part in parts:
+        kind = data_kind(part)
+        if kind in ("ring8", "grid25", "cycle"):
+            raise ValueError(f"ganfast.train: data '{data}': domain '{part}' is not an image data set; choose "
+                             f"digits, digits-bold, folder:PATH or npy:PATH")
+    return parts[0], parts[1]
+
+
+def _held_out(n: int, seed: int) -> tuple[Tensor, Tensor]:
+    """(train, test) indices of range(n): a seeded tenth (at most HELD_OUT_MAX) held out; a domain
+    of fewer than 20 images keeps them all for training and tests on them too."""
+    if n < 20:
+        idx = torch.arange(n)
+        return idx, idx
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    k = min(HELD_OUT_MAX, max(1, int(n * HELD_OUT_FRACTION)))
+    return perm[k:].sort().values, perm[:k].sort().values
+
+
+def load_cycle_data(data: str, image_size: int = 32, channels: Optional[int] = None) -> CycleData:
+    """The two domains of `cycle:A,B`. When both are embedded digit domains, the digit images are
+    split in two disjoint halves (unpaired_halves): A draws from the first, B from the second."""
+    spec_a, spec_b = split_cycle_spec(data)
+    domains = [load_dataset(s, image_size, channels) for s in (spec_a, spec_b)]
+    if spec_a in EMBEDDED_DOMAINS and spec_b in EMBEDDED_DOMAINS:
+        halves = unpaired_halves(len(domains[0]), seed=0)
+        domains = [Dataset(d.name, points=d.points[h], labels=d.labels[h], n_classes=d.n_classes)
+                   for d, h in zip(domains, halves)]
+    sizes = {d.shape[1:] for d in domains}
+    if len(sizes) != 1:  # pragma: no cover - every loader resizes to image_size
+        raise ValueError(f"ganfast.train: the two domains of '{data}' have different image sizes {sizes}")
+    out = []
+    for i, d in enumerate(domains):
+        train, test = _held_out(len(d), seed=1 + i)
+        labels = d.labels
+        out.append((Dataset(d.name, points=d.points[train], labels=None if labels is None else labels[train],
+                            n_classes=d.n_classes),
+                    d.points[test], None if labels is None else labels[test]))
+    (a, a_test, a_lab), (b, b_test, b_lab) = out
+    return CycleData(f"{a.name} <-> {b.name}", a, b, a_test, b_test, a_lab, b_lab)

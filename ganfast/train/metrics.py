@@ -94,3 +94,25 @@ def class_metrics(probs: np.ndarray, n_classes: Optional[int] = None, confidence
     nz = p > 0
     kl = float(np.sum(p[nz] * np.log(p[nz] * k)))
     return {"classes": int(covered), "n_classes": int(k), "kl_uniform": kl, "confident": float(conf.mean())}
+
+
+def code_agreement(codes: np.ndarray, classes: np.ndarray, n_codes: int, n_classes: int) -> dict:
+    """InfoGAN's categorical code against the classes a classifier gives the samples drawn with it:
+    the share of samples whose class is the one matched to their code, under the best one-to-one
+    matching of codes to classes (the Hungarian method on the code x class counts,
+    scipy.optimize.linear_sum_assignment). {"code_agreement": share, "code_to_class": [class of
+    code 0, ...] (-1 for a code left unmatched when there are more codes than classes)}."""
+    from scipy.optimize import linear_sum_assignment
+
+    codes, classes = np.asarray(codes, dtype=np.int64), np.asarray(classes, dtype=np.int64)
+    if codes.shape != classes.shape or codes.ndim != 1:
+        raise ValueError(f"code_agreement: codes and classes must be 1-D of the same length; got {codes.shape} "
+                         f"and {classes.shape}")
+    counts = np.zeros((n_codes, n_classes), dtype=np.int64)
+    np.add.at(counts, (codes, classes), 1)
+    rows, cols = linear_sum_assignment(counts, maximize=True)
+    mapping = [-1] * n_codes
+    for r, c in zip(rows, cols):
+        mapping[int(r)] = int(c)
+    n = len(codes)
+    return {"code_agreement": float(counts[rows, cols].sum() / n) if n else 0.0, "code_to_class": mapping}

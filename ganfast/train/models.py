@@ -1,5 +1,7 @@
-"""Models: MLPs for 2-D data; ganfast.nn's DCGAN generator and discriminator for images."""
+"""Models: MLPs for 2-D data; ganfast.nn's DCGAN or InfoGAN generator and discriminator for images."""
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
@@ -49,13 +51,21 @@ class MLPDiscriminator(nn.Module):
 
 def build_models(cfg, dataset) -> tuple[nn.Module, nn.Module]:
     """(G, D) for a resolved TrainConfig and its Dataset."""
+    model = getattr(cfg, "model", "dcgan")
+    if model != "dcgan" and not dataset.is_image:
+        raise ValueError(f"ganfast.train: model '{model}' trains on images; {dataset.name} is 2-D points "
+                         f"(which train the MLPs: leave --model out)")
     if dataset.is_image:
-        try:
-            from ..nn import DCGANDiscriminator, DCGANGenerator
-        except ImportError as e:
-            raise ImportError("ganfast.train: image data needs ganfast.nn.DCGANGenerator / DCGANDiscriminator, "
-                              "which this install does not have") from e
+        from ..nn import DCGANDiscriminator, DCGANGenerator, InfoGANDiscriminator, InfoGANGenerator
+
         c, h, w = dataset.shape
+        if model == "infogan":
+            if h not in (32, 64):
+                raise ValueError(f"ganfast.train: infogan trains 32x32 or 64x64 images; got --image-size {h}")
+            G = InfoGANGenerator(nz=cfg.z_dim, n_cat=cfg.cat_codes, n_cont=cfg.cont_codes, nc=c, image_size=h,
+                                 ngf=cfg.ngf)
+            D = InfoGANDiscriminator(nc=c, n_cat=cfg.cat_codes, n_cont=cfg.cont_codes, image_size=h, ndf=cfg.ndf)
+            return G, D
         G = DCGANGenerator(nz=cfg.z_dim, ngf=cfg.ngf, nc=c, image_size=h)
         D = DCGANDiscriminator(nc=c, ndf=cfg.ndf, image_size=h)
         return G, D
@@ -69,6 +79,9 @@ def model_spec(cfg, dataset) -> dict:
     """What load_generator needs to rebuild G without the data set."""
     if dataset.is_image:
         c, h, _ = dataset.shape
+        if getattr(cfg, "model", "dcgan") == "infogan":
+            return {"kind": "infogan", "nz": cfg.z_dim, "n_cat": cfg.cat_codes, "n_cont": cfg.cont_codes,
+                    "ngf": cfg.ngf, "nc": c, "image_size": h}
         return {"kind": "dcgan", "nz": cfg.z_dim, "ngf": cfg.ngf, "nc": c, "image_size": h}
     return {"kind": "mlp", "z_dim": cfg.z_dim, "out_dim": dataset.shape[0], "width": cfg.width,
             "depth": cfg.depth, "scale": dataset.scale}
@@ -78,6 +91,32 @@ def generator_from_spec(spec: dict) -> nn.Module:
     if spec["kind"] == "dcgan":
         from ..nn import DCGANGenerator
         return DCGANGenerator(nz=spec["nz"], ngf=spec["ngf"], nc=spec["nc"], image_size=spec["image_size"])
+    if spec["kind"] == "infogan":
+        from ..nn import InfoGANGenerator
+        return InfoGANGenerator(nz=spec["nz"], n_cat=spec["n_cat"], n_cont=spec["n_cont"], nc=spec["nc"],
+                                image_size=spec["image_size"], ngf=spec["ngf"])
     if spec["kind"] == "mlp":
         return MLPGenerator(spec["z_dim"], spec["out_dim"], spec["width"], spec["depth"], spec["scale"])
     raise ValueError(f"ganfast.train: unknown generator kind {spec['kind']!r} in the checkpoint")
+
+
+# ---- InfoGAN's codes ------------------------------------------------------------------------------
+
+def is_infogan(G: nn.Module) -> bool:
+    return getattr(G, "n_cat", None) is not None and callable(getattr(G, "input_vector", None))
+
+
+def sample_codes(G: nn.Module, n: int, generator: torch.Generator, device, cat: Optional[int] = None):
+    """InfoGAN's codes for n samples, as the paper draws them: the categorical code uniform over
+    its n_cat values (or all `cat`), the continuous codes U(-1, 1). (cat (n,) int64 | None,
+    cont (n, n_cont) | None)."""
+    c = None
+    if G.n_cat:
+        if cat is None:
+            c = torch.randint(0, G.n_cat, (n,), generator=generator, device=device)
+        else:
+            c = torch.full((n,), int(cat), dtype=torch.int64, device=device)
+    elif cat is not None:
+        raise ValueError("ganfast: this InfoGAN generator has no categorical code (cat_codes = 0)")
+    u = torch.rand(n, G.n_cont, generator=generator, device=device) * 2 - 1 if G.n_cont else None
+    return c, u

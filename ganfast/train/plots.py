@@ -127,6 +127,19 @@ def plot_training(rows: list[dict], path: str | Path, objective_loss: str) -> No
             ax2 = ax.twinx()
             ax2.plot(es, [r["eval"]["kl_uniform"] for r in eval_rows], "s--", color="tab:orange", label="KL")
             ax2.set_ylabel("KL(p || uniform)")
+        elif "cycle_l1_a" in first:  # cyclegan: held-out cycle error, and content preservation if labelled
+            ax.plot(es, [r["eval"]["cycle_l1_a"] for r in eval_rows], "o-", label="|G_BA(G_AB(a)) - a|")
+            ax.plot(es, [r["eval"]["cycle_l1_b"] for r in eval_rows], "o-", label="|G_AB(G_BA(b)) - b|")
+            ax.set_ylabel("held-out cycle L1")
+            if "content_ab" in first:
+                ax2 = ax.twinx()
+                ax2.plot(es, [100 * r["eval"]["content_ab"] for r in eval_rows], "s--", color="tab:green",
+                         label="content A->B %")
+                ax2.plot(es, [100 * r["eval"]["content_ba"] for r in eval_rows], "s--", color="tab:red",
+                         label="content B->A %")
+                ax2.set_ylabel("% content preserved")
+                ax2.set_ylim(0, 100)
+                ax2.legend(fontsize=8, loc="lower right")
         ax.legend(fontsize=8, loc="lower left")
     axes[-1].set_xlabel("step")
     fig.tight_layout()

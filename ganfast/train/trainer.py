@@ -30,13 +30,13 @@ from .checkpoint import (CHECKPOINT_NAME, CheckpointError, first_line, load_chec
                          write_text_atomic)
 from .config import RESUMABLE_CHANGES, TrainConfig
 from .data import DataSampler, load_dataset
-from .metrics import DigitClassifier, class_metrics, mode_metrics
-from .models import build_models, model_spec
+from .metrics import DigitClassifier, class_metrics, code_agreement, mode_metrics
+from .models import build_models, is_infogan, model_spec, sample_codes
 from .objectives import get_objective
 
 # Everything a run writes; --overwrite removes exactly these (never other files in the folder).
 OUTPUT_FILES = ("config.toml", CHECKPOINT_NAME, "metrics.jsonl", "samples.png", "samples.npy", "training.png",
-                "summary.json")
+                "summary.json", "codes.png", "translations.png")
 OUTPUT_DIRS = ("samples",)
 
 _LABELLED = ("minimax", "nonsaturating", "least_squares")
@@ -88,6 +88,13 @@ def _merge_resume(given: TrainConfig, saved: dict, out: Path, explicit: Optional
 
 
 class Trainer:
+    def __new__(cls, config: TrainConfig = None, explicit: Optional[set] = None):
+        # one entry point for every model: a CycleGAN configuration gets CycleGAN's loop
+        if cls is Trainer and getattr(config, "model", None) == "cyclegan":
+            from .cyclegan import CycleGANTrainer
+            cls = CycleGANTrainer
+        return super().__new__(cls)
+
     def __init__(self, config: TrainConfig, explicit: Optional[set] = None) -> None:
         """explicit: the names of the fields the user set (the CLI passes its flags), so that resuming
         with e.g. --steps equal to the default still applies it; without it, a field counts as set
@@ -141,6 +148,11 @@ class Trainer:
         given = self.config
         if ckpt is not None:
             given = _merge_resume(given, ckpt["config"], self.out, self.explicit)
+            if given.model == "cyclegan" and type(self) is Trainer:
+                # resuming a CycleGAN run without --model: the saved configuration says which loop runs
+                from .cyclegan import CycleGANTrainer
+                self.__class__ = CycleGANTrainer
+                return self._setup(ckpt)
         # the data first: whether an npy: file holds 2-D points or images decides the defaults
         self.dataset = load_dataset(given.data, given.image_size, given.channels)
         cfg = given.resolve(points=not self.dataset.is_image)
@@ -158,6 +170,7 @@ class Trainer:
         self.G.to(self.device)
         self.D.to(self.device)
         self.G_ema = copy.deepcopy(self.G).requires_grad_(False).eval()
+        self.info = is_infogan(self.G)  # InfoGAN: codes in G's input, Q's mutual-information term
         self.opt_d = self._optimizer(self.D, cfg.lr_d)
         self.opt_g = self._optimizer(self.G, cfg.lr_g)
         self.gen = torch.Generator(self.device).manual_seed(cfg.seed + 1)  # z and instance noise
@@ -212,8 +225,7 @@ class Trainer:
                 if s % cfg.log_every == 0 or at_ckpt or s % cfg.eval_every == 0:
                     row = self._flush()
                 if s % cfg.eval_every == 0 or s == cfg.steps:
-                    row["eval"] = self._evaluate(self.G_ema)
-                    row["eval_raw"] = self._evaluate(self.G)
+                    self._add_eval(row)
                 if row is not None:
                     self._append_row(row)
                     if bar is not None:
@@ -234,7 +246,7 @@ class Trainer:
             if bar is not None:
                 bar.close()
         elapsed = time.perf_counter() - t0
-        self._save_samples(out / "samples.png")
+        self._save_final()
         plots.plot_training(self.rows, out / "training.png", self.objective.loss)
         summary = self._summary(start_step, elapsed)
         summary["seconds_total"] = round(time.perf_counter() - t_start, 2)  # with data, plots, checkpoints
@@ -273,21 +285,33 @@ class Trainer:
         for k in range(cfg.d_steps):
             real = self.sampler.next()
             with torch.no_grad(), self._autocast():
-                fake = self.G(self._latent(B))
+                z, codes = self._latent(B), self._codes(B)
+                fake = self.G(z, *codes) if self.info else self.G(z)
             fake = fake.float() if fake.dtype != real.dtype else fake
             real_in, fake_in = self._noisy(real, sigma), self._noisy(fake, sigma)
             d_iter = t * cfg.d_steps + k
             # lazy R1 (StyleGAN2): gamma/2 E||grad D(x)||^2, every r1_every steps, scaled up by it
             r1_due = cfg.r1_gamma > 0 and d_iter % cfg.r1_every == 0
             labels = {"real_label": real_label} if obj.loss in _LABELLED else {}
-            with self._autocast():
-                # ganfast.steps: real and fake through D in one pass when D has no BatchNorm, the
-                # real pass shared with R1, the penalties' double backward lean
-                out = steps.discriminator_step_loss(
-                    self.D, real_in, fake_in, obj.loss, gp_weight=cfg.gp_weight,
-                    r1_weight=cfg.r1_gamma / 2 * cfg.r1_every if r1_due else 0.0, **labels)
-            loss_d, loss_adv, pen, d_real, d_fake = out.total, out.adversarial, out.penalty, out.real_logits, \
-                out.fake_logits
+            if self.info:
+                # InfoGAN: D's trunk sees the fakes once for D's logits and Q's predictions of the
+                # codes they were drawn with; Q (part of D) descends the mutual-information term
+                with self._autocast():
+                    d_real = self.D(real_in).logits
+                    q = self.D(fake_in)
+                    d_fake = q.logits
+                    loss_adv = losses.discriminator_loss(d_real, d_fake, obj.loss, **labels)
+                    loss_info_d = self._info_loss(q, codes)
+                    loss_d, pen = loss_adv + loss_info_d, None
+            else:
+                with self._autocast():
+                    # ganfast.steps: real and fake through D in one pass when D has no BatchNorm, the
+                    # real pass shared with R1, the penalties' double backward lean
+                    out = steps.discriminator_step_loss(
+                        self.D, real_in, fake_in, obj.loss, gp_weight=cfg.gp_weight,
+                        r1_weight=cfg.r1_gamma / 2 * cfg.r1_every if r1_due else 0.0, **labels)
+                loss_d, loss_adv, pen, d_real, d_fake = out.total, out.adversarial, out.penalty, \
+                    out.real_logits, out.fake_logits
             self.opt_d.zero_grad(set_to_none=True)
             self.scaler_d.scale(loss_d).backward()
             self.scaler_d.step(self.opt_d)
@@ -299,9 +323,17 @@ class Trainer:
 
         # one generator step with fresh z (D's weights need no gradient here)
         self.D.requires_grad_(False)
+        loss_info = None
         with self._autocast():
-            g_fake = self.D(self._noisy(self.G(self._latent(B)), sigma))
-            loss_g = losses.generator_loss(g_fake, obj.loss)
+            if self.info:
+                # G also ascends the mutual information: its codes must be recoverable by Q
+                z, codes = self._latent(B), self._codes(B)
+                q = self.D(self._noisy(self.G(z, *codes), sigma))
+                loss_info = self._info_loss(q, codes)
+                loss_g = losses.generator_loss(q.logits, obj.loss) + loss_info
+            else:
+                g_fake = self.D(self._noisy(self.G(self._latent(B)), sigma))
+                loss_g = losses.generator_loss(g_fake, obj.loss)
         self.opt_g.zero_grad(set_to_none=True)
         self.scaler_g.scale(loss_g).backward()
         self.scaler_g.step(self.opt_g)
@@ -309,10 +341,26 @@ class Trainer:
         self.D.requires_grad_(True)
         self._update_ema(t)
 
-        zero = loss_adv.new_zeros(())
+        zero = loss_adv.new_zeros(()).float()
         self._pending.append(torch.stack([
             loss_adv.detach().float(), loss_g.detach().float(), d_real.detach().float().mean(),
-            d_fake.detach().float().mean(), (pen.detach().float() if pen is not None else zero.float())]))
+            d_fake.detach().float().mean(), (pen.detach().float() if pen is not None else zero),
+            (loss_info.detach().float() if loss_info is not None else zero)]))
+
+    def _codes(self, n: int) -> tuple:
+        """InfoGAN's (cat, cont) codes for n samples from the training stream; () for other models."""
+        if not self.info:
+            return ()
+        return sample_codes(self.G, n, self.gen, self.device)
+
+    def _info_loss(self, q, codes) -> torch.Tensor:
+        """The mutual-information lower bound's negative (up to the codes' constant entropy), weighted:
+        cross-entropy of Q's categorical logits and the Gaussian negative log-likelihood of the
+        continuous codes, in one ganfast.losses.info_loss kernel."""
+        cat, cont = codes
+        cfg = self.cfg
+        return losses.info_loss(q.cat_logits, cat, q.cont_mean, cont, q.cont_logstd,
+                                cat_weight=cfg.info_weight, cont_weight=cfg.info_cont_weight)
 
     @torch.no_grad()
     def _update_ema(self, t: int) -> None:
@@ -345,6 +393,8 @@ class Trainer:
         row = {"step": self.step, "loss_d": m[0], "loss_g": m[1], "d_real": m[2], "d_fake": m[3]}
         if self.cfg.gp_weight > 0 or self.cfg.r1_gamma > 0:
             row["penalty"] = m[4]
+        if self.info:
+            row["info"] = m[5]  # G's weighted mutual-information term (its loss_g includes it)
         if self.objective.loss in ("minimax", "nonsaturating"):
             # max_D V = -log 4 + 2 JSD, and L_D = -V
             row["jsd"] = (math.log(4) - m[0]) / 2
@@ -385,23 +435,75 @@ class Trainer:
             z = torch.randn(n, self.cfg.z_dim, generator=g)
         return z.to(self.device)
 
+    def _eval_codes(self, G: torch.nn.Module, n: int) -> tuple:
+        """The same InfoGAN codes every evaluation: the categorical code balanced (code i % n_cat for
+        sample i), the continuous codes U(-1, 1) from a generator of their own. () for other models."""
+        if not self.info:
+            return ()
+        g = torch.Generator().manual_seed(self.cfg.seed + 6007)
+        _, cont = sample_codes(G, n, g, "cpu")
+        cat = torch.arange(n) % G.n_cat if G.n_cat else None
+        return tuple(None if t is None else t.to(self.device) for t in (cat, cont))
+
     @torch.no_grad()
-    def _generate(self, G: torch.nn.Module, n: int, batch: int = 500) -> torch.Tensor:
+    def _generate(self, G: torch.nn.Module, n: int, batch: int = 500, codes: Optional[tuple] = None) -> torch.Tensor:
         was_training = G.training
         G.eval()
         z = self._eval_latent(n)
-        out = torch.cat([G(z[i:i + batch]).float() for i in range(0, n, batch)]) if n else z.new_zeros(0)
+        codes = self._eval_codes(G, n) if codes is None else codes
+        parts = [G(z[i:i + batch], *[None if c is None else c[i:i + batch] for c in codes]).float()
+                 for i in range(0, n, batch)]
+        out = torch.cat(parts) if n else z.new_zeros(0)
         G.train(was_training)
         return out
 
+    def _add_eval(self, row: dict) -> None:
+        row["eval"] = self._evaluate(self.G_ema)
+        row["eval_raw"] = self._evaluate(self.G)
+
+    def _save_final(self) -> None:
+        """The pictures of the end of a run: samples.png, and InfoGAN's codes.png."""
+        self._save_samples(self.out / "samples.png")
+        if self.info:
+            self._save_code_grid(self.out / "codes.png")
+
     def _evaluate(self, G: torch.nn.Module) -> dict:
         ds = self.dataset
+        n = self.cfg.eval_samples
         if ds.modes is not None:
-            return mode_metrics(self._generate(G, self.cfg.eval_samples), ds.modes, ds.mode_std)
+            return mode_metrics(self._generate(G, n), ds.modes, ds.mode_std)
         if self.classifier is not None:
-            probs = self.classifier.predict_proba(self._generate(G, self.cfg.eval_samples))
-            return class_metrics(probs, ds.n_classes)
+            codes = self._eval_codes(G, n)
+            probs = self.classifier.predict_proba(self._generate(G, n, codes=codes))
+            m = class_metrics(probs, ds.n_classes)
+            if self.info and G.n_cat:
+                # how well the categorical code alone picks the digit (the paper's 5% error on MNIST)
+                m.update(code_agreement(codes[0].cpu().numpy(), probs.argmax(1), G.n_cat, ds.n_classes))
+            return m
         return {}
+
+    @torch.no_grad()
+    def _save_code_grid(self, path: Path, columns: int = 10) -> None:
+        """InfoGAN's codes.png: one row per categorical value, the columns sweeping the first continuous
+        code from -2 to 2 (the others at 0), the same z everywhere; without continuous codes, the
+        columns are different z."""
+        G = self.G_ema
+        rows = max(1, G.n_cat)
+        g = torch.Generator().manual_seed(self.cfg.seed + 104729)
+        if G.n_cont:
+            z = self._eval_latent(1).expand(rows * columns, -1)
+        else:
+            z = torch.randn(columns, self.cfg.z_dim, generator=g).to(self.device).repeat(rows, 1)
+        cat = torch.arange(rows).repeat_interleave(columns).to(self.device) if G.n_cat else None
+        cont = None
+        if G.n_cont:
+            cont = torch.zeros(rows * columns, G.n_cont, device=self.device)
+            cont[:, 0] = torch.linspace(-2, 2, columns, device=self.device).repeat(rows)
+        was_training = G.training
+        G.eval()
+        images = G(z, cat, cont).float()
+        G.train(was_training)
+        plots.save_image_grid(images, path, nrow=columns)
 
     def _save_samples(self, path: Path) -> None:
         ds = self.dataset
@@ -448,6 +550,9 @@ class Trainer:
             self.step = int(ckpt["step"])
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise CheckpointError(path, f"its random-number states or step cannot be restored ({first_line(e)})") from None
+        self._restore_rows(ckpt)
+
+    def _restore_rows(self, ckpt: dict) -> None:
         # metrics.jsonl may hold rows written after the checkpoint (an interrupted run): keep the
         # rows the checkpoint had, so the resumed file matches an uninterrupted run's
         path = self.out / "metrics.jsonl"

@@ -2,7 +2,9 @@
 
 The launchers take and return exactly what the C++ ops of csrc/ganfast.cpp do (batch_norm_act,
 batch_norm_act_backward); finalize and normalize also serve the transposed-convolution block,
-whose epilogue sums the statistics itself (conv_block.py).
+whose epilogue sums the statistics itself (conv_block.py); batch_statistics, normalize and
+backward_passes also serve instance_norm_act (instance_norm_act.py), batch norm over the view
+(1, N * C, S) whose channel c = n * C + channel takes the affine parameters at c % C (PERIODIC).
 out = act(w[c] (x - mean[c]) invstd[c] + b[c]); the activations are bias_act.py's (gain 1, no
 clamp), float32 math for float32 / float16 / bfloat16 and float64 math for float64.
 
@@ -66,16 +68,21 @@ def _channel(ptr, c, cmask, default, ACC: tl.constexpr, PRESENT: tl.constexpr):
 
 
 @triton.jit
-def _channel_affine(w_ptr, b_ptr, mean_ptr, invstd_ptr, pid_c, C, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
-                    ACC: tl.constexpr, BLOCK_C: tl.constexpr):
+def _channel_affine(w_ptr, b_ptr, mean_ptr, invstd_ptr, pid_c, C, P, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
+                    PERIODIC: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr):
     """Channel block pid_c: (c, cmask, mean, invstd, scale = w invstd, shift = b), so that
-    z = (x - mean) scale + shift."""
+    z = (x - mean) scale + shift. PERIODIC: channel c takes the affine parameters of c % P
+    (instance_norm_act's instance c = n * P + channel; one division per channel vector)."""
     c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = c < C
     mean = tl.load(mean_ptr + c, mask=cmask, other=0.0).to(ACC)
     invstd = tl.load(invstd_ptr + c, mask=cmask, other=0.0).to(ACC)
-    scale = _channel(w_ptr, c, cmask, 1.0, ACC, HAS_W) * invstd
-    shift = _channel(b_ptr, c, cmask, 0.0, ACC, HAS_B)
+    if PERIODIC:
+        pc = c % P
+    else:
+        pc = c
+    scale = _channel(w_ptr, pc, cmask, 1.0, ACC, HAS_W) * invstd
+    shift = _channel(b_ptr, pc, cmask, 0.0, ACC, HAS_B)
     return c, cmask, mean, invstd, scale, shift
 
 
@@ -218,13 +225,13 @@ def _bn_running_update_kernel(rm_ptr, rv_ptr, mean_ptr, var_ptr, C, momentum: tl
 
 @triton.jit
 def _bn_act_kernel(x_ptr, w_ptr, b_ptr, mean_ptr, invstd_ptr, out_ptr,
-                   S, C, per_outer, s_outer, s_s, s_c, alpha: tl.float64,
-                   ACT: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, ACC: tl.constexpr,
-                   ITERS: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr):
+                   S, C, per_outer, s_outer, s_s, s_c, P, alpha: tl.float64,
+                   ACT: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, PERIODIC: tl.constexpr,
+                   ACC: tl.constexpr, ITERS: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr):
     pid_t = tl.program_id(0)
     pid_c = tl.program_id(1)
-    c, cmask, mean, invstd, scale, shift = _channel_affine(w_ptr, b_ptr, mean_ptr, invstd_ptr, pid_c, C,
-                                                           HAS_W, HAS_B, ACC, BLOCK_C)
+    c, cmask, mean, invstd, scale, shift = _channel_affine(w_ptr, b_ptr, mean_ptr, invstd_ptr, pid_c, C, P,
+                                                           HAS_W, HAS_B, PERIODIC, ACC, BLOCK_C)
     a = tl.full([], alpha, ACC)
     for i in range(ITERS):
         offs, mask = _tile_offsets(pid_t, pid_c, i, S, C, per_outer, s_outer, s_s, s_c,
@@ -239,15 +246,16 @@ def _bn_act_kernel(x_ptr, w_ptr, b_ptr, mean_ptr, invstd_ptr, out_ptr,
 @triton.jit
 def _bn_act_backward_reduce_kernel(g_ptr, x_ptr, w_ptr, b_ptr, mean_ptr, invstd_ptr,
                                    partial_ptr, counter_ptr, gw_ptr, gb_ptr, terms_ptr, dx_ptr,
-                                   S, C, M, per_outer, s_outer, s_s, s_c, alpha: tl.float64,
+                                   S, C, M, per_outer, s_outer, s_s, s_c, P, alpha: tl.float64,
                                    ACT: tl.constexpr, TRAINING: tl.constexpr, HAS_W: tl.constexpr,
-                                   HAS_B: tl.constexpr, ACC: tl.constexpr, ITERS: tl.constexpr,
-                                   BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr):
+                                   HAS_B: tl.constexpr, PERIODIC: tl.constexpr, ACC: tl.constexpr,
+                                   ITERS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr,
+                                   BLOCK_C: tl.constexpr):
     pid_t = tl.program_id(0)
     pid_c = tl.program_id(1)
     T = tl.num_programs(0)
-    c, cmask, mean, invstd, scale, shift = _channel_affine(w_ptr, b_ptr, mean_ptr, invstd_ptr, pid_c, C,
-                                                           HAS_W, HAS_B, ACC, BLOCK_C)
+    c, cmask, mean, invstd, scale, shift = _channel_affine(w_ptr, b_ptr, mean_ptr, invstd_ptr, pid_c, C, P,
+                                                           HAS_W, HAS_B, PERIODIC, ACC, BLOCK_C)
     a = tl.full([], alpha, ACC)
     acc = tl.zeros([BLOCK_S, BLOCK_C], ACC)
     acc2 = tl.zeros([BLOCK_S, BLOCK_C], ACC)
@@ -279,14 +287,14 @@ def _bn_act_backward_reduce_kernel(g_ptr, x_ptr, w_ptr, b_ptr, mean_ptr, invstd_
 
 @triton.jit
 def _bn_act_backward_kernel(g_ptr, x_ptr, w_ptr, b_ptr, mean_ptr, invstd_ptr, terms_ptr, dx_ptr,
-                            S, C, per_outer, s_outer, s_s, s_c, alpha: tl.float64,
+                            S, C, per_outer, s_outer, s_s, s_c, P, alpha: tl.float64,
                             ACT: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
-                            ACC: tl.constexpr, ITERS: tl.constexpr,
+                            PERIODIC: tl.constexpr, ACC: tl.constexpr, ITERS: tl.constexpr,
                             BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr):
     pid_t = tl.program_id(0)
     pid_c = tl.program_id(1)
-    c, cmask, mean, invstd, scale, shift = _channel_affine(w_ptr, b_ptr, mean_ptr, invstd_ptr, pid_c, C,
-                                                           HAS_W, HAS_B, ACC, BLOCK_C)
+    c, cmask, mean, invstd, scale, shift = _channel_affine(w_ptr, b_ptr, mean_ptr, invstd_ptr, pid_c, C, P,
+                                                           HAS_W, HAS_B, PERIODIC, ACC, BLOCK_C)
     a = tl.full([], alpha, ACC)
     mean_dz = tl.load(terms_ptr + c, mask=cmask, other=0.0)
     k = tl.load(terms_ptr + C + c, mask=cmask, other=0.0)
@@ -366,8 +374,9 @@ def running_update(running_mean, running_var, mean, var, momentum):
             ACC=acc_dtype(mean.dtype)[1], BLOCK_C=block_c, num_warps=4)
 
 
-def normalize(x, weight, bias, mean, invstd, act, alpha):
-    """out = act((x - mean) w invstd + b) of a walkable x, one launch (batch_norm_act's last pass)."""
+def normalize(x, weight, bias, mean, invstd, act, alpha, period=None):
+    """out = act((x - mean) w invstd + b) of a walkable x, one launch (batch_norm_act's last pass).
+    period: channel c takes weight / bias c % period (instance_norm_act's instances); None: c."""
     out = torch.empty_like(x)
     if out.numel() == 0:
         return out
@@ -376,11 +385,27 @@ def normalize(x, weight, bias, mean, invstd, act, alpha):
     b = bias if bias is not None else mean
     with _Launch(x.device):
         _bn_act_kernel[(walk.T, walk.cblocks)](
-            x, w, b, mean, invstd, out, *walk.args(), float(alpha),
-            ACT=act, HAS_W=weight is not None, HAS_B=bias is not None, ACC=acc_dtype(x.dtype)[1],
+            x, w, b, mean, invstd, out, *walk.args(), period or walk.C, float(alpha),
+            ACT=act, HAS_W=weight is not None, HAS_B=bias is not None, PERIODIC=period is not None,
+            ACC=acc_dtype(x.dtype)[1],
             ITERS=walk.iters, BLOCK_S=walk.block_s, BLOCK_C=walk.block_c,
             num_warps=_num_warps(walk.block_s * walk.block_c))
     return out
+
+
+def batch_statistics(x, M, running_mean, running_var, momentum, eps, acc):
+    """(mean, invstd) of each channel of a walkable x (M > 0 values per channel): the statistics
+    pass and the finalize (running statistics updated when given). Shared with instance_norm_act,
+    whose channels are the instances of the view (1, N * C, S)."""
+    walk = Walk(x)
+    partial = torch.empty((2, walk.T, walk.C), dtype=acc[0], device=x.device)
+    with _Launch(x.device):
+        _bn_stats_kernel[(walk.T, walk.cblocks)](
+            x, partial, *walk.args(), SHIFT=True, ACC=acc[1], ITERS=walk.iters,
+            BLOCK_S=walk.block_s, BLOCK_C=walk.block_c, num_warps=_num_warps(walk.block_s * walk.block_c))
+    mean, invstd, _ = finalize(partial, walk.T, walk.C, M, running_mean, running_var, True, momentum, eps, acc,
+                               x.device, shift=x, shift_stride=walk.strides[2])
+    return mean, invstd
 
 
 def batch_norm_act(input, weight, bias, running_mean, running_var, training, momentum, eps, act, alpha):
@@ -397,18 +422,43 @@ def batch_norm_act(input, weight, bias, running_mean, running_var, training, mom
     if training and M == 0:  # nothing to normalise; running statistics unchanged (as torch)
         z = torch.zeros(C, dtype=acc[0], device=device)
         return torch.empty_like(x), z, z.clone()
-    walk = Walk(x)
     if training:
-        partial = torch.empty((2, walk.T, C), dtype=acc[0], device=device)
-        with _Launch(device):
-            _bn_stats_kernel[(walk.T, walk.cblocks)](
-                x, partial, *walk.args(), SHIFT=True, ACC=acc[1], ITERS=walk.iters,
-                BLOCK_S=walk.block_s, BLOCK_C=walk.block_c, num_warps=_num_warps(walk.block_s * walk.block_c))
-        mean, invstd, _ = finalize(partial, walk.T, C, M, running_mean, running_var, True, momentum, eps, acc,
-                                   device, shift=x, shift_stride=walk.strides[2])
+        mean, invstd = batch_statistics(x, M, running_mean, running_var, momentum, eps, acc)
     else:
         mean, invstd, _ = finalize(None, 0, C, M, running_mean, running_var, False, momentum, eps, acc, device)
     return normalize(x, weight, bias, mean, invstd, act, alpha), mean, invstd
+
+
+def backward_passes(g, x, weight, bias, save_mean, save_invstd, training, act, alpha, M, gdtype, period=None):
+    """(grad_input, grad_weight, grad_bias) of a walkable x and g in x's layout and dtype (x not
+    empty): the reduction (whose last programs write the per-channel weight / bias gradients, one per
+    channel of x, in gdtype) and, training, the elementwise pass. period: as normalize's."""
+    walk = Walk(x)
+    C, device = walk.C, x.device
+    acc = acc_dtype(x.dtype)
+    grad_input = torch.empty_like(x)
+    grad_weight = torch.empty(C, dtype=gdtype, device=device)
+    grad_bias = torch.empty(C, dtype=gdtype, device=device)
+    partial = torch.empty((2, walk.T, C), dtype=acc[0], device=device)
+    terms = torch.empty((2, C), dtype=acc[0], device=device)
+    counter = counters(device, walk.cblocks)  # one per channel block
+    w = weight if weight is not None else save_mean
+    b = bias if bias is not None else save_mean
+    P = period or C
+    nw = _num_warps(walk.block_s * walk.block_c)
+    with _Launch(device):
+        _bn_act_backward_reduce_kernel[(walk.T, walk.cblocks)](
+            g, x, w, b, save_mean, save_invstd, partial, counter, grad_weight, grad_bias, terms, grad_input,
+            walk.S, C, M, walk.per_outer, *walk.strides, P, float(alpha),
+            ACT=act, TRAINING=bool(training), HAS_W=weight is not None, HAS_B=bias is not None,
+            PERIODIC=period is not None, ACC=acc[1], ITERS=walk.iters, BLOCK_T=max(1, min(32, TILE // walk.block_c)),
+            BLOCK_S=walk.block_s, BLOCK_C=walk.block_c, num_warps=nw)
+        if training:
+            _bn_act_backward_kernel[(walk.T, walk.cblocks)](
+                g, x, w, b, save_mean, save_invstd, terms, grad_input, *walk.args(), P, float(alpha),
+                ACT=act, HAS_W=weight is not None, HAS_B=bias is not None, PERIODIC=period is not None, ACC=acc[1],
+                ITERS=walk.iters, BLOCK_S=walk.block_s, BLOCK_C=walk.block_c, num_warps=nw)
+    return grad_input, grad_weight, grad_bias
 
 
 def batch_norm_act_backward(grad_output, input, weight, bias, save_mean, save_invstd, training, act, alpha):
@@ -419,32 +469,9 @@ def batch_norm_act_backward(grad_output, input, weight, bias, save_mean, save_in
     _args.check_kernel_dtype(input.dtype, "ganfast_batch_norm_act_backward")
     x = input if walkable(input) else input.contiguous()
     C = x.size(1)
-    acc = acc_dtype(x.dtype)
-    device = x.device
     gdtype = weight.dtype if weight is not None else x.dtype
-    grad_input = torch.empty_like(x)
     if x.numel() == 0:
-        z = torch.zeros(C, dtype=gdtype, device=device)
-        return grad_input, z, z.clone()
+        z = torch.zeros(C, dtype=gdtype, device=x.device)
+        return torch.empty_like(x), z, z.clone()
     g = _like(grad_output, x, x.dtype)
-    grad_weight = torch.empty(C, dtype=gdtype, device=device)
-    grad_bias = torch.empty(C, dtype=gdtype, device=device)
-    walk = Walk(x)
-    partial = torch.empty((2, walk.T, C), dtype=acc[0], device=device)
-    terms = torch.empty((2, C), dtype=acc[0], device=device)
-    counter = counters(device, walk.cblocks)  # one per channel block
-    w = weight if weight is not None else save_mean
-    b = bias if bias is not None else save_mean
-    nw = _num_warps(walk.block_s * walk.block_c)
-    with _Launch(device):
-        _bn_act_backward_reduce_kernel[(walk.T, walk.cblocks)](
-            g, x, w, b, save_mean, save_invstd, partial, counter, grad_weight, grad_bias, terms, grad_input,
-            walk.S, C, M, walk.per_outer, *walk.strides, float(alpha),
-            ACT=act, TRAINING=bool(training), HAS_W=weight is not None, HAS_B=bias is not None, ACC=acc[1],
-            ITERS=walk.iters, BLOCK_T=max(1, min(32, TILE // walk.block_c)), BLOCK_S=walk.block_s, BLOCK_C=walk.block_c, num_warps=nw)
-        if training:
-            _bn_act_backward_kernel[(walk.T, walk.cblocks)](
-                g, x, w, b, save_mean, save_invstd, terms, grad_input, *walk.args(), float(alpha),
-                ACT=act, HAS_W=weight is not None, HAS_B=bias is not None, ACC=acc[1], ITERS=walk.iters,
-                BLOCK_S=walk.block_s, BLOCK_C=walk.block_c, num_warps=nw)
-    return grad_input, grad_weight, grad_bias
+    return backward_passes(g, x, weight, bias, save_mean, save_invstd, training, act, alpha, M, gdtype)

@@ -29,7 +29,8 @@ WORK = REPO / "build" / "cuda_emu_mutants"
 CONFIGS = ("sm1-forward", "sm4-reverse", "sm132-shuffle")
 # The emulated implementations of the family tests, and the emulator's block-order test.
 TEST_FILES = ["tests/test_losses.py", "tests/test_penalty.py", "tests/test_bias_act.py",
-              "tests/test_batch_norm_act.py", "tests/test_conv_block.py", "tests/test_cuda_emu.py"]
+              "tests/test_batch_norm_act.py", "tests/test_instance_norm_act.py", "tests/test_conv_block.py",
+              "tests/test_cuda_emu.py"]
 SELECT = "cuda-emu or block_order"
 
 
