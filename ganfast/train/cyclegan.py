@@ -41,7 +41,8 @@ from .data import CycleData, DataSampler, load_cycle_data
 from .metrics import DigitClassifier
 from .objectives import get_objective
 from .pool import ImagePool
-from .trainer import NonFiniteLossError, Trainer, _merge_resume, _resolve_device
+from .trainer import (NonFiniteLossError, Trainer, _merge_resume, _resolve_device, global_rng_state,
+                      restore_global_rng_state)
 
 # Loss terms of a step, in the order _train_step stacks them.
 TERMS = ("loss_d_a", "loss_d_b", "loss_g_gan", "cycle", "identity", "d_real", "d_fake")
@@ -244,10 +245,7 @@ class CycleGANTrainer(Trainer):
     # ---- checkpoints ------------------------------------------------------------------------
 
     def _save_checkpoint(self) -> None:
-        rng = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
-               "data_a": self.sampler_a.state_dict(), "data_b": self.sampler_b.state_dict()}
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
+        rng = {**global_rng_state(), "data_a": self.sampler_a.state_dict(), "data_b": self.sampler_b.state_dict()}
         state = {
             "format": "ganfast.train/1",
             "step": self.step,
@@ -271,13 +269,9 @@ class CycleGANTrainer(Trainer):
         try:
             self.pool_a.load_state_dict(ckpt["pool_a"], self.device)
             self.pool_b.load_state_dict(ckpt["pool_b"], self.device)
-            torch.set_rng_state(rng["torch"])
-            random.setstate(rng["python"])
-            np.random.set_state(rng["numpy"])
+            restore_global_rng_state(rng)
             self.sampler_a.load_state_dict(rng["data_a"])
             self.sampler_b.load_state_dict(rng["data_b"])
-            if "cuda" in rng and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(rng["cuda"])
             self.step = int(ckpt["step"])
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise CheckpointError(path, f"its pools, random-number states or step cannot be restored "

@@ -55,6 +55,24 @@ class OutputDirError(RuntimeError):
     nothing to resume)."""
 
 
+def global_rng_state() -> dict:
+    """The process-wide random states a checkpoint keeps (torch, Python, NumPy, and CUDA's once
+    initialised); each trainer adds its own generators' states beside them."""
+    rng = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return rng
+
+
+def restore_global_rng_state(rng: dict) -> None:
+    """The inverse of global_rng_state (CUDA's only where a GPU is here)."""
+    torch.set_rng_state(rng["torch"])
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
 def _resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -516,10 +534,7 @@ class Trainer:
     # ---- checkpoints ------------------------------------------------------------------------
 
     def _save_checkpoint(self) -> None:
-        rng = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
-               "gen": self.gen.get_state(), "data": self.sampler.state_dict()}
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
+        rng = {**global_rng_state(), "gen": self.gen.get_state(), "data": self.sampler.state_dict()}
         state = {
             "format": "ganfast.train/1",
             "step": self.step,
@@ -540,13 +555,9 @@ class Trainer:
             load_state(module, ckpt[what], path, what)
         rng = ckpt["rng"]
         try:
-            torch.set_rng_state(rng["torch"])
-            random.setstate(rng["python"])
-            np.random.set_state(rng["numpy"])
+            restore_global_rng_state(rng)
             self.gen.set_state(rng["gen"])
             self.sampler.load_state_dict(rng["data"])
-            if "cuda" in rng and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(rng["cuda"])
             self.step = int(ckpt["step"])
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise CheckpointError(path, f"its random-number states or step cannot be restored ({first_line(e)})") from None
