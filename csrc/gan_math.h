@@ -492,6 +492,15 @@ GANFAST_HD T batch_norm_grad_input(T dz, T x, T mean, T a, T mean_dz, T k) {
   return a * (dz - mean_dz - (x - mean) * k);
 }
 
+// Conditional BatchNorm (weight w[n, c] per sample): with a = w[n, c] invstd[c] the training
+// gradient is dx = invstd (w dz - mean(w dz) - x_hat mean(w dz x_hat)) = a dz - p - (x - mean) q,
+// p = invstd mean(w dz), q = invstd^3 mean(w dz (x - mean)) per channel (means over n and s); the
+// per-channel factoring above would divide by w. Eval: p = q = 0.
+template <typename T>
+GANFAST_HD T batch_norm_grad_input_per_sample(T dz, T x, T mean, T a, T p, T q) {
+  return a * dz - p - (x - mean) * q;
+}
+
 // ---------------------------------------------------------------------------------------------
 // info_loss (InfoGAN's mutual-information loss). The categorical part of row b is
 // logsumexp_k x_k - x_c = m + log(sum_k e^(x_k - m)) - x_c (m = max_k x_k, every exponent <= 0:

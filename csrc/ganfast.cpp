@@ -91,11 +91,16 @@ TORCH_LIBRARY(ganfast, m) {
   // given) updated in place: r = (1 - momentum) r + momentum stat, the variance unbiased. Eval:
   // the running statistics, nothing mutated. Returns (out, save_mean, save_invstd): the mean and
   // 1 / sqrt(var + eps) used, shape (C,), float32 (float64 for float64 input): the backward's cache.
+  // Conditional BatchNorm (issue 12): weight and bias may each also be (N, C), one per sample:
+  // out = act(weight[n, c] * (x - mean[c]) * invstd[c] + bias[n, c]) (statistics as above, per
+  // channel); out is then NCHW contiguous whatever input's layout.
   m.def("batch_norm_act(Tensor input, Tensor? weight, Tensor? bias, Tensor(a!)? running_mean, "
         "Tensor(b!)? running_var, bool training, float momentum, float eps, str act, float alpha) "
         "-> (Tensor out, Tensor save_mean, Tensor save_invstd)");
   // The gradients w.r.t. input, weight and bias (the last two (C,), in weight's dtype, input's
   // without weight; always defined). Not differentiable itself: double backward is an error.
+  // A per-sample (N, C) weight or bias gets an (N, C) gradient (summed over the spatial dims only);
+  // the input gradient is then invstd (w g - mean(w g) - x_hat mean(w g x_hat)), g = dy act'(z).
   m.def("batch_norm_act_backward(Tensor grad_output, Tensor input, Tensor? weight, Tensor? bias, "
         "Tensor save_mean, Tensor save_invstd, bool training, str act, float alpha) "
         "-> (Tensor grad_input, Tensor grad_weight, Tensor grad_bias)");

@@ -470,8 +470,29 @@ inline void check_channel_vector(const char* op, const at::Tensor& input, const 
                     ",) (input.size(1)); got ", t->sizes());
 }
 
-// batch_norm_act's operands, in this order: input; weight, bias, running_mean, running_var; the
-// running statistics given together and of one dtype; more than one value per channel when
+// batch_norm_act's affine operand (weight or bias): absent, (C,) (one per channel) or (N, C) (one per
+// sample and channel: conditional BatchNorm), floating, on input's device. Returns whether it is (N, C).
+inline bool check_affine_operand(const char* op, const at::Tensor& input, const std::optional<at::Tensor>& t,
+                                 const char* arg) {
+  if (!t.has_value() || !t->defined()) return false;
+  check_floating(*t, op, arg);
+  check_same_device(input, *t, op, "input", arg);
+  const int64_t n = input.size(0), c = input.size(1);
+  const bool per_channel = t->dim() == 1 && t->size(0) == c;
+  const bool per_sample = t->dim() == 2 && t->size(0) == n && t->size(1) == c;
+  TORCH_CHECK_VALUE(per_channel || per_sample, op, ": ", arg, " must have shape (C,) = (", c,
+                    ",) (input.size(1)) or (N, C) = (", n, ", ", c, ") (one per sample); got ", t->sizes());
+  return per_sample;
+}
+
+// Whether batch_norm_act runs per sample: weight or bias (N, C) (checked by check_batch_norm_act).
+inline bool batch_norm_per_sample(const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias) {
+  auto ps = [](const std::optional<at::Tensor>& t) { return t.has_value() && t->defined() && t->dim() == 2; };
+  return ps(weight) || ps(bias);
+}
+
+// batch_norm_act's operands, in this order: input; weight, bias ((C,) or (N, C) each), running_mean,
+// running_var ((C,)); the running statistics given together and of one dtype; more than one value per channel when
 // training, the running statistics when not. Returns M, the values per channel.
 // (Python twin: ganfast/_args.py's check_batch_norm_act.)
 inline int64_t check_batch_norm_act(const char* op, const at::Tensor& input, const std::optional<at::Tensor>& weight,
@@ -479,8 +500,8 @@ inline int64_t check_batch_norm_act(const char* op, const at::Tensor& input, con
                                     const std::optional<at::Tensor>& running_mean,
                                     const std::optional<at::Tensor>& running_var, bool training, double eps) {
   check_input_nc(op, input);
-  check_channel_vector(op, input, weight, "weight");
-  check_channel_vector(op, input, bias, "bias");
+  check_affine_operand(op, input, weight, "weight");
+  check_affine_operand(op, input, bias, "bias");
   check_channel_vector(op, input, running_mean, "running_mean");
   check_channel_vector(op, input, running_var, "running_var");
   const bool has_rm = running_mean.has_value() && running_mean->defined();
@@ -512,8 +533,8 @@ inline int64_t check_batch_norm_act_backward(const char* op, const at::Tensor& g
                                              const std::optional<at::Tensor>& bias, const at::Tensor& save_mean,
                                              const at::Tensor& save_invstd) {
   check_input_nc(op, input);
-  check_channel_vector(op, input, weight, "weight");
-  check_channel_vector(op, input, bias, "bias");
+  check_affine_operand(op, input, weight, "weight");
+  check_affine_operand(op, input, bias, "bias");
   check_floating(grad_output, op, "grad_output");
   check_same_device(input, grad_output, op, "input", "grad_output");
   check_same_shape(input, grad_output, op, "input", "grad_output");

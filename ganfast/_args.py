@@ -469,15 +469,38 @@ def _check_channel_vector(op: str, input: torch.Tensor, t: Optional[torch.Tensor
         raise ValueError(f"{op}: {arg} must have shape (C,) = ({c},) (input.size(1)); got {format_sizes(t.shape)}")
 
 
+def check_affine_operand(op: str, input: torch.Tensor, t: Optional[torch.Tensor], arg: str) -> bool:
+    """batch_norm_act's weight or bias: None, (C,) or (N, C) (one per sample: conditional BatchNorm),
+    floating, on input's device. Returns whether it is (N, C). (The twin of ganfast_common.h's.)"""
+    if t is None:
+        return False
+    check_floating(t, op, arg)
+    check_same_device(input, t, op, "input", arg)
+    n, c = input.size(0), input.size(1)
+    per_sample = t.dim() == 2 and t.size(0) == n and t.size(1) == c
+    if not (per_sample or (t.dim() == 1 and t.size(0) == c)):
+        raise ValueError(f"{op}: {arg} must have shape (C,) = ({c},) (input.size(1)) or (N, C) = ({n}, {c}) "
+                         f"(one per sample); got {format_sizes(t.shape)}")
+    return per_sample
+
+
+def batch_norm_per_sample(weight: Optional[torch.Tensor], bias: Optional[torch.Tensor]) -> bool:
+    """Whether batch_norm_act runs per sample: weight or bias (N, C) (after check_batch_norm_act)."""
+    return any(t is not None and t.dim() == 2 for t in (weight, bias))
+
+
 def check_batch_norm_act(op: str, input: torch.Tensor, weight: Optional[torch.Tensor],
                          bias: Optional[torch.Tensor], running_mean: Optional[torch.Tensor],
                          running_var: Optional[torch.Tensor], training: bool, eps: float) -> int:
-    """batch_norm_act's operands, in this order: input; weight, bias, running_mean, running_var;
+    """batch_norm_act's operands, in this order: input; weight, bias ((C,) or (N, C) each), running_mean,
+    running_var;
     the running statistics given together and of one dtype; more than one value per channel and
     eps > 0 when training, the running statistics when not. Returns M, the values per channel. (The twin of
     csrc/ganfast_common.h's check_batch_norm_act.)"""
     _check_input_nc(op, input)
-    for t, arg in ((weight, "weight"), (bias, "bias"), (running_mean, "running_mean"), (running_var, "running_var")):
+    check_affine_operand(op, input, weight, "weight")
+    check_affine_operand(op, input, bias, "bias")
+    for t, arg in ((running_mean, "running_mean"), (running_var, "running_var")):
         _check_channel_vector(op, input, t, arg)
     if (running_mean is None) != (running_var is None):
         raise ValueError(f"{op}: running_mean and running_var must be given together (both or neither)")
@@ -504,8 +527,8 @@ def check_batch_norm_act_backward(op: str, grad_output: torch.Tensor, input: tor
     grad_output floating of input's shape on its device; save_mean and save_invstd of shape (C,) in
     the compute dtype. Returns M. (The twin of csrc/ganfast_common.h's.)"""
     _check_input_nc(op, input)
-    _check_channel_vector(op, input, weight, "weight")
-    _check_channel_vector(op, input, bias, "bias")
+    check_affine_operand(op, input, weight, "weight")
+    check_affine_operand(op, input, bias, "bias")
     check_floating(grad_output, op, "grad_output")
     check_same_device(input, grad_output, op, "input", "grad_output")
     check_same_shape(input, grad_output, op, "input", "grad_output")

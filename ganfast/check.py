@@ -227,6 +227,14 @@ def _make_batch_norm(shape, dtype, device, gen):
             "running_var": _rand((c,), dtype, device, gen, 0.5, 1.5)}
 
 
+def _make_cond_batch_norm(shape, dtype, device, gen):
+    # conditional BatchNorm: weight and bias (N, C), one per sample
+    n, c = shape[:2]
+    return dict(_make_batch_norm(shape, dtype, device, gen),
+                weight=_rand((n, c), dtype, device, gen, 0.5, 1.5, grad=True),
+                bias=_randn((n, c), dtype, device, gen, 0.5, grad=True))
+
+
 def _batch_norm_act(act, training):
     def call(i):
         out = _ops().batch_norm_act(i["x"], i["weight"], i["bias"], i["running_mean"], i["running_var"],
@@ -342,6 +350,8 @@ def _cases() -> list:
             {"small": (3, 5, 7, 9)})
         add("batch_norm_act", "batch_norm_act", f"tanh,{mode}", _make_batch_norm, _batch_norm_act("tanh", training),
             {"production": (64, 128, 16, 16)})
+        add("batch_norm_act", "batch_norm_act", f"relu,per-sample,{mode}", _make_cond_batch_norm,
+            _batch_norm_act("relu", training), {"small": (3, 5, 7, 9), "production": (64, 256, 16, 16)})
         # with batch statistics the conv bias cancels: its gradient is the rounding of sum(dz)
         cancels = (("d/dconv_bias", "d/dbn_bias"),) if training else ()
         add("conv_block", "conv_transpose_block", f"relu,{mode}", _make_block, _block("relu", training),

@@ -349,7 +349,8 @@ def test_errors(impl):
         bna(torch.randn(5, device=device), None, None, None, None, True)
     with pytest.raises(TypeError, match="input must be a floating-point tensor"):
         bna(torch.ones(2, 3, dtype=torch.int64, device=device), None, None, None, None, True)
-    with pytest.raises(ValueError, match=r"weight must have shape \(C,\) = \(3,\) \(input.size\(1\)\); got \[4\]"):
+    with pytest.raises(ValueError, match=r"weight must have shape \(C,\) = \(3,\) \(input.size\(1\)\) or \(N, C\) = "
+                                         r"\(2, 3\) \(one per sample\); got \[4\]"):
         bna(x, torch.ones(4, device=device), None, None, None, True)
     with pytest.raises(ValueError, match=r"bias must have shape \(C,\) = \(3,\)"):
         bna(x, None, torch.ones(1, 3, device=device), None, None, True)

@@ -3,11 +3,13 @@
 // (out, save_mean, save_invstd) = batch_norm_act(input, weight, bias, running_mean, running_var,
 // ...). out is differentiable w.r.t. input, weight and bias; its backward is
 // batch_norm_act_backward, one op returning all three gradients (they share the per-channel
-// sums). save_mean and save_invstd are the backward's cache, never differentiated; the running
-// statistics are mutated in place (their version counters are bumped here, as the ADInplaceOrView
-// kernel of an ATen op would), never differentiated. batch_norm_act_backward gets autograd's
-// not-implemented fallback: double backward raises "derivative for
-// ganfast::batch_norm_act_backward is not implemented", never a silently wrong gradient.
+// sums; each has its operand's shape: (C,), or (N, C) for conditional BatchNorm's per-sample
+// weight / bias, as the backward op returns them). save_mean and save_invstd are the backward's
+// cache, never differentiated; the running statistics are mutated in place (their version
+// counters are bumped here, as the ADInplaceOrView kernel of an ATen op would), never
+// differentiated. batch_norm_act_backward gets autograd's not-implemented fallback: double
+// backward raises "derivative for ganfast::batch_norm_act_backward is not implemented", never a
+// silently wrong gradient.
 //
 // instance_norm_act (instance norm: batch_norm_act's kernels over the per-(n, c) axis) has the same
 // shape without running statistics: InstanceNormActBackward below, first order only as well.

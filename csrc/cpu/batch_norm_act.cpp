@@ -25,6 +25,15 @@
 // from x) and one elementwise pass (dz recomputed again rather than stored: one read of x and dy
 // costs less than a write and a read of dz).
 //
+// Conditional BatchNorm (weight / bias (N, C), one per sample; issue 12): the statistics pass walks
+// NCHW-contiguous x by channel as above; the elementwise passes and the backward's reduction walk its
+// view (1, N * C, S) by instance k = n * C + c (instance_norm_act's view), whose coefficients
+// (scale = w[n, c] invstd[c], shift) are loop invariants of a row. The backward's reduction gives per
+// instance (sum_s dz, sum_s dz (x - mean)): the (N, C) bias / weight gradients, and, w-weighted and
+// summed over the samples on the host, the per-channel terms of the input gradient
+// (gan_math.h batch_norm_grad_input_per_sample). Same passes as the (C,) path: one reduction, one
+// elementwise pass each way (a channels_last input is made contiguous first).
+//
 // Reductions are deterministic for any number of threads: the elements of a channel are cut into
 // fixed pieces (Rows: at most kRowsPiece elements, summed in 16 float lanes; Cyclic: at most kChunk,
 // in the len lanes of the periodic pattern; in the compute type), the pieces run in parallel, and their partial
@@ -154,6 +163,28 @@ struct GradInputTerm {
   }
 };
 
+template <typename acc_t>
+struct PerSampleGradParam {
+  acc_t scale, shift, mean, p, q;
+};
+
+// Backward elementwise of conditional BatchNorm (per-sample weight): dx = a dz - p - (x - mean) q with
+// a = scale (gan_math.h batch_norm_grad_input_per_sample); one slot per instance (n, c).
+template <typename scalar_t, typename acc_t, ActKind A>
+struct PerSampleGradInputTerm {
+  const scalar_t* g;
+  const scalar_t* x;
+  scalar_t* out;
+  const acc_t *scale, *shift, *mean, *p, *q;
+  acc_t alpha;
+  PerSampleGradParam<acc_t> param(int64_t j) const { return {scale[j], shift[j], mean[j], p[j], q[j]}; }
+  void apply(const PerSampleGradParam<acc_t>& pr, int64_t i) const {
+    const acc_t xv = static_cast<acc_t>(x[i]);
+    const acc_t dz = math::batch_norm_act_dz<A>(static_cast<acc_t>(g[i]), xv, pr.scale, pr.shift, alpha);
+    out[i] = static_cast<scalar_t>(math::batch_norm_grad_input_per_sample(dz, xv, pr.mean, pr.scale, pr.p, pr.q));
+  }
+};
+
 // ---- host helpers ------------------------------------------------------------------------------
 
 // A per-channel operand as C doubles; `fill` where absent.
@@ -163,6 +194,18 @@ std::vector<double> channel_values(const std::optional<Tensor>& t, int64_t C, do
   const Tensor d = t->to(at::kDouble).contiguous();
   const double* p = d.const_data_ptr<double>();
   for (int64_t c = 0; c < C; ++c) v[c] = p[c];
+  return v;
+}
+
+// An affine operand per instance k = n * C + c (N * C doubles): (N, C) as is, (C,) repeated over the
+// samples, `fill` where absent.
+std::vector<double> sample_values(const std::optional<Tensor>& t, int64_t N, int64_t C, double fill) {
+  std::vector<double> v(static_cast<size_t>(N * C), fill);
+  if (!t.has_value() || !t->defined()) return v;
+  const Tensor d = t->to(at::kDouble).contiguous();
+  const double* p = d.const_data_ptr<double>();
+  const int64_t period = d.numel();  // C or N * C
+  for (int64_t k = 0; k < N * C; ++k) v[k] = p[k % period];
   return v;
 }
 
@@ -250,6 +293,50 @@ std::vector<double> backward_passes(const Tensor& g, const Tensor& x, Tensor& gr
   return s;
 }
 
+// Conditional BatchNorm's backward over the instance walk w (N * C instances k = n * C + c of the
+// view (1, N * C, S)): one reduction pass gives per instance (sum_s dz, sum_s dz (x - mean)), returned
+// as s[0 .. NC) and s[NC .. 2 NC); the per-channel training terms p, q (gan_math.h
+// batch_norm_grad_input_per_sample) are their w-weighted sums over the samples (host, in order:
+// deterministic); then one elementwise pass writes grad_input. Per instance: wv (the weight), scale,
+// shift, mean_k, invstd_k; C channels; M values per channel.
+std::vector<double> backward_passes_per_sample(const Tensor& g, const Tensor& x, Tensor& grad_input, const Walk& w,
+                                               ActKind act, double alpha, int64_t C, const std::vector<double>& wv,
+                                               const std::vector<double>& scale, const std::vector<double>& shift,
+                                               const std::vector<double>& mean_k, const std::vector<double>& invstd_k,
+                                               int64_t M, bool centre) {
+  const int64_t NC = w.channels;
+  std::vector<double> s;
+  dispatch_batch_norm_act(x, act, [&](auto tag, auto act_tag) {
+    using scalar_t = decltype(tag);
+    using acc_t = at::opmath_type<scalar_t>;
+    constexpr ActKind A = decltype(act_tag)::value;
+    const std::vector<acc_t> sc = slots<acc_t>(w, scale), sh = slots<acc_t>(w, shift), mu = slots<acc_t>(w, mean_k);
+    const scalar_t* gp = g.const_data_ptr<scalar_t>();
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const acc_t al = static_cast<acc_t>(alpha);
+    s = channel_sums<acc_t, 2>(w, BackwardSumTerm<scalar_t, acc_t, A>{gp, xp, sc.data(), sh.data(), mu.data(), al});
+    if (w.n == 0) return;
+    std::vector<double> p(static_cast<size_t>(NC), 0.0), q(static_cast<size_t>(NC), 0.0);
+    if (centre) {
+      std::vector<double> m1(static_cast<size_t>(C), 0.0), m2(static_cast<size_t>(C), 0.0);
+      for (int64_t k = 0; k < NC; ++k) {  // samples in order
+        m1[k % C] += wv[k] * s[k];
+        m2[k % C] += wv[k] * s[NC + k];
+      }
+      for (int64_t k = 0; k < NC; ++k) {
+        const double is = invstd_k[k];
+        p[k] = is * m1[k % C] / static_cast<double>(M);
+        q[k] = is * is * is * m2[k % C] / static_cast<double>(M);
+      }
+    }
+    const std::vector<acc_t> pv = slots<acc_t>(w, p), qv = slots<acc_t>(w, q);
+    channel_for(w, PerSampleGradInputTerm<scalar_t, acc_t, A>{gp, xp, grad_input.mutable_data_ptr<scalar_t>(),
+                                                              sc.data(), sh.data(), mu.data(), pv.data(), qv.data(),
+                                                              al});
+  });
+  return s;
+}
+
 // scale[k] = w[k % period] invstd[k], shift[k] = b[k % period] - mean[k] scale[k] over the walk's
 // channels: the channel-to-parameter mapping (period = C: batch norm's identity; instance norm's
 // instance k = n * C + c takes parameter c).
@@ -274,7 +361,10 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_act(const Tensor& input, const std
   const int64_t M = check_batch_norm_act(op, input, weight, bias, running_mean, running_var, training, eps);
   const ActKind act = parse_act(act_name);
   const bool has_running = running_mean.has_value() && running_mean->defined();
-  const Tensor x = walkable(input);
+  const bool per_sample = batch_norm_per_sample(weight, bias);
+  // Per sample: the statistics walk NCHW contiguous x by channel, the elementwise pass its view
+  // (1, N * C, S) by instance (n, c), whose affine coefficients are then loop invariants of a row.
+  const Tensor x = per_sample ? input.contiguous() : walkable(input);
   Tensor out = empty_output_like(x);
   const int64_t C = x.size(1);
   const Walk w = make_walk(x);
@@ -302,12 +392,67 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_act(const Tensor& input, const std
     for (int64_t c = 0; c < C; ++c) invstd[c] = 1.0 / std::sqrt(rv[c] + eps);
   }
 
-  if (w.n > 0) {
+  if (w.n > 0 && per_sample) {
+    const int64_t N = x.size(0), NC = N * C;
+    const std::vector<double> wv = sample_values(weight, N, C, 1.0), bv = sample_values(bias, N, C, 0.0);
+    std::vector<double> scale(static_cast<size_t>(NC)), shift(static_cast<size_t>(NC));
+    for (int64_t k = 0; k < NC; ++k) {
+      scale[k] = wv[k] * invstd[k % C];
+      shift[k] = bv[k] - mean[k % C] * scale[k];
+    }
+    const Tensor xi = instance_view(x);
+    Tensor out_i = out.view(xi.sizes());
+    normalize_act(xi, out_i, make_walk(xi), act, alpha, scale, shift);
+  } else if (w.n > 0) {
     std::vector<double> scale(static_cast<size_t>(C)), shift(static_cast<size_t>(C));
     affine_coefficients(channel_values(weight, C, 1.0), channel_values(bias, C, 0.0), mean, invstd, scale, shift);
     normalize_act(x, out, w, act, alpha, scale, shift);
   }
   return {out, channel_tensor(mean, compute), channel_tensor(invstd, compute)};
+}
+
+// The gradient of an affine operand from its per-instance gradient (N * C values, index n * C + c):
+// (N, C) as is where the operand is per sample, else summed over the samples in order: (C,).
+Tensor affine_grad(const std::vector<double>& per_instance, int64_t N, int64_t C, bool operand_per_sample,
+                   at::ScalarType dtype) {
+  if (operand_per_sample) return channel_tensor(per_instance, dtype).view({N, C});
+  std::vector<double> v(static_cast<size_t>(C), 0.0);
+  for (int64_t k = 0; k < N * C; ++k) v[k % C] += per_instance[k];
+  return channel_tensor(v, dtype);
+}
+
+// batch_norm_act_backward with a per-sample weight or bias (x NCHW contiguous, walked by instance).
+std::tuple<Tensor, Tensor, Tensor> batch_norm_act_backward_per_sample(
+    const Tensor& grad_output, const Tensor& input, const std::optional<Tensor>& weight,
+    const std::optional<Tensor>& bias, const Tensor& save_mean, const Tensor& save_invstd, bool training, ActKind act,
+    double alpha, int64_t M) {
+  const Tensor x = input.contiguous();
+  const int64_t N = x.size(0), C = x.size(1), NC = N * C;
+  const Tensor xi = instance_view(x);
+  const Tensor g = grad_output.to(x.scalar_type()).contiguous().view(xi.sizes());
+  Tensor grad_input = empty_output_like(x);
+  Tensor gi = grad_input.view(xi.sizes());
+  const Walk w = make_walk(xi);
+  const auto param_dtype = weight.has_value() && weight->defined() ? weight->scalar_type() : input.scalar_type();
+  const std::vector<double> mean = channel_values(save_mean, C, 0.0), invstd = channel_values(save_invstd, C, 1.0);
+  const std::vector<double> wv = sample_values(weight, N, C, 1.0), bv = sample_values(bias, N, C, 0.0);
+  std::vector<double> scale(static_cast<size_t>(NC)), shift(static_cast<size_t>(NC)), mean_k(static_cast<size_t>(NC)),
+      invstd_k(static_cast<size_t>(NC));
+  for (int64_t k = 0; k < NC; ++k) {
+    mean_k[k] = mean[k % C];
+    invstd_k[k] = invstd[k % C];
+    scale[k] = wv[k] * invstd_k[k];
+    shift[k] = bv[k] - mean_k[k] * scale[k];
+  }
+  const std::vector<double> s = backward_passes_per_sample(g, xi, gi, w, act, alpha, C, wv, scale, shift, mean_k,
+                                                           invstd_k, M, training && M > 0);
+  std::vector<double> gw(static_cast<size_t>(NC)), gb(static_cast<size_t>(NC));
+  for (int64_t k = 0; k < NC; ++k) {
+    gb[k] = s[k];
+    gw[k] = s[NC + k] * invstd_k[k];
+  }
+  auto ps = [](const std::optional<Tensor>& t) { return t.has_value() && t->defined() && t->dim() == 2; };
+  return {grad_input, affine_grad(gw, N, C, ps(weight), param_dtype), affine_grad(gb, N, C, ps(bias), param_dtype)};
 }
 
 std::tuple<Tensor, Tensor, Tensor> batch_norm_act_backward(const Tensor& grad_output, const Tensor& input,
@@ -318,6 +463,9 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_act_backward(const Tensor& grad_ou
   constexpr const char* op = "ganfast::batch_norm_act_backward";
   const int64_t M = check_batch_norm_act_backward(op, grad_output, input, weight, bias, save_mean, save_invstd);
   const ActKind act = parse_act(act_name);
+  if (batch_norm_per_sample(weight, bias))
+    return batch_norm_act_backward_per_sample(grad_output, input, weight, bias, save_mean, save_invstd, training, act,
+                                              alpha, M);
   const Tensor x = walkable(input);
   Tensor grad_input = empty_output_like(x);
   const int64_t C = x.size(1);

@@ -18,6 +18,12 @@
 //   forward, eval      finalize_eval (one thread per channel) -> map.
 //   backward           reduce (sum dz, sum dz (x - mean)) -> finalize_backward (grad_weight,
 //                      grad_bias, the grad_input coefficients) -> map (grad_input).
+// Conditional BatchNorm (weight / bias (N, C); issue 12): the statistics launches run over NCHW-contiguous
+// x without the affine parameters; the per-instance coefficients (N * C of them) are made by tiny torch
+// ops on the stream; the elementwise passes and the backward's reduce / finalize run over the instance
+// view (1, N * C, S) (every per-channel operand per instance); between the backward's finalize and its
+// elementwise pass, the per-channel terms p, q of gan_math.h batch_norm_grad_input_per_sample are the
+// w-weighted sums over the samples of the per-instance sums (torch ops on the stream, no host sync).
 // Reductions are deterministic: each piece is one block's fixed-order tree (block_sum, or a fixed
 // shared-memory fold), stored; the pieces of a channel are added by one block in a fixed order.
 // Reduce kernels, Rows: one block per (channel, piece of kPieceVectors vectors of the channel),
@@ -278,6 +284,19 @@ struct GradInputOp {
   }
 };
 
+// Conditional BatchNorm's grad_input (per-instance coefficients over the instance view), coef [6][NC]
+// = scale, shift, mean, a, p, q: dx = a dz - p - (x - mean) q (gan_math.h batch_norm_grad_input_per_sample).
+template <typename acc_t, ActKind A>
+struct PerSampleGradInputOp {
+  static constexpr bool kGrad = true;
+  acc_t alpha;
+  __device__ __forceinline__ acc_t operator()(acc_t xv, acc_t gv, const acc_t* cf, int64_t C) const {
+    const acc_t dz = math::batch_norm_act_dz<A>(gv, xv, load_ro(cf), load_ro(cf + C), alpha);
+    return math::batch_norm_grad_input_per_sample(dz, xv, load_ro(cf + 2 * C), load_ro(cf + 3 * C),
+                                                  load_ro(cf + 4 * C), load_ro(cf + 5 * C));
+  }
+};
+
 // map_kernel of cuda_utils.cuh with one segment and __launch_bounds__(kThreads, kMinBlocks) (see above).
 template <typename M>
 __global__ void __launch_bounds__(kThreads, kMinBlocks) elementwise_kernel(const M m) {
@@ -420,10 +439,21 @@ void launch_normalize(const Tensor& x, Tensor& out, const Geometry& g, const Ten
 // The backward: reduce (sum dz, sum dz (x - mean)) -> finalize_backward (grad_weight, grad_bias per
 // channel of g, in the compute dtype; the grad_input coefficients) -> grad_input (g.n > 0). gx: the
 // upstream gradient in x's layout and dtype; mean, invstd contiguous (g.C).
+// Conditional BatchNorm (x the instance view (1, N * C, S), every per-channel operand per instance):
+// the batch terms of grad_input are w-weighted sums over the samples of the per-instance sums.
+struct PerSample {
+  int64_t N = 0, C = 0;
+  Tensor invstd;  // (C), compute dtype
+};
+
+// per_sample: conditional BatchNorm (see PerSample): finalize_backward writes the per-instance sums
+// only (as in eval), p and q are made from them between the launches by tiny torch ops on the stream
+// (no host synchronisation), and the elementwise pass is PerSampleGradInputOp.
 void launch_backward(const char* op, const Tensor& x, const Tensor& gx, Tensor& grad_input, const Geometry& g,
                      int64_t M, bool training, const Tensor& w, const Tensor& b, int64_t period, const Tensor& mean,
                      const Tensor& invstd, ActKind act, double alpha, Tensor& grad_weight, Tensor& grad_bias,
-                     const at::TensorOptions& copts, c10::DeviceIndex device, cudaStream_t stream) {
+                     const at::TensorOptions& copts, c10::DeviceIndex device, cudaStream_t stream,
+                     const PerSample* per_sample = nullptr) {
   Tensor coef = at::empty({6, g.C}, copts);
   dispatch_batch_norm_act(x.scalar_type(), act, [&](auto tag, auto a) {
     using scalar_t = decltype(tag);
@@ -442,11 +472,28 @@ void launch_backward(const char* op, const Tensor& x, const Tensor& gx, Tensor& 
     int64_t P = 0;
     const Tensor partial = launch_reduce(op, t, g, is_aligned(xp) && is_aligned(gp), x, stream, &P);
     GANFAST_LAUNCH(static_cast<unsigned int>(g.C), kThreads, 0, stream, finalize_backward_kernel<acc_t>)(
-        partial.const_data_ptr<acc_t>(), g.C, P, M, ch, training, grad_weight.mutable_data_ptr<acc_t>(),
-        grad_bias.mutable_data_ptr<acc_t>(), coef.mutable_data_ptr<acc_t>());
+        partial.const_data_ptr<acc_t>(), g.C, P, M, ch, training && per_sample == nullptr,
+        grad_weight.mutable_data_ptr<acc_t>(), grad_bias.mutable_data_ptr<acc_t>(), coef.mutable_data_ptr<acc_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     if (g.n == 0) return;
     const BcastRef<acc_t> cref = channel_ref<acc_t>(coef, g);
+    if (per_sample != nullptr) {
+      const int64_t N = per_sample->N, C = per_sample->C;
+      if (training && M > 0) {  // p = invstd mean(w dz), q = invstd^2 mean(w dz x_hat) (grad_weight = sum dz x_hat)
+        const Tensor wv = w.defined() ? w.view({N, C}) : at::ones({N, C}, copts);
+        const Tensor& inv = per_sample->invstd;
+        const Tensor m1 = (wv * grad_bias.view({N, C})).sum(0) / static_cast<double>(M);
+        const Tensor m2 = (wv * grad_weight.view({N, C})).sum(0) / static_cast<double>(M);
+        coef[4].copy_((inv * m1).repeat({N}));
+        coef[5].copy_((inv * inv * m2).repeat({N}));
+      }
+      dispatch_bool(is_aligned(xp) && is_aligned(gp) && is_aligned(op_), [&](auto aligned) {
+        constexpr int V = decltype(aligned)::value ? kVec<scalar_t> : 1;
+        using Map = ChannelMap<scalar_t, V, PerSampleGradInputOp<acc_t, A>>;
+        launch_elementwise(Map{xp, gp, op_, cref, g.n, {static_cast<acc_t>(alpha)}}, device, stream);
+      });
+      return;
+    }
     dispatch_bool(is_aligned(xp) && is_aligned(gp) && is_aligned(op_), [&](auto aligned) {
       constexpr int V = decltype(aligned)::value ? kVec<scalar_t> : 1;
       launch_elementwise(
@@ -469,7 +516,13 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_act(const Tensor& input, const std
   constexpr const char* op = "ganfast::batch_norm_act";
   const int64_t M = check_batch_norm_act(op, input, weight, bias, running_mean, running_var, training, eps);
   const c10::cuda::CUDAGuard device_guard(input.device());
-  const auto [act, x, g, compute, copts, w, b, stream, device] = setup(op, input, M, weight, bias, act_name);
+  const bool per_sample = batch_norm_per_sample(weight, bias);
+  // Per sample (conditional BatchNorm): the statistics by channel over NCHW-contiguous x without the
+  // affine parameters, then the elementwise pass over the instance view (1, N * C, S) with
+  // per-instance coefficients.
+  const auto [act, x, g, compute, copts, w_op, b_op, stream, device] =
+      setup(op, per_sample ? input.contiguous() : input, M, weight, bias, act_name);
+  const Tensor w = per_sample ? Tensor() : w_op, b = per_sample ? Tensor() : b_op;
   Tensor out = at::empty_like(x);
   Tensor save_mean = at::empty({g.C}, copts), save_invstd = at::empty({g.C}, copts);
   if (g.C == 0) return {out, save_mean, save_invstd};
@@ -509,8 +562,57 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_act(const Tensor& input, const std
     running_var->copy_(rv);
   }
   if (g.n == 0) return {out, save_mean, save_invstd};
+  if (per_sample) {
+    // coef [2][N * C]: scale = w[n, c] invstd[c], shift = b[n, c] - mean[c] scale (tiny torch ops on the stream)
+    const int64_t N = x.size(0), C = g.C;
+    const Tensor inv = save_invstd.expand({N, C});
+    const Tensor scale = w_op.defined() ? (w_op.dim() == 2 ? w_op : w_op.expand({N, C})) * inv : inv;
+    Tensor shift = -save_mean.expand({N, C}) * scale;
+    if (b_op.defined()) shift = shift + (b_op.dim() == 2 ? b_op : b_op.expand({N, C}));
+    const Tensor icoef = at::stack({scale.reshape({N * C}), shift.reshape({N * C})});
+    const Tensor xi = instance_view(x);
+    Tensor out_i = out.view(xi.sizes());
+    launch_normalize(xi, out_i, channel_geometry(xi, 1, instance_norm_spatial_size(x)), icoef, act, alpha, device,
+                     stream);
+    return {out, save_mean, save_invstd};
+  }
   launch_normalize(x, out, g, coef, act, alpha, device, stream);
   return {out, save_mean, save_invstd};
+}
+
+// batch_norm_act_backward with a per-sample weight or bias: launch_backward over the instance view
+// (1, N * C, S) of NCHW-contiguous x, every operand per instance, then each parameter gradient in its
+// operand's shape ((N, C), or summed over the samples: (C,)).
+std::tuple<Tensor, Tensor, Tensor> batch_norm_act_backward_per_sample(
+    const char* op, const Tensor& grad_output, const Tensor& input, const std::optional<Tensor>& weight,
+    const std::optional<Tensor>& bias, const Tensor& save_mean, const Tensor& save_invstd, bool training,
+    c10::string_view act_name, double alpha, int64_t M) {
+  const int64_t N = input.size(0), C = input.size(1);
+  const Tensor xc = input.contiguous();
+  // the geometry of the view: S values per instance (M = N S per channel is the centring's count)
+  const auto [act, x, g, compute, copts, w_op, b_op, stream, device] =
+      setup(op, instance_view(xc), instance_norm_spatial_size(xc), weight, bias, act_name);
+  const auto param_dtype = weight.has_value() && weight->defined() ? weight->scalar_type() : input.scalar_type();
+  auto per_instance = [&](const Tensor& t) {
+    return !t.defined() ? t : (t.dim() == 2 ? t.reshape({N * C}) : t.repeat({N}));
+  };
+  auto fold = [&](const Tensor& grad, const std::optional<Tensor>& t) {
+    const bool ps = t.has_value() && t->defined() && t->dim() == 2;
+    return (ps ? grad.view({N, C}) : grad.view({N, C}).sum(0)).to(param_dtype);
+  };
+  Tensor grad_input = at::empty_like(x);
+  Tensor grad_weight = at::empty({g.C}, copts), grad_bias = at::empty({g.C}, copts);
+  if (g.C > 0) {
+    const Tensor gx = instance_view(grad_output.to(x.scalar_type()).contiguous());
+    const Tensor sm = save_mean.to(compute).contiguous(), si = save_invstd.to(compute).contiguous();
+    PerSample ps;
+    ps.N = N;
+    ps.C = C;
+    ps.invstd = si;
+    launch_backward(op, x, gx, grad_input, g, M, training, per_instance(w_op), per_instance(b_op), 0, sm.repeat({N}),
+                    si.repeat({N}), act, alpha, grad_weight, grad_bias, copts, device, stream, &ps);
+  }
+  return {grad_input.view(input.sizes()), fold(grad_weight, weight), fold(grad_bias, bias)};
 }
 
 std::tuple<Tensor, Tensor, Tensor> batch_norm_act_backward(const Tensor& grad_output, const Tensor& input,
@@ -521,6 +623,9 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_act_backward(const Tensor& grad_ou
   constexpr const char* op = "ganfast::batch_norm_act_backward";
   const int64_t M = check_batch_norm_act_backward(op, grad_output, input, weight, bias, save_mean, save_invstd);
   const c10::cuda::CUDAGuard device_guard(input.device());
+  if (batch_norm_per_sample(weight, bias))
+    return batch_norm_act_backward_per_sample(op, grad_output, input, weight, bias, save_mean, save_invstd, training,
+                                              act_name, alpha, M);
   const auto [act, x, g, compute, copts, w, b, stream, device] = setup(op, input, M, weight, bias, act_name);
   const auto param_dtype = weight.has_value() && weight->defined() ? weight->scalar_type() : input.scalar_type();
   Tensor grad_input = at::empty_like(x);

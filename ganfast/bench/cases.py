@@ -321,6 +321,44 @@ def batch_norm_act_case(shape, device) -> Case:
                 "running statistics updated", make_step, rtol=1e-4, atol_scale=1e-5)
 
 
+def conditional_batch_norm_act_case(shape, device) -> Case:
+    """BigGAN's / SAGAN's conditional BatchNorm + ReLU: a gain and a bias per sample and channel (N, C)."""
+    n, c = shape[:2]
+
+    def make_step(impl, **_):
+        gen = _gen(4)
+        x = torch.randn(shape, generator=gen).to(device).requires_grad_()
+        u = torch.randn(shape, generator=gen).to(device)
+        # what ConditionalBatchNorm2d's Linears give: 1 + gain(cond), bias(cond)
+        gain = (1.0 + 0.2 * torch.randn((n, c), generator=gen)).to(device).requires_grad_()
+        bias = (0.2 * torch.randn((n, c), generator=gen)).to(device).requires_grad_()
+        rm, rv = torch.zeros(c, device=device), torch.ones(c, device=device)
+        if impl == "ganfast":
+            def fn(x, gain, bias):
+                return gops.batch_norm_act(x, gain, bias, rm, rv, True, 0.1, 1e-5, "relu")
+        else:
+            def fn(x, gain, bias):
+                z = F.batch_norm(x, rm, rv, None, None, True, 0.1, 1e-5)
+                return F.relu(z * gain[:, :, None, None] + bias[:, :, None, None])
+            if impl == "compile":
+                fn = torch.compile(fn)
+
+        def step():
+            y = fn(x, gain, bias)
+            y.backward(u)
+            out = [("y", y.detach()), ("grad x", x.grad), ("grad gain", gain.grad), ("grad bias", bias.grad)]
+            _clear((x, gain, bias))
+            return out
+        return step
+
+    return Case("block", "conditional BatchNorm2d + ReLU (training)", "x".join(map(str, shape)),
+                "batch statistics, normalise, per-sample affine `* gain[n, c] + bias[n, c]` ((N, C) operands, "
+                "BigGAN's conditional BatchNorm), ReLU; backward with a random upstream gradient (gradients of x "
+                "and of the (N, C) gain and bias); running statistics updated. Eager: `F.batch_norm` without "
+                "affine, the broadcast affine, `F.relu`; ganfast: `batch_norm_act` with (N, C) weight / bias",
+                make_step, rtol=1e-4, atol_scale=1e-5)
+
+
 # ---- instance_norm_act: CycleGAN's InstanceNorm + ReLU, forward and backward ---------------------------
 
 def instance_norm_act_case(shape, device) -> Case:
@@ -924,6 +962,7 @@ SIZES = [
     (bias_act_case, [((8, 32, 16, 16),)], [((64, 128, 32, 32),)]),
     (lrelu_double_backward_case, [((8, 32, 16, 16),)], [((64, 128, 32, 32),)]),
     (batch_norm_act_case, [((8, 32, 16, 16),)], [((64, 128, 16, 16),)]),
+    (conditional_batch_norm_act_case, [((8, 32, 16, 16),)], [((64, 256, 16, 16),)]),
     (instance_norm_act_case, [((4, 32, 16, 16),)], [((8, 256, 64, 64),)]),
     (generator_case, [(4, 32, 16)], [(64, 64, 64)]),                     # batch, image size, ngf
     (dcgan_step_case, [("nonsaturating", 4, 32, 16)], [("nonsaturating", 64, 64, 64)]),

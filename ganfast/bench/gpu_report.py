@@ -373,6 +373,8 @@ def batch_norm_act_configs():
         bs, bc, ones = tiles[tile]
         if kernel in _AFFINE_KERNELS:
             c.setdefault("PERIODIC", False)  # batch norm: channel c's own parameters
+        if kernel == "_bn_act_backward_kernel":
+            c.setdefault("PER_SAMPLE", False)
         c = dict(c, ACC=acc(dt), BLOCK_S=bs, BLOCK_C=bc, **ones)
         out.append(("batch_norm_act", kernel, dt, c, i64, {"num_warps": warps(bs, bc), "ptr_types": ptrs(dt)}))
 
@@ -555,6 +557,8 @@ def instance_norm_act_configs():
     def add(kernel, dt, tile, i64=False, **c):
         bs, bc = tiles[tile]
         c = dict(c, PERIODIC=True, ACC=acc(dt), BLOCK_S=bs, BLOCK_C=bc, s_s=1)
+        if kernel == "_bn_act_backward_kernel":
+            c.setdefault("PER_SAMPLE", False)
         ptrs = {"gw_ptr": "*fp32", "gb_ptr": "*fp32"} if dt in ("float16", "bfloat16") else {}
         if dt in ("float16", "bfloat16"):
             ptrs.update(w_ptr="*fp32", b_ptr="*fp32")
@@ -612,11 +616,58 @@ def cycle_loss_configs():
     return out
 
 
+def conditional_batch_norm_act_configs():
+    """Conditional BatchNorm (batch_norm_act with (N, C) weight / bias, ganfast/triton/batch_norm_act.py):
+    the statistics and finalize are batch_norm_act's (no affine parameters there); the elementwise
+    passes run over the instance view (1, N * C, S) with every operand per instance (PERIODIC=False,
+    weights and the per-instance weight / bias gradients in the accumulation dtype beside half inputs),
+    what is new is PER_SAMPLE=True on the training grad_input kernel. The tiles Walk picks for the
+    view at BigGAN's / SAGAN's maps: 4x4 [16, 128], 8x8 [64, 32], 16x16 [256, 8], 32x32 [1024, 2],
+    64x64 [2048, 1]; ReLU (the generators'), every other activation once in float32."""
+    import triton.language as tl
+
+    from ganfast import _args
+    from ganfast.triton import batch_norm_act as B
+
+    tiles = {"s16": (16, 128), "s64": (64, 32), "s256": (256, 8), "s1024": (1024, 2), "s4096": (2048, 1)}
+    out = []
+
+    def add(kernel, dt, tile, i64=False, **c):
+        bs, bc = tiles[tile]
+        acc = tl.float64 if dt == "float64" else tl.float32
+        c = dict(c, PERIODIC=False, ACC=acc, BLOCK_S=bs, BLOCK_C=bc, s_s=1)
+        ptrs = {}
+        if dt in ("float16", "bfloat16"):
+            ptrs = {"w_ptr": "*fp32", "b_ptr": "*fp32", "gw_ptr": "*fp32", "gb_ptr": "*fp32"}
+        out.append(("batch_norm_act", kernel, dt, c, i64, {"num_warps": B._num_warps(bs * bc), "ptr_types": ptrs}))
+
+    def act_kernels(dt, tile, act, i64=False, has_w=True, has_b=True):
+        bt = max(1, min(32, B.TILE // tiles[tile][1]))
+        add("_bn_act_kernel", dt, tile, i64, ACT=act, HAS_W=has_w, HAS_B=has_b, ITERS=1)
+        for training in (True, False):
+            add("_bn_act_backward_reduce_kernel", dt, tile, i64, ACT=act, TRAINING=training, HAS_W=has_w,
+                HAS_B=has_b, ITERS=1, BLOCK_T=bt)
+        add("_bn_act_backward_kernel", dt, tile, i64, ACT=act, HAS_W=has_w, HAS_B=has_b, ITERS=1, PER_SAMPLE=True)
+
+    for tile in tiles:
+        act_kernels("float32", tile, "relu")
+    for act in _args.ACTS:
+        if act != "relu":
+            act_kernels("float32", "s256", act)
+    act_kernels("float32", "s256", "relu", has_b=False)
+    act_kernels("float32", "s64", "relu", has_w=False)
+    for dt in ("float64", "float16", "bfloat16"):
+        act_kernels(dt, "s256", "relu")
+    act_kernels("float32", "s4096", "relu", i64=True)
+    return out
+
+
 @functools.lru_cache(maxsize=None)
 def configs():
     """[(module, kernel name, dtype name, constexprs, int64 indices?, options)] of every module."""
     every = ([("losses",) + c for c in loss_configs()] + penalty_configs() + bias_act_configs()
-             + batch_norm_act_configs() + instance_norm_act_configs() + conv_block_configs()
+             + batch_norm_act_configs() + instance_norm_act_configs() + conditional_batch_norm_act_configs()
+             + conv_block_configs()
              + info_loss_configs() + cycle_loss_configs())
     seen, out = set(), []
     for c in every:  # the lists above name a few configurations twice: compile each once

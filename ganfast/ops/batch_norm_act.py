@@ -32,10 +32,11 @@ def _channels_fastest(t: Tensor) -> bool:
     return True
 
 
-def _output_like(x: Tensor) -> Tensor:
+def _output_like(x: Tensor, per_sample: bool = False) -> Tensor:
     """The layout the kernels give the output (and grad_input): x's own where x is NCHW contiguous or
-    channels-fastest (channels_last), else contiguous."""
-    if x.is_contiguous() or _channels_fastest(x):
+    channels-fastest (channels_last), else contiguous; always contiguous with a per-sample weight or
+    bias (those kernels walk x by instance (n, c), which needs NCHW)."""
+    if not per_sample and (x.is_contiguous() or _channels_fastest(x)):
         return torch.empty_like(x)
     return torch.empty(x.shape, dtype=x.dtype, device=x.device)
 
@@ -46,7 +47,8 @@ def _fake_batch_norm_act(input, weight, bias, running_mean, running_var, trainin
     _args.parse_act(act)
     compute = _args.batch_norm_compute_dtype(input.dtype)
     c = input.size(1)
-    return (_output_like(input), input.new_empty((c,), dtype=compute), input.new_empty((c,), dtype=compute))
+    return (_output_like(input, _args.batch_norm_per_sample(weight, bias)), input.new_empty((c,), dtype=compute),
+            input.new_empty((c,), dtype=compute))
 
 
 def _fake_batch_norm_act_backward(grad_output, input, weight, bias, save_mean, save_invstd, training, act, alpha):
@@ -55,7 +57,10 @@ def _fake_batch_norm_act_backward(grad_output, input, weight, bias, save_mean, s
     _args.parse_act(act)
     dtype = weight.dtype if weight is not None else input.dtype
     c = input.size(1)
-    return (_output_like(input), input.new_empty((c,), dtype=dtype), input.new_empty((c,), dtype=dtype))
+    # each parameter gradient has its operand's shape: (N, C) per sample, else (C,) (also when absent)
+    shape = lambda t: tuple(t.shape) if t is not None and t.dim() == 2 else (c,)  # noqa: E731
+    return (_output_like(input, _args.batch_norm_per_sample(weight, bias)), input.new_empty(shape(weight), dtype=dtype),
+            input.new_empty(shape(bias), dtype=dtype))
 
 
 torch.library.register_fake("ganfast::batch_norm_act", _fake_batch_norm_act)
@@ -135,6 +140,11 @@ def batch_norm_act(x: Tensor, weight: Optional[Tensor] = None, bias: Optional[Te
                    training: bool = True, momentum: float = 0.1, eps: float = 1e-5, act: str = "relu",
                    alpha: Optional[float] = None) -> Tensor:
     """act(F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)) fused.
+
+    weight / bias: None, (C,), or (N, C) (one per sample: conditional BatchNorm, as BigGAN's class-
+    conditional gains), independently: out = act(x_hat[n, c] * weight[n, c] + bias[n, c]); the
+    gradients of (N, C) operands are (N, C) (summed over the spatial dims only). With a per-sample
+    operand the output is NCHW contiguous whatever x's layout.
 
     x: (N, C, *), any float dtype, NCHW contiguous or channels_last (kept). training: batch
     statistics, and running_mean / running_var (if given) updated in place as BatchNorm does (the

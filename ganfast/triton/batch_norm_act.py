@@ -290,7 +290,10 @@ def _bn_act_backward_kernel(g_ptr, x_ptr, w_ptr, b_ptr, mean_ptr, invstd_ptr, te
                             S, C, per_outer, s_outer, s_s, s_c, P, alpha: tl.float64,
                             ACT: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
                             PERIODIC: tl.constexpr, ACC: tl.constexpr, ITERS: tl.constexpr,
-                            BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr):
+                            BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, PER_SAMPLE: tl.constexpr = False):
+    """training grad_input. PER_SAMPLE (conditional BatchNorm over the instance view, weight per
+    (n, c)): terms hold p, q and dx = scale dz - p - (x - mean) q (gan_math.h
+    batch_norm_grad_input_per_sample); else terms hold mean(dz), k and dx = scale (dz - mean(dz) - (x - mean) k)."""
     pid_t = tl.program_id(0)
     pid_c = tl.program_id(1)
     c, cmask, mean, invstd, scale, shift = _channel_affine(w_ptr, b_ptr, mean_ptr, invstd_ptr, pid_c, C, P,
@@ -304,7 +307,10 @@ def _bn_act_backward_kernel(g_ptr, x_ptr, w_ptr, b_ptr, mean_ptr, invstd_ptr, te
         xc = tl.load(x_ptr + offs, mask=mask, other=0.0).to(ACC) - mean[None, :]
         dy = tl.load(g_ptr + offs, mask=mask, other=0.0).to(ACC)
         dz = dy * _act_derivative(xc * scale[None, :] + shift[None, :], a, ACT, 1)
-        dx = scale[None, :] * (dz - mean_dz[None, :] - xc * k[None, :])
+        if PER_SAMPLE:
+            dx = scale[None, :] * dz - mean_dz[None, :] - xc * k[None, :]
+        else:
+            dx = scale[None, :] * (dz - mean_dz[None, :] - xc * k[None, :])
         tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
@@ -408,6 +414,21 @@ def batch_statistics(x, M, running_mean, running_var, momentum, eps, acc):
     return mean, invstd
 
 
+def _instance_operands(x, weight, bias, mean, invstd):
+    """Conditional BatchNorm's operands over the instance view (1, N * C, S) of NCHW-contiguous x:
+    (x view, weight, bias, mean, invstd) each with one value per instance k = n * C + c (a (C,)
+    operand repeated over the samples; None stays None). Tiny device tensors, no synchronisation."""
+    n, c = x.size(0), x.size(1)
+    s = x.numel() // max(n * c, 1)
+
+    def per_instance(t):
+        if t is None:
+            return None
+        return t.reshape(-1) if t.dim() == 2 else t.repeat(n)
+
+    return (x.view(1, n * c, s), per_instance(weight), per_instance(bias), mean.repeat(n), invstd.repeat(n))
+
+
 def batch_norm_act(input, weight, bias, running_mean, running_var, training, momentum, eps, act, alpha):
     """ganfast::batch_norm_act on the Triton kernels -> (out, save_mean, save_invstd). (The conv
     block, whose epilogue already summed the statistics, calls finalize and normalize itself.)"""
@@ -415,7 +436,8 @@ def batch_norm_act(input, weight, bias, running_mean, running_var, training, mom
     M = _args.check_batch_norm_act(op, input, weight, bias, running_mean, running_var, training, eps)
     act = _args.parse_act(act)
     _args.check_kernel_dtype(input.dtype, "ganfast_batch_norm_act")
-    x = input if walkable(input) else input.contiguous()
+    per_sample = _args.batch_norm_per_sample(weight, bias)
+    x = input if walkable(input) and not (per_sample and not input.is_contiguous()) else input.contiguous()
     C = x.size(1)
     acc = acc_dtype(x.dtype)
     device = x.device
@@ -426,13 +448,22 @@ def batch_norm_act(input, weight, bias, running_mean, running_var, training, mom
         mean, invstd = batch_statistics(x, M, running_mean, running_var, momentum, eps, acc)
     else:
         mean, invstd, _ = finalize(None, 0, C, M, running_mean, running_var, False, momentum, eps, acc, device)
+    if per_sample:
+        # the elementwise pass over the instance view, every operand per instance (n, c)
+        xi, wi, bi, mi, ii = _instance_operands(x, weight, bias, mean, invstd)
+        return normalize(xi, wi, bi, mi, ii, act, alpha).view(x.shape), mean, invstd
     return normalize(x, weight, bias, mean, invstd, act, alpha), mean, invstd
 
 
-def backward_passes(g, x, weight, bias, save_mean, save_invstd, training, act, alpha, M, gdtype, period=None):
+def backward_passes(g, x, weight, bias, save_mean, save_invstd, training, act, alpha, M, gdtype, period=None,
+                    per_sample=None):
     """(grad_input, grad_weight, grad_bias) of a walkable x and g in x's layout and dtype (x not
     empty): the reduction (whose last programs write the per-channel weight / bias gradients, one per
-    channel of x, in gdtype) and, training, the elementwise pass. period: as normalize's."""
+    channel of x, in gdtype) and, training, the elementwise pass. period: as normalize's.
+    per_sample: (N, C, weight (N, C) or None) where x is conditional BatchNorm's instance view
+    (1, N * C, S) (every operand per instance; M values per channel c): the training terms p, q are
+    then w-weighted sums over the samples of the per-instance sums, made between the two launches
+    (tiny torch ops on the device, no host synchronisation)."""
     walk = Walk(x)
     C, device = walk.C, x.device
     acc = acc_dtype(x.dtype)
@@ -453,11 +484,21 @@ def backward_passes(g, x, weight, bias, save_mean, save_invstd, training, act, a
             ACT=act, TRAINING=bool(training), HAS_W=weight is not None, HAS_B=bias is not None,
             PERIODIC=period is not None, ACC=acc[1], ITERS=walk.iters, BLOCK_T=max(1, min(32, TILE // walk.block_c)),
             BLOCK_S=walk.block_s, BLOCK_C=walk.block_c, num_warps=nw)
-        if training:
+    if training and per_sample is not None:
+        n, c, wv = per_sample
+        # grad_bias = sum_s dz, grad_weight = invstd sum_s dz (x - mean) per instance (acc dtype here)
+        wv = torch.ones((n, c), dtype=acc[0], device=device) if wv is None else wv.to(acc[0]).reshape(n, c)
+        inv = save_invstd[:c]
+        m1 = (wv * grad_bias.view(n, c)).sum(0) / M      # mean(w dz)
+        m2 = (wv * grad_weight.view(n, c)).sum(0) / M    # mean(w dz x_hat)
+        terms = torch.stack([(inv * m1).repeat(n), (inv * inv * m2).repeat(n)])
+    if training:
+        with _Launch(device):
             _bn_act_backward_kernel[(walk.T, walk.cblocks)](
                 g, x, w, b, save_mean, save_invstd, terms, grad_input, *walk.args(), P, float(alpha),
                 ACT=act, HAS_W=weight is not None, HAS_B=bias is not None, PERIODIC=period is not None, ACC=acc[1],
-                ITERS=walk.iters, BLOCK_S=walk.block_s, BLOCK_C=walk.block_c, num_warps=nw)
+                ITERS=walk.iters, BLOCK_S=walk.block_s, BLOCK_C=walk.block_c, PER_SAMPLE=per_sample is not None,
+                num_warps=nw)
     return grad_input, grad_weight, grad_bias
 
 
@@ -467,11 +508,24 @@ def batch_norm_act_backward(grad_output, input, weight, bias, save_mean, save_in
     M = _args.check_batch_norm_act_backward(op, grad_output, input, weight, bias, save_mean, save_invstd)
     act = _args.parse_act(act)
     _args.check_kernel_dtype(input.dtype, "ganfast_batch_norm_act_backward")
-    x = input if walkable(input) else input.contiguous()
-    C = x.size(1)
+    per_sample = _args.batch_norm_per_sample(weight, bias)
+    x = input if walkable(input) and not (per_sample and not input.is_contiguous()) else input.contiguous()
+    N, C = x.size(0), x.size(1)
     gdtype = weight.dtype if weight is not None else x.dtype
+    shape = lambda t: tuple(t.shape) if per_sample and t is not None and t.dim() == 2 else (C,)  # noqa: E731
     if x.numel() == 0:
-        z = torch.zeros(C, dtype=gdtype, device=x.device)
-        return torch.empty_like(x), z, z.clone()
+        return (torch.empty_like(x), torch.zeros(shape(weight), dtype=gdtype, device=x.device),
+                torch.zeros(shape(bias), dtype=gdtype, device=x.device))
     g = _like(grad_output, x, x.dtype)
-    return backward_passes(g, x, weight, bias, save_mean, save_invstd, training, act, alpha, M, gdtype)
+    if not per_sample:
+        return backward_passes(g, x, weight, bias, save_mean, save_invstd, training, act, alpha, M, gdtype)
+    # conditional BatchNorm: per-instance sums over the instance view, then (N, C) or summed to (C,)
+    xi, wi, bi, mi, ii = _instance_operands(x, weight, bias, save_mean, save_invstd)
+    dx, gw, gb = backward_passes(g.view(xi.shape), xi, wi, bi, mi, ii, training, act, alpha, M, ii.dtype,
+                                 per_sample=(N, C, wi))
+
+    def fold(grad, t):  # the operand's shape, its dtype
+        grad = grad.view(N, C)
+        return (grad if shape(t) != (C,) else grad.sum(0)).to(gdtype)
+
+    return dx.view(x.shape), fold(gw, weight), fold(gb, bias)
