@@ -228,7 +228,7 @@ def _make_batch_norm(shape, dtype, device, gen):
 
 
 def _make_cond_batch_norm(shape, dtype, device, gen):
-    # conditional BatchNorm: weight and bias (N, C), one per sample
+    # conditional BatchNorm ("cond" variants): weight and bias (N, C), one per sample
     n, c = shape[:2]
     return dict(_make_batch_norm(shape, dtype, device, gen),
                 weight=_rand((n, c), dtype, device, gen, 0.5, 1.5, grad=True),
@@ -350,7 +350,7 @@ def _cases() -> list:
             {"small": (3, 5, 7, 9)})
         add("batch_norm_act", "batch_norm_act", f"tanh,{mode}", _make_batch_norm, _batch_norm_act("tanh", training),
             {"production": (64, 128, 16, 16)})
-        add("batch_norm_act", "batch_norm_act", f"relu,per-sample,{mode}", _make_cond_batch_norm,
+        add("batch_norm_act", "batch_norm_act", f"relu,cond,{mode}", _make_cond_batch_norm,
             _batch_norm_act("relu", training), {"small": (3, 5, 7, 9), "production": (64, 256, 16, 16)})
         # with batch statistics the conv bias cancels: its gradient is the rounding of sum(dz)
         cancels = (("d/dconv_bias", "d/dbn_bias"),) if training else ()
