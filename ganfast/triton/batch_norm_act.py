@@ -38,6 +38,11 @@ Kernels:
                            launch in all).
   _bn_act_backward_kernel  training: grad_input = w invstd (dz - mean(dz) - (x - mean) k),
                            k = invstd^2 mean(dz (x - mean)) (gan_math.h batch_norm_grad_input).
+Conditional BatchNorm (weight / bias (N, C), one per sample; issue 12): the statistics run over x
+(made NCHW contiguous) as above; the elementwise passes and the backward's reduction run over its
+instance view (1, N * C, S) with every operand per instance (_instance_operands: tiny device
+tensors); the training input gradient takes PER_SAMPLE terms p, q (w-weighted sums over the
+samples of the per-instance sums, made by torch ops between the two backward launches).
 No host synchronisation anywhere: sizes come from shapes, statistics stay on the device.
 """
 
