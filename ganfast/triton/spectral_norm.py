@@ -73,7 +73,7 @@ def _sn_mtv_kernel(w_ptr, u_ptr, t_ptr, h, B, nb, ACC: tl.constexpr, ROWS: tl.co
 
 
 @triton.jit
-def _sn_normalize_kernel(x_ptr, buf_ptr, cache_ptr, n, eps, ACC: tl.constexpr, FINAL: tl.constexpr,
+def _sn_normalize_kernel(x_ptr, buf_ptr, cache_ptr, n, eps: tl.float64, ACC: tl.constexpr, FINAL: tl.constexpr,
                          NBLOCK: tl.constexpr):
     ss = tl.zeros([NBLOCK], ACC)
     for k0 in range(0, n, NBLOCK):
@@ -95,7 +95,7 @@ def _sn_normalize_kernel(x_ptr, buf_ptr, cache_ptr, n, eps, ACC: tl.constexpr, F
 
 
 @triton.jit
-def _sn_sigma_kernel(cache_ptr, t_ptr, w, eps, ACC: tl.constexpr, NBLOCK: tl.constexpr):
+def _sn_sigma_kernel(cache_ptr, t_ptr, w, eps: tl.float64, ACC: tl.constexpr, NBLOCK: tl.constexpr):
     """sigma = ||t||^2 / max(||t||, eps) into cache[0] (the same sum as _sn_normalize_kernel's)."""
     ss = tl.zeros([NBLOCK], ACC)
     for k0 in range(0, w, NBLOCK):
