@@ -333,15 +333,16 @@ MODULES = {
 
 @pytest.mark.parametrize("module", MODULES)
 def test_same_keys_and_same_start_as_torch_with_one_seed(module):
-    """The same state_dict keys; with the same seed the same u and v, bit for bit (registration draws
-    them from the global RNG in torch's order and runs torch's 15 steps)."""
+    """The same state_dict keys; with the same seed the same u and v (registration draws them from the
+    global RNG in torch's order and runs torch's 15 steps; then register_parametrization calls the
+    forward once, one training power step, which is the fused op's: equal up to float32 rounding)."""
     a, b = _pair(MODULES[module])
     sa, sb = a.state_dict(), b.state_dict()
     assert list(sa) == list(sb)
     assert {"parametrizations.weight.original", "parametrizations.weight.0._u",
             "parametrizations.weight.0._v"} <= set(sb)
     for k in sa:
-        assert torch.equal(sa[k], sb[k]), k
+        assert_close(sb[k], sa[k], atol=1e-6, rtol=1e-5, name=k)
     assert_close(b.weight, a.weight, name=f"{module}: normalised weight")
     assert torch.equal(a.next_draw, b.next_draw), "the registrations consumed different draws of the RNG"
 

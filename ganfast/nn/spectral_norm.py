@@ -7,7 +7,7 @@ the same state_dict keys (`parametrizations.weight.original`, `parametrizations.
 `parametrizations.weight.0._v`): a state_dict saved with either implementation loads into the other.
 Registration draws u and v from the global RNG exactly as torch does (normal_ of size h, then of size
 w, normalised, then 15 power steps, in torch's own eager code), so with the same seed both start from
-the same u and v. Values and gradients are torch's up to float rounding: in training, sigma is taken
+the same u and v (up to the rounding of the one power step register_parametrization's check call runs). Values and gradients are torch's up to float rounding: in training, sigma is taken
 as ||W^T u||^2 / max(||W^T u||, eps), which equals torch's u . (W v) for v = normalize(W^T u) without
 reading W a third time.
 """
