@@ -945,6 +945,18 @@ def spectral_norm_case(ch: int, device) -> Case:
     shapes = sagan_d_weight_shapes(ch)
 
     def make_step(impl, **_):
+        if impl == "compile":
+            # Measured on torch 2.14.1: the compiled parametrizations' gradient of the (4ch, 3, 1, 1)
+            # shortcut weight differs from eager's (max |diff| ~6e-3 at ch=16 and 64, 60% relative) while
+            # ganfast's agrees; such a contender is reported as refused, with the difference, not timed.
+            eager_out, comp_out = build("eager")(), build("compile")()
+            for (name, a), (_, b) in zip(eager_out, comp_out):
+                if not torch.allclose(a, b, rtol=1e-4, atol=1e-5 * float(a.abs().max())):
+                    raise RuntimeError(f"torch.compile of torch's spectral_norm parametrization disagrees with "
+                                       f"eager on {name}: max |diff| {float((a - b).abs().max()):.3g}")
+        return build(impl)
+
+    def build(impl):
         g = _gen(1200 + ch)
         weights = [(torch.randn(sh, generator=g) * 0.05).to(device) for sh in shapes]
         ups = [torch.randn(sh, generator=g).to(device) for sh in shapes]  # the upstream gradients
