@@ -626,8 +626,10 @@ def spectral_norm_configs():
     def add(kernel, dt, i64=False, **c):
         acc = "fp64" if dt == "float64" else "fp32"
         c = dict(ACC=tl.float64 if dt == "float64" else tl.float32, **c)
-        out.append(("spectral_norm", kernel, dt, c, i64,
-                    {"ptr_types": {"x_ptr": "*" + acc, "t_ptr": "*" + acc, "cache_ptr": "*" + acc}}))
+        options = {"ptr_types": {"x_ptr": "*" + acc, "t_ptr": "*" + acc, "cache_ptr": "*" + acc}}
+        if kernel in ("_sn_mv_kernel", "_sn_mtv_kernel"):
+            options["num_warps"] = SN.MV_WARPS  # as the launcher
+        out.append(("spectral_norm", kernel, dt, c, i64, options))
 
     for dt in ("float32", "float64", "float16", "bfloat16"):
         for bb in (16, SN.MAX_BLOCK_B):

@@ -31,6 +31,7 @@ from ._common import BLOCK, MAX_PARTIALS, _cdiv, _div, _Launch, acc_dtype, num_w
 ROWS = 16        # rows per tile of the mat-vecs
 MAX_BLOCK_B = 128
 NBLOCK = 1024    # lanes of the single-program normalisations
+MV_WARPS = 8     # the mat-vecs' [ROWS, BLOCK_B] float32 accumulator in every dtype: 4 warps spill it (sm_80, half)
 
 
 def _block_b(B):
@@ -178,17 +179,19 @@ def spectral_norm(weight, u, v, dim, n_power_iterations, eps, training):
             nb = _cdiv(s.B, bb)
             for it in range(n_power_iterations):
                 _sn_mv_kernel[(_cdiv(s.h, ROWS),)](W, v, x, s.A, s.h, s.B, ACC=ACC, ROWS=ROWS, BLOCK_B=bb,
-                                                    num_warps=nw)
+                                                    num_warps=MV_WARPS)
                 _sn_normalize_kernel[(1,)](x, u, cache[1:], s.h, eps, ACC=ACC, FINAL=False, NBLOCK=NBLOCK,
                                            num_warps=8)
-                _sn_mtv_kernel[(s.A * nb,)](W, u, t, s.h, s.B, nb, ACC=ACC, ROWS=ROWS, BLOCK_B=bb, num_warps=nw)
+                _sn_mtv_kernel[(s.A * nb,)](W, u, t, s.h, s.B, nb, ACC=ACC, ROWS=ROWS, BLOCK_B=bb,
+                                            num_warps=MV_WARPS)
                 final = it == n_power_iterations - 1
                 if final:
                     _sn_sigma_kernel[(1,)](cache, t, s.w, eps, ACC=ACC, NBLOCK=NBLOCK, num_warps=8)
                 _sn_normalize_kernel[(1,)](t, v, cache[1 + s.h:], s.w, eps, ACC=ACC, FINAL=final, NBLOCK=NBLOCK,
                                            num_warps=8)
         else:
-            _sn_mv_kernel[(_cdiv(s.h, ROWS),)](W, v, x, s.A, s.h, s.B, ACC=ACC, ROWS=ROWS, BLOCK_B=bb, num_warps=nw)
+            _sn_mv_kernel[(_cdiv(s.h, ROWS),)](W, v, x, s.A, s.h, s.B, ACC=ACC, ROWS=ROWS, BLOCK_B=bb,
+                                               num_warps=MV_WARPS)
             _sn_eval_kernel[(1,)](u, v, x, cache, s.h, s.w, ACC=ACC, NBLOCK=NBLOCK, num_warps=8)
         n = W.numel()
         _sn_scale_kernel[(_cdiv(n, BLOCK),)](W, cache, out, n, ACC=ACC, BLOCK=BLOCK, num_warps=nw)
