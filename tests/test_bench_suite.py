@@ -269,6 +269,8 @@ def _check_quick_report(out_dir, device, ganfast_rows):
             res["family"] == "step" and ("WGAN-GP" in res["name"] or "R1" in res["name"]))
         if double_backward:  # torch.compile refuses the penalty's double backward: its error is the row
             assert c["median_us"] is None and "double backward" in c["error"], c
+        elif res["family"] == "spectral_norm":  # torch 2.14.1's compiled parametrization disagrees with eager
+            assert c["median_us"] is None and "disagrees with eager" in c["error"], c
         else:
             assert c["error"] is None and c["median_us"] > 0, (res["case"], c)
         assert res["name"] in md
