@@ -17,7 +17,7 @@ weight[a, i, b]. Kernels (float32 accumulation, float64 for float64; int64 offse
   _sn_dot_kernel      backward: per-program partials of <G, W> (a fixed partition).
   _sn_grad_kernel     backward: every program adds the partials in index order (the same bits in each),
                       then grad = (G - <G, W> / sigma * u_i v_j) / sigma.
-Training takes 4 launches per power step + 1; eval 2; backward 2. No atomics: deterministic.
+Training takes 4 launches per power step + 2 (sigma, the scale); eval 3; backward 2. No atomics: deterministic.
 """
 
 import torch
