@@ -568,5 +568,29 @@ GANFAST_HD T l1_sign(T r, T o) {
   return d < T(0) ? T(-1) : s;
 }
 
+// ---------------------------------------------------------------------------------------------
+// spectral_norm family: the power method's normalisation and sigma
+// ---------------------------------------------------------------------------------------------
+
+// F.normalize's denominator: max(||x||, eps) from the sum of squares.
+template <typename T>
+GANFAST_HD T sn_norm_denominator(T sumsq, T eps) {
+  const T n = std::sqrt(sumsq);
+  return n > eps ? n : eps;
+}
+
+// sigma = u^T W v after the step v = t / max(||t||, eps), t = W^T u: (W^T u) . v = ||t||^2 / that
+// denominator, so the last step's t gives sigma without reading W a third time.
+template <typename T>
+GANFAST_HD T sn_sigma_from_t(T t_sumsq, T denominator) {
+  return t_sumsq / denominator;
+}
+
+// d(weight / sigma) / d weight applied to g, u and v constants: (g - c u_i v_j) / sigma, c = <g, out>.
+template <typename T>
+GANFAST_HD T sn_grad(T g, T c, T ui, T vj, T sigma) {
+  return (g - c * ui * vj) / sigma;
+}
+
 }  // namespace math
 }  // namespace ganfast

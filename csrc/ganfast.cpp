@@ -136,6 +136,23 @@ TORCH_LIBRARY(ganfast, m) {
   // back empty. First order only: not differentiable itself.
   m.def("cycle_loss_backward(Tensor grad_output, Tensor[] reconstructed, Tensor[] original, float weight, "
         "bool grad_reconstructed, bool grad_original) -> (Tensor[] grad_reconstructed, Tensor[] grad_original)");
+
+  // ---- spectral_norm family (csrc/cpu/spectral_norm.cpp, csrc/cuda/spectral_norm.cu,
+  // ganfast/triton/spectral_norm.py): torch.nn.utils.parametrizations.spectral_norm's forward, fused.
+  // weight (>= 2 dims) read as the matrix W (h, w) of torch's _reshape_weight_to_matrix: dim first,
+  // the others flattened in order, i.e. weight viewed as (A, h, B), A = prod(sizes[:dim]),
+  // h = sizes[dim], B = prod(sizes[dim+1:]), column j = a * B + b. u (h,) and v (w,) contiguous, of
+  // weight's dtype and device. training: n_power_iterations >= 1 steps of u = normalize(W v),
+  // v = normalize(W^T u) (normalize(x) = x / max(||x||, eps)) written into u and v in place, and
+  // sigma = u^T W v = ||W^T u||^2 / max(||W^T u||, eps) from the last step; eval: u, v read only,
+  // sigma = u^T W v. Returns (out, cache): out = weight / sigma (contiguous, weight's shape) and
+  // cache = [sigma, u, v] (1 + h + w,) in float32 (float64 for float64 weight): the u, v that sigma
+  // is made of, the backward's constants (torch clones them for the same reason).
+  m.def("spectral_norm(Tensor weight, Tensor(a!) u, Tensor(b!) v, int dim, int n_power_iterations, float eps, "
+        "bool training) -> (Tensor out, Tensor cache)");
+  // grad_weight = (G - <G, out> u v^T) / sigma with <G, out> = <G, weight> / sigma (u, v, sigma from
+  // cache, constants as in torch). First order only: not differentiable itself.
+  m.def("spectral_norm_backward(Tensor grad_output, Tensor weight, Tensor cache, int dim) -> Tensor");
 }
 
 // `import ganfast._C` loads this library, whose static initialisers register the ops above and

@@ -826,3 +826,84 @@ inline std::vector<CyclePair> make_cycle_pairs(at::TensorList reconstructed, at:
 }
 
 }  // namespace ganfast
+
+// ---- spectral_norm family -----------------------------------------------------------------------
+
+namespace ganfast {
+
+// The matrix torch's spectral norm works on: weight viewed as (A, h, B) (dim first, the rest
+// flattened in order), W[i, a * B + b] = weight[a, i, b], w = A * B columns.
+struct SpectralNormShape {
+  int64_t A = 1, h = 0, B = 1, w = 0, dim = 0;
+};
+
+// sigma, u and v (the cache) and the kernels' accumulation: float32, float64 for float64 weights.
+inline at::ScalarType spectral_norm_compute_dtype(at::ScalarType weight) {
+  return weight == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// weight floating, >= 2 dims (a 1-D weight is F.normalize's business, as in torch), not empty; dim in
+// [-ndim, ndim) as torch's message says it (IndexError). (Python twin: _args.spectral_norm_shape.)
+inline SpectralNormShape spectral_norm_shape(const char* op, const at::Tensor& weight, int64_t dim) {
+  check_floating(weight, op, "weight");
+  const int64_t nd = weight.dim();
+  TORCH_CHECK_VALUE(nd >= 2, op, ": weight must have at least 2 dimensions (torch normalizes a 1-D weight with "
+                    "F.normalize); got shape ", weight.sizes());
+  TORCH_CHECK_INDEX(dim >= -nd && dim < nd, op, ": Dimension out of range (expected to be in range of [", -nd, ", ",
+                    nd - 1, "] but got ", dim, ")");
+  TORCH_CHECK_VALUE(weight.numel() > 0, op, ": weight must have at least one element; got shape ", weight.sizes());
+  SpectralNormShape s;
+  s.dim = dim < 0 ? dim + nd : dim;
+  for (int64_t d = 0; d < s.dim; ++d) s.A *= weight.size(d);
+  s.h = weight.size(s.dim);
+  for (int64_t d = s.dim + 1; d < nd; ++d) s.B *= weight.size(d);
+  s.w = s.A * s.B;
+  return s;
+}
+
+inline void check_spectral_norm_vector(const char* op, const at::Tensor& weight, const at::Tensor& t, const char* arg,
+                                       int64_t size) {
+  TORCH_CHECK_TYPE(t.scalar_type() == weight.scalar_type(), op, ": ", arg, " must have weight's dtype (",
+                   weight.scalar_type(), "); got ", t.scalar_type());
+  check_same_device(weight, t, op, "weight", arg);
+  TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == size, op, ": ", arg, " must have shape (", size,
+                    ",); got ", t.sizes());
+  TORCH_CHECK_VALUE(t.is_contiguous(), op, ": ", arg, " must be contiguous (it is updated in place)");
+}
+
+// spectral_norm's operands, in this order: weight (spectral_norm_shape), u (h,) and v (w,) of weight's
+// dtype and device, contiguous; n_power_iterations >= 1 (torch's rule); eps > 0 and finite.
+// (Python twin: _args.check_spectral_norm.)
+inline SpectralNormShape check_spectral_norm(const char* op, const at::Tensor& weight, const at::Tensor& u,
+                                             const at::Tensor& v, int64_t dim, int64_t n_power_iterations,
+                                             double eps) {
+  const SpectralNormShape s = spectral_norm_shape(op, weight, dim);
+  check_spectral_norm_vector(op, weight, u, "u", s.h);
+  check_spectral_norm_vector(op, weight, v, "v", s.w);
+  TORCH_CHECK_VALUE(n_power_iterations >= 1, op, ": Expected n_power_iterations to be positive, but got "
+                    "n_power_iterations=", n_power_iterations);
+  TORCH_CHECK_VALUE(eps > 0 && std::isfinite(eps), op, ": eps must be positive and finite; got ", eps);
+  return s;
+}
+
+// spectral_norm_backward's operands: weight as above; grad_output of weight's shape, dtype and device;
+// cache (1 + h + w,) in the compute dtype on weight's device. (Python twin: _args.check_spectral_norm_backward.)
+inline SpectralNormShape check_spectral_norm_backward(const char* op, const at::Tensor& grad_output,
+                                                      const at::Tensor& weight, const at::Tensor& cache,
+                                                      int64_t dim) {
+  const SpectralNormShape s = spectral_norm_shape(op, weight, dim);
+  check_floating(grad_output, op, "grad_output");
+  check_same_device(weight, grad_output, op, "weight", "grad_output");
+  check_same_shape(weight, grad_output, op, "weight", "grad_output");
+  TORCH_CHECK_TYPE(grad_output.scalar_type() == weight.scalar_type(), op, ": grad_output must have weight's dtype (",
+                   weight.scalar_type(), "); got ", grad_output.scalar_type());
+  const at::ScalarType compute = spectral_norm_compute_dtype(weight.scalar_type());
+  TORCH_CHECK_TYPE(cache.scalar_type() == compute, op, ": cache must be ", compute, " for ", weight.scalar_type(),
+                   " weight; got ", cache.scalar_type());
+  check_same_device(weight, cache, op, "weight", "cache");
+  TORCH_CHECK_VALUE(cache.dim() == 1 && cache.size(0) == 1 + s.h + s.w, op, ": cache must have shape (",
+                    1 + s.h + s.w, ",) = (1 + h + w,), as spectral_norm returns it; got ", cache.sizes());
+  return s;
+}
+
+}  // namespace ganfast

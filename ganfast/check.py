@@ -306,6 +306,24 @@ _HUGE = 2 ** 31 + 2 ** 20 + 7
 _HUGE_KW = dict(dtypes=(torch.float16,), oracle_dtype=torch.float32, bytes_per_element=48)
 
 
+# spectral_norm
+
+
+def _make_spectral_norm(shape, dtype, device, gen):
+    h = shape[0]
+    w = 1
+    for d in shape[1:]:
+        w *= d
+    unit = lambda n: torch.nn.functional.normalize(_randn((n,), torch.float32, device, gen), dim=0).to(dtype)  # noqa: E731
+    return {"weight": _randn(shape, dtype, device, gen, 0.1, grad=True), "u": unit(h), "v": unit(w)}
+
+
+def _call_spectral_norm(i):
+    # training: one power step updates u and v in place; they are compared too
+    out = _ops().spectral_norm(i["weight"], i["u"], i["v"], 0, 1, 1e-12, True)
+    return {"out": out, "u": i["u"], "v": i["v"]}
+
+
 def _cases() -> list:
     c = []
 
@@ -324,6 +342,9 @@ def _cases() -> list:
     add("cycle_loss", "cycle_loss", "", _make_cycle, _call_cycle, {"small": (3, 3, 5, 7), "production": (64, 3, 64, 64)})
     # InfoGAN: B x K categorical logits, B x J continuous codes (production: many rows and blocks, K ~ 1000)
     add("info_loss", "info_loss", "", _make_info, _call_info, {"small": (7, 10, 3), "production": (8193, 1000, 16)})
+    # a conv weight (out, in, k, k): the power step's mat-vecs, sigma, weight / sigma and the backward
+    add("spectral_norm", "spectral_norm", "", _make_spectral_norm, _call_spectral_norm,
+        {"small": (7, 5, 3, 3), "production": (512, 512, 3, 3)})
     add("penalty", "interpolate", "", _make_interpolate, _call_interpolate,
         {"small": (3, 3, 5, 7), "production": (64, 3, 64, 64)}, double_backward=True, reduces=False)
     add("penalty", "penalty_from_grad", "wgan-gp", _make_penalty, _call_penalty,

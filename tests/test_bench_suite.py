@@ -193,14 +193,14 @@ def test_select_filters_by_family_or_name_and_rejects_unknown_words():
     assert {c.family for c in S.select(cases, "penalty")} == {"penalty"}
     assert all("WGAN-GP" in c.name for c in S.select(cases, "wgan-gp"))
     assert S.select(cases, None) == cases
-    with pytest.raises(ValueError, match="matches no case; families: bias_act, block, cycle_loss, instance_norm_act, losses, penalty, step"):
+    with pytest.raises(ValueError, match="matches no case; families: bias_act, block, cycle_loss, instance_norm_act, losses, penalty, spectral_norm, step"):
         S.select(cases, "nothing-like-this")
 
 
 def test_the_suite_covers_every_family_and_the_six_training_steps():
     for quick in (True, False):
         cases = S.load_cases_module().cases(torch.device("cpu"), quick=quick)
-        assert {c.family for c in cases} == {"losses", "cycle_loss", "penalty", "bias_act", "block", "instance_norm_act", "step"}
+        assert {c.family for c in cases} == {"losses", "cycle_loss", "penalty", "bias_act", "block", "instance_norm_act", "spectral_norm", "step"}
         steps = {c.name for c in cases if c.family == "step"}
         assert steps == {"DCGAN non-saturating step", "DCGAN WGAN-GP step", "DCGAN lazy R1 step",
                          "MLP WGAN-GP step on ring8", "InfoGAN step", "CycleGAN step"}
@@ -255,7 +255,7 @@ def _check_quick_report(out_dir, device, ganfast_rows):
     md = (out_dir / "suite-quick.md").read_text()
     meta, results = report["meta"], report["results"]
     assert meta["device"] == device and meta["torch"] == torch.__version__ and meta["copy_gbs"] > 0
-    assert {r["family"] for r in results} == {"losses", "cycle_loss", "penalty", "bias_act", "block", "instance_norm_act", "step"}
+    assert {r["family"] for r in results} == {"losses", "cycle_loss", "penalty", "bias_act", "block", "instance_norm_act", "spectral_norm", "step"}
     for res in results:
         rows = {r["contender"]: r for r in res["rows"]}
         assert not res["failures"], res["failures"]
@@ -269,6 +269,8 @@ def _check_quick_report(out_dir, device, ganfast_rows):
             res["family"] == "step" and ("WGAN-GP" in res["name"] or "R1" in res["name"]))
         if double_backward:  # torch.compile refuses the penalty's double backward: its error is the row
             assert c["median_us"] is None and "double backward" in c["error"], c
+        elif res["family"] == "spectral_norm":  # torch 2.14.1's compiled parametrization disagrees with eager
+            assert c["median_us"] is None and "disagrees with eager" in c["error"], c
         else:
             assert c["error"] is None and c["median_us"] > 0, (res["case"], c)
         assert res["name"] in md

@@ -53,13 +53,14 @@ def test_every_cuda_kernel_is_emulated(emulator):
     # and, independently of this install, one op of every family csrc/cuda holds
     families = {"losses.cu": "gan_d_loss", "penalty.cu": "penalty_from_grad", "bias_act.cu": "bias_act",
                 "batch_norm_act.cu": "batch_norm_act", "info_loss.cu": "info_loss",
-                "cycle_loss.cu": "cycle_loss"}
+                "cycle_loss.cu": "cycle_loss", "spectral_norm.cu": "spectral_norm"}
     for cu in (cuda_emu.REPO / "csrc" / "cuda").glob("*.cu"):
         assert cu.name in families, f"csrc/cuda/{cu.name} is new: name one of its ops in this test"
         assert cuda_emu.has_kernel(families[cu.name]), cu.name
     # ops that share a file with another: each named
     assert cuda_emu.has_kernel("bias_act_backward_with_bias")
     assert cuda_emu.has_kernel("instance_norm_act")  # batch_norm_act.cu's kernels over the per-(n, c) axis
+    assert cuda_emu.has_kernel("spectral_norm_backward")
 
 
 def test_routing_runs_the_emulated_kernel(emulator):
@@ -123,6 +124,14 @@ def _reductions(gen, dtype):
     out["cycle_loss"] = ops.cycle_loss([x, r, cl], [grad_grad, torch.roll(r, 1), cl * 0.5], 1.5)
     out["bias_grad_channels_last"] = fused(grad_grad.contiguous(memory_format=torch.channels_last), None, b, cl, 1,
                                            "lrelu", 0.2, 1.0, -1.0)[1]
+    # spectral_norm: W^T u's per-column warp sums added through shared memory, the norms' block_sum, and
+    # the backward's <G, W> over several blocks (every grad block adding the partials itself)
+    wsn = randn((40, 7, 3, 3), dtype, gen=gen)
+    usn = torch.nn.functional.normalize(randn((40,), dtype, gen=gen), dim=0)
+    vsn = torch.nn.functional.normalize(randn((63,), dtype, gen=gen), dim=0)
+    _, sn_cache = torch.ops.ganfast.spectral_norm(wsn, usn, vsn, 0, 2, 1e-12, True)
+    out.update(sn_cache=sn_cache, sn_u=usn, sn_v=vsn,
+               sn_grad=torch.ops.ganfast.spectral_norm_backward(randn(wsn.shape, dtype, gen=gen), wsn, sn_cache, 0))
     return out
 
 

@@ -46,7 +46,7 @@ R1_WEIGHT = R1_GAMMA / 2 * R1_EVERY
 @dataclass
 class Case:
     family: str                                  # losses | cycle_loss | penalty | bias_act | block |
-                                                 # instance_norm_act | step
+                                                 # instance_norm_act | spectral_norm | step
     name: str                                    # what is measured, for the tables
     size: str                                    # the shapes, for the tables
     detail: str                                  # what one step does (Markdown, for BENCHMARKS.md)
@@ -951,6 +951,81 @@ def cyclegan_step_case(batch, width, n_blocks, device) -> Case:
                 make_step, check64=True, separate_check=True)
 
 
+# ---- spectral_norm: the parametrization over every weight of a SAGAN / BigGAN discriminator -------
+
+def sagan_d_weight_shapes(ch: int = 64, n_classes: int = 10):
+    """The spectrally normalised weights of BigGAN-PyTorch's D at 32x32 (D_arch[32], attention at 16):
+    four DBlocks 3 -> 4ch -> 4ch -> 4ch -> 4ch (the first two downsample), each conv1 / conv2 3x3 and,
+    where the channels change or it downsamples, the 1x1 shortcut conv; self-attention on 4ch channels
+    after the first block (theta, phi: 4ch -> ch/2, g: 4ch -> 2ch, o: 2ch -> 4ch, 1x1); the final
+    linear 4ch -> 1 and the projection's class embedding (n_classes, 4ch)."""
+    c = 4 * ch
+    return [
+        (c, 3, 3, 3), (c, c, 3, 3), (c, 3, 1, 1),          # block 1 (3 -> 4ch, down): conv1, conv2, shortcut
+        (c // 8, c, 1, 1), (c // 8, c, 1, 1), (c // 2, c, 1, 1), (c, c // 2, 1, 1),  # attention theta phi g o
+        (c, c, 3, 3), (c, c, 3, 3), (c, c, 1, 1),          # block 2 (down): conv1, conv2, shortcut
+        (c, c, 3, 3), (c, c, 3, 3),                        # block 3
+        (c, c, 3, 3), (c, c, 3, 3),                        # block 4
+        (1, c),                                            # linear
+        (n_classes, c),                                    # class embedding (projection)
+    ]
+
+
+class _Holder(nn.Module):
+    """A module holding one weight, to be spectrally normalised."""
+
+    def __init__(self, weight: Tensor):
+        super().__init__()
+        self.weight = nn.Parameter(weight)
+
+
+def spectral_norm_case(ch: int, device) -> Case:
+    shapes = sagan_d_weight_shapes(ch)
+
+    def make_step(impl, **_):
+        if impl == "compile":
+            # Measured on torch 2.14.1: the compiled parametrizations' gradient of the (4ch, 3, 1, 1)
+            # shortcut weight differs from eager's (max |diff| ~6e-3 at ch=16 and 64, 60% relative) while
+            # ganfast's agrees; such a contender is reported as refused, with the difference, not timed.
+            eager_out, comp_out = build("eager")(), build("compile")()
+            for (name, a), (_, b) in zip(eager_out, comp_out):
+                if not torch.allclose(a, b, rtol=1e-4, atol=1e-5 * float(a.abs().max())):
+                    raise RuntimeError(f"torch.compile of torch's spectral_norm parametrization disagrees with "
+                                       f"eager on {name}: max |diff| {float((a - b).abs().max()):.3g}")
+        return build(impl)
+
+    def build(impl):
+        g = _gen(1200 + ch)
+        weights = [(torch.randn(sh, generator=g) * 0.05).to(device) for sh in shapes]
+        ups = [torch.randn(sh, generator=g).to(device) for sh in shapes]  # the upstream gradients
+        sn = gnn.spectral_norm if impl == "ganfast" else torch.nn.utils.parametrizations.spectral_norm
+        torch.manual_seed(7)  # the same u, v for every implementation (ganfast draws them as torch does)
+        mods = nn.ModuleList([sn(_Holder(w.clone())) for w in weights])
+        leaves = [m.parametrizations.weight.original for m in mods]
+
+        def loss_fn():
+            return sum((m.weight * u).sum() for m, u in zip(mods, ups))
+
+        fn = torch.compile(loss_fn) if impl == "compile" else loss_fn
+
+        def step():
+            loss = fn()
+            loss.backward()
+            out = [("loss", loss.detach())] + _grads("SN weight", leaves)
+            out += [(f"u {i}", m.parametrizations.weight[0]._u.clone()) for i, m in enumerate(mods)]
+            _clear(leaves)
+            return out
+        return step
+
+    n = sum(torch.Size(sh).numel() for sh in shapes)
+    return Case("spectral_norm", "spectral_norm", f"SAGAN D 32x32 ch={ch}: {len(shapes)} weights, {n / 1e6:.2f} M",
+                "the spectral-norm parametrization of every weight of BigGAN-PyTorch's 32x32 D (ch=64: 3x3 and 1x1 "
+                "shortcut convs, attention theta/phi/g/o, linear, class embedding) in training mode (one power "
+                "step, u and v updated), `sum(<W_sn, G>)` and `backward()`. Eager: "
+                "`torch.nn.utils.parametrizations.spectral_norm`; ganfast: `ganfast.nn.spectral_norm` (one fused "
+                "op forward, one backward, per weight)", make_step, rtol=1e-4, atol_scale=1e-5)
+
+
 # ---- the suite ---------------------------------------------------------------------------------------
 
 # Every case builder with its sizes: (builder, the quick run's arguments, the full run's arguments).
@@ -958,6 +1033,7 @@ SIZES = [
     (losses_case, [(4096,)], [(64,), (65536,)]),
     (cycle_case, [((4, 3, 32, 32),)], [((64, 3, 64, 64),)]),
     (info_loss_case, [(16, 10, 2)], [(64, 10, 2)]),                       # batch, classes K, codes J
+    (spectral_norm_case, [(16,)], [(64,)]),                               # D width ch
     (penalty_case, [((16, 3, 32, 32),)], [((64, 3, 64, 64),), ((256, 3, 128, 128),)]),
     (bias_act_case, [((8, 32, 16, 16),)], [((64, 128, 32, 32),)]),
     (lrelu_double_backward_case, [((8, 32, 16, 16),)], [((64, 128, 32, 32),)]),

@@ -61,7 +61,8 @@ import time
 from pathlib import Path
 
 CCS = (80, 90)
-MODULES = ("losses", "penalty", "bias_act", "batch_norm_act", "conv_block", "info_loss", "cycle_loss")
+MODULES = ("losses", "penalty", "bias_act", "batch_norm_act", "conv_block", "info_loss", "cycle_loss",
+           "spectral_norm")
 DTYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float64": "fp64"}
 _RESULT_TAG = "GANFAST_GPU_REPORT_TRITON "
 
@@ -666,13 +667,48 @@ def conditional_batch_norm_act_configs():
     return out
 
 
+def spectral_norm_configs():
+    """The kernels of ganfast/triton/spectral_norm.py in every dtype, with the tile widths the launcher
+    picks (BLOCK_B 16 for 1x1 / short rows, 128 for long ones), the last step's normalisation and the
+    others, and int64 sizes. x, t and the cache are in the accumulation dtype."""
+    import triton.language as tl
+
+    from ganfast.triton import spectral_norm as SN
+
+    out = []
+
+    def add(kernel, dt, i64=False, **c):
+        acc = "fp64" if dt == "float64" else "fp32"
+        c = dict(ACC=tl.float64 if dt == "float64" else tl.float32, **c)
+        options = {"ptr_types": {"x_ptr": "*" + acc, "t_ptr": "*" + acc, "cache_ptr": "*" + acc}}
+        if kernel in ("_sn_mv_kernel", "_sn_mtv_kernel"):
+            options["num_warps"] = SN.MV_WARPS  # as the launcher
+        out.append(("spectral_norm", kernel, dt, c, i64, options))
+
+    for dt in ("float32", "float64", "float16", "bfloat16"):
+        for bb in (16, SN.MAX_BLOCK_B):
+            add("_sn_mv_kernel", dt, ROWS=SN.ROWS, BLOCK_B=bb)
+            add("_sn_mtv_kernel", dt, ROWS=SN.ROWS, BLOCK_B=bb)
+        for final in (False, True):
+            add("_sn_normalize_kernel", dt, FINAL=final, NBLOCK=SN.NBLOCK)
+        add("_sn_sigma_kernel", dt, NBLOCK=SN.NBLOCK)
+        add("_sn_eval_kernel", dt, NBLOCK=SN.NBLOCK)
+        add("_sn_scale_kernel", dt, BLOCK=SN.BLOCK)
+        add("_sn_dot_kernel", dt, BLOCK=SN.BLOCK)
+        add("_sn_grad_kernel", dt, BLOCK=SN.BLOCK, PBLOCK=1024)
+    add("_sn_mv_kernel", "float32", i64=True, ROWS=SN.ROWS, BLOCK_B=SN.MAX_BLOCK_B)
+    add("_sn_mtv_kernel", "float32", i64=True, ROWS=SN.ROWS, BLOCK_B=SN.MAX_BLOCK_B)
+    add("_sn_grad_kernel", "float32", i64=True, BLOCK=SN.BLOCK, PBLOCK=2048)
+    return out
+
+
 @functools.lru_cache(maxsize=None)
 def configs():
     """[(module, kernel name, dtype name, constexprs, int64 indices?, options)] of every module."""
     every = ([("losses",) + c for c in loss_configs()] + penalty_configs() + bias_act_configs()
              + batch_norm_act_configs() + instance_norm_act_configs() + conditional_batch_norm_act_configs()
              + conv_block_configs()
-             + info_loss_configs() + cycle_loss_configs())
+             + info_loss_configs() + cycle_loss_configs() + spectral_norm_configs())
     seen, out = set(), []
     for c in every:  # the lists above name a few configurations twice: compile each once
         key = repr(c)

@@ -6,8 +6,9 @@ from .dcgan import DCGANDiscriminator, DCGANGenerator, dcgan_init_
 from .fuse import BatchNorm2dParams, FusedConv2d, FusedConvTranspose2d, fuse
 from .infogan import InfoGANDiscriminator, InfoGANGenerator, InfoGANOutput
 from .norm import ConditionalBatchNorm2d, InstanceNormAct2d
+from .spectral_norm import SpectralNorm, spectral_norm
 
 __all__ = ["BatchNorm2dParams", "BiasAct", "ConditionalBatchNorm2d", "Conv2dBlock", "ConvTransposeBlock",
            "DCGANDiscriminator", "DCGANGenerator", "FusedConv2d", "FusedConvTranspose2d", "InfoGANDiscriminator",
            "InfoGANGenerator", "InfoGANOutput", "InstanceNormAct2d", "LeakyReLU", "LinearBlock", "PatchDiscriminator",
-           "ResnetGenerator", "cyclegan_init_", "dcgan_init_", "fuse"]
+           "ResnetGenerator", "SpectralNorm", "cyclegan_init_", "dcgan_init_", "fuse", "spectral_norm"]
