@@ -559,5 +559,15 @@ GANFAST_HD T l1_sign(T r, T o) {
   return d < T(0) ? T(-1) : s;
 }
 
+// ---------------------------------------------------------------------------------------------
+// orthogonal_regularization family: beta * sum_W ||W W^T * (1 - I)||_F^2
+// ---------------------------------------------------------------------------------------------
+
+// One Gram entry's term: its square, 0 on the diagonal (the mask 1 - I).
+template <typename T>
+GANFAST_HD T ortho_term(T g, bool diagonal) {
+  return diagonal ? T(0) : g * g;
+}
+
 }  // namespace math
 }  // namespace ganfast
