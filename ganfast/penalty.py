@@ -163,7 +163,7 @@ def orthogonal_regularization(weights, beta: float = 1e-4) -> Tensor:
 
     The factor, against BigGAN-PyTorch: its utils.ortho(model, strength) adds
     strength * 2 * (W W^T * (1 - I)) W to the gradient, the gradient of (strength / 2) * ||.||^2. So
-    BigGAN-PyTorch's strength s is beta = s / 2 here (its default G_ortho 1e-4 is beta 5e-5);
+    BigGAN-PyTorch's strength s is beta = s / 2 here (a strength of 1e-4 is beta 5e-5);
     the paper's beta (1e-4) is this beta.
     """
     ws = _ortho_tensors(weights, "orthogonal_regularization")

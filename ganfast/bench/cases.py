@@ -916,7 +916,7 @@ def cyclegan_step_case(batch, width, n_blocks, device) -> Case:
 
 # ---- orthogonal_regularization: BigGAN's orthogonal regularization of G's weights ------------------------
 
-ORTHO_BETA = 1e-4  # the paper's beta (BigGAN-PyTorch's G_ortho strength 2e-4 in our convention: beta = s / 2)
+ORTHO_BETA = 1e-4  # the paper's beta (= BigGAN-PyTorch strength 2e-4: beta = s / 2)
 
 
 def biggan_g_weight_shapes(ch: int, resolution: int, z_dim: int = 120, shared_dim: int = 128,
