@@ -153,6 +153,20 @@ TORCH_LIBRARY(ganfast, m) {
   // grad_weight = (G - <G, out> u v^T) / sigma with <G, out> = <G, weight> / sigma (u, v, sigma from
   // cache, constants as in torch). First order only: not differentiable itself.
   m.def("spectral_norm_backward(Tensor grad_output, Tensor weight, Tensor cache, int dim) -> Tensor");
+  // ---- orthogonal_regularization family (csrc/cpu/orthogonal_regularization.cpp,
+  // csrc/cuda/orthogonal_regularization.cu, ganfast/triton/orthogonal_regularization.py)
+  // BigGAN's orthogonal regularization (Brock et al. 2019, eq. 3) over a list of weights, each of at
+  // least 2 dims and read as W = w.reshape(w.size(0), -1) (m x k): beta * sum_W ||W W^T * (1 - I)||_F^2.
+  // Returns (loss, cache): loss 0-dim in the weights' dtype; cache 1-D in float32 (float64 for float64
+  // weights), per weight in list order either W W^T with its diagonal zeroed (m*m values) or, for a tall
+  // W (m >= 2k: the k x k Gram is the cheaper GEMM), W^T W (k*k values) then the squared row norms d
+  // (m values), using ||W W^T (1 - I)||^2 = ||W^T W||^2 - ||d||^2. The backward's cache, never
+  // differentiated. Weights of one floating dtype and device; beta finite and >= 0.
+  m.def("orthogonal_regularization(Tensor[] weights, float beta) -> (Tensor loss, Tensor cache)");
+  // The gradient w.r.t. every weight, 4 * beta * grad_output * (W W^T * (1 - I)) W (tall: W (W^T W) -
+  // d * W), each contiguous in its weight's shape and dtype. First order only: not differentiable itself.
+  m.def("orthogonal_regularization_backward(Tensor grad_output, Tensor[] weights, Tensor cache, float beta) "
+        "-> Tensor[]");
 }
 
 // `import ganfast._C` loads this library, whose static initialisers register the ops above and

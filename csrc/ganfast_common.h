@@ -904,6 +904,165 @@ inline SpectralNormShape check_spectral_norm_backward(const char* op, const at::
   TORCH_CHECK_VALUE(cache.dim() == 1 && cache.size(0) == 1 + s.h + s.w, op, ": cache must have shape (",
                     1 + s.h + s.w, ",) = (1 + h + w,), as spectral_norm returns it; got ", cache.sizes());
   return s;
+// ---- orthogonal_regularization family ----------------------------------------------------------
+// Everything but the fused reduction is shared by the CPU and CUDA kernels: the checks, the cache
+// layout, the GEMMs (at::mm: BLAS on CPU, cuBLAS on CUDA) and the whole backward (ATen only: one
+// elementwise scale over every weight's cache, then one GEMM per weight). (Python twin:
+// ganfast/_args.py's check_orthogonal_regularization and ortho_layout.)
+
+namespace ganfast {
+
+// orthogonal_regularization's operands: the list non-empty; per weight i: floating, of weights[0]'s
+// dtype and device, at least 2 dims; beta finite and >= 0.
+inline void check_orthogonal_regularization(const char* op, at::TensorList weights, double beta) {
+  TORCH_CHECK_VALUE(!weights.empty(), op, ": weights must hold at least one tensor; got an empty list");
+  const at::Tensor& first = weights[0];
+  for (size_t i = 0; i < weights.size(); ++i) {
+    const std::string name = "weights[" + std::to_string(i) + "]";
+    const at::Tensor& w = weights[i];
+    check_floating(w, op, name.c_str());
+    if (i > 0) {
+      check_same_device(first, w, op, "weights[0]", name.c_str());
+      TORCH_CHECK_TYPE(w.scalar_type() == first.scalar_type(), op, ": ", name, " must have the dtype of weights[0] (",
+                       first.scalar_type(), "); got ", w.scalar_type());
+    }
+    TORCH_CHECK_VALUE(w.dim() >= 2, op, ": ", name,
+                      " must have at least 2 dimensions (biases and gains are skipped by "
+                      "ganfast.penalty.orthogonal_regularization); got shape ",
+                      w.sizes());
+  }
+  TORCH_CHECK_VALUE(std::isfinite(beta) && beta >= 0, op, ": beta must be finite and non-negative; got ", beta);
+}
+
+// Where a tall W (m x k, m >= 2k) uses W^T W: the identity ||W W^T (1 - I)||^2 = ||W^T W||^2 - sum_i
+// ||w_i||^4 is exact, and with m >= 2k and rows of similar norm the subtraction loses at most about a
+// factor 2 (the off-diagonal part is at least (1 - k/m) of ||W W^T||^2, since W W^T has rank <= k).
+inline bool ortho_is_tall(int64_t m, int64_t k) { return m >= 2 * k; }
+
+struct OrthoBlock {
+  int64_t m = 0, k = 0, offset = 0;
+  bool tall = false;
+};
+
+inline at::ScalarType ortho_acc_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+// The cache layout: per weight, W W^T (m*m) or, tall, W^T W (k*k) then d (m). Sets *total.
+inline std::vector<OrthoBlock> ortho_layout(at::TensorList weights, int64_t* total) {
+  std::vector<OrthoBlock> out;
+  out.reserve(weights.size());
+  int64_t offset = 0;
+  for (const auto& w : weights) {
+    OrthoBlock b;
+    b.m = w.size(0);
+    b.k = 1;
+    for (int64_t d = 1; d < w.dim(); ++d) b.k *= w.size(d);
+    b.tall = ortho_is_tall(b.m, b.k);
+    b.offset = offset;
+    offset += b.tall ? b.k * b.k + b.m : b.m * b.m;
+    out.push_back(b);
+  }
+  *total = offset;
+  return out;
+}
+
+// W as the m x k matrix the GEMMs take, in the cache's dtype (a view when it already is).
+inline at::Tensor ortho_matrix(const at::Tensor& w, const OrthoBlock& b, at::ScalarType acc) {
+  return w.reshape({b.m, b.k}).to(acc);
+}
+
+// The cache before the fused kernel: every Gram by one GEMM (the diagonal still in place), d of the
+// tall weights.
+inline at::Tensor ortho_grams(at::TensorList weights, const std::vector<OrthoBlock>& layout, int64_t total) {
+  const at::ScalarType acc = ortho_acc_type(weights[0].scalar_type());
+  at::Tensor cache = at::empty({total}, weights[0].options().dtype(acc));
+  for (size_t i = 0; i < weights.size(); ++i) {
+    const OrthoBlock& b = layout[i];
+    if (b.m == 0) continue;
+    const at::Tensor W = ortho_matrix(weights[i], b, acc);
+    if (b.tall) {
+      if (b.k > 0) {
+        at::Tensor S = cache.narrow(0, b.offset, b.k * b.k).view({b.k, b.k});
+        at::mm_out(S, W.t(), W);
+      }
+      at::Tensor d = cache.narrow(0, b.offset + b.k * b.k, b.m);
+      at::sum_out(d, W.square(), {1});
+    } else {
+      at::Tensor G = cache.narrow(0, b.offset, b.m * b.m).view({b.m, b.m});
+      at::mm_out(G, W, W.t());
+    }
+  }
+  return cache;
+}
+
+// What the fused reduction walks: sign * sum of ortho_term over cache[offset, offset + n), where the
+// entries e with e % period == 0 are a Gram's diagonal (period = m + 1; 0: no diagonal), which the
+// kernel also zeroes in the cache. Empty segments are left out.
+struct OrthoSegment {
+  int64_t offset = 0, n = 0, period = 0;
+  int sign = 1;
+};
+
+inline std::vector<OrthoSegment> ortho_segments(const std::vector<OrthoBlock>& layout) {
+  std::vector<OrthoSegment> out;
+  for (const auto& b : layout) {
+    if (b.tall) {
+      if (b.k > 0) out.push_back({b.offset, b.k * b.k, 0, 1});
+      if (b.m > 0) out.push_back({b.offset + b.k * b.k, b.m, 0, -1});
+    } else if (b.m > 0) {
+      out.push_back({b.offset, b.m * b.m, b.m + 1, 1});
+    }
+  }
+  return out;
+}
+
+// orthogonal_regularization_backward's upstream gradient (one value, floating, on the weights'
+// device) and cache (1-D, of the layout's size, in the cache dtype, on the weights' device).
+inline void check_orthogonal_regularization_backward(const char* op, const at::Tensor& grad_output,
+                                                     at::TensorList weights, const at::Tensor& cache, int64_t total) {
+  check_same_device(weights[0], grad_output, op, "weights[0]", "grad_output");
+  check_floating(grad_output, op, "grad_output");
+  TORCH_CHECK_VALUE(grad_output.numel() == 1, op, ": grad_output must hold one value; got shape ", grad_output.sizes());
+  check_same_device(weights[0], cache, op, "weights[0]", "cache");
+  const at::ScalarType acc = ortho_acc_type(weights[0].scalar_type());
+  TORCH_CHECK_TYPE(cache.scalar_type() == acc, op, ": cache must be ", acc, " for weights of dtype ",
+                   weights[0].scalar_type(), "; got ", cache.scalar_type());
+  TORCH_CHECK_VALUE(cache.dim() == 1 && cache.size(0) == total, op,
+                    ": cache must be the 1-D cache orthogonal_regularization returned for these weights (",
+                    total, " values); got shape ", cache.sizes());
+}
+
+// The backward, the same on every device: M = cache * (4 beta grad_output) in one elementwise launch
+// over every weight (the masked Grams were stored by the forward, so the mask costs nothing here; the
+// scale stays on the device: no host synchronisation), then per weight grad = M_W W (one GEMM), tall:
+// grad = W (c W^T W) - (c d) * W (one addmm).
+inline std::vector<at::Tensor> ortho_backward(const char* op, const at::Tensor& grad_output, at::TensorList weights,
+                                              const at::Tensor& cache, double beta) {
+  check_orthogonal_regularization(op, weights, beta);
+  int64_t total = 0;
+  const auto layout = ortho_layout(weights, &total);
+  check_orthogonal_regularization_backward(op, grad_output, weights, cache, total);
+  const at::ScalarType acc = cache.scalar_type();
+  const at::Tensor M = at::mul(cache.contiguous(), grad_output.reshape({}).to(acc) * (4.0 * beta));
+  std::vector<at::Tensor> grads;
+  grads.reserve(weights.size());
+  for (size_t i = 0; i < weights.size(); ++i) {
+    const at::Tensor& w = weights[i];
+    const OrthoBlock& b = layout[i];
+    const at::Tensor W = ortho_matrix(w, b, acc);
+    at::Tensor g;
+    if (b.tall) {
+      const at::Tensor S = M.narrow(0, b.offset, b.k * b.k).view({b.k, b.k});
+      const at::Tensor d = M.narrow(0, b.offset + b.k * b.k, b.m).view({b.m, 1});
+      g = at::addmm(W * d, W, S, /*beta=*/-1, /*alpha=*/1);
+    } else if (w.scalar_type() == acc) {  // straight into the gradient, no copy
+      g = at::empty({b.m, b.k}, w.options());
+      at::mm_out(g, M.narrow(0, b.offset, b.m * b.m).view({b.m, b.m}), W);
+    } else {
+      g = at::mm(M.narrow(0, b.offset, b.m * b.m).view({b.m, b.m}), W);
+    }
+    grads.push_back(g.to(w.scalar_type()).view(w.sizes()));
+  }
+  return grads;
 }
 
 }  // namespace ganfast

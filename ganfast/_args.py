@@ -863,3 +863,87 @@ def check_spectral_norm_backward(op: str, grad_output, weight, cache, dim: int) 
         raise ValueError(f"{op}: cache must have shape ({1 + s.h + s.w},) = (1 + h + w,), as spectral_norm returns "
                          f"it; got {format_sizes(cache.shape)}")
     return s
+# ---- orthogonal_regularization family ------------------------------------------------------------
+
+def check_orthogonal_regularization(op: str, weights: Sequence[torch.Tensor], beta: float) -> None:
+    """orthogonal_regularization's operands (ganfast_common.h's check_orthogonal_regularization): the
+    list non-empty; per weight i: floating, of weights[0]'s dtype and device, at least 2 dims; beta
+    finite and >= 0."""
+    if len(weights) == 0:
+        raise ValueError(f"{op}: weights must hold at least one tensor; got an empty list")
+    first = weights[0]
+    for i, w in enumerate(weights):
+        name = f"weights[{i}]"
+        check_floating(w, op, name)
+        if i > 0:
+            check_same_device(first, w, op, "weights[0]", name)
+            if w.dtype != first.dtype:
+                raise TypeError(f"{op}: {name} must have the dtype of weights[0] ({scalar_type_name(first.dtype)}); "
+                                f"got {scalar_type_name(w.dtype)}")
+        if w.dim() < 2:
+            raise ValueError(f"{op}: {name} must have at least 2 dimensions (biases and gains are skipped by "
+                             f"ganfast.penalty.orthogonal_regularization); got shape {format_sizes(w.shape)}")
+    b = float(beta)
+    if not (math.isfinite(b) and b >= 0):
+        raise ValueError(f"{op}: beta must be finite and non-negative; got {_float_text(b)}")
+
+
+class OrthoBlock(NamedTuple):
+    """One weight's place in the cache (ganfast_common.h's OrthoBlock): W is m x k; a tall W
+    (m >= 2k) stores W^T W (k*k) then its squared row norms (m), any other W W^T (m*m)."""
+    m: int
+    k: int
+    offset: int
+    tall: bool
+
+
+def ortho_is_tall(m: int, k: int) -> bool:
+    return m >= 2 * k
+
+
+def ortho_acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def ortho_layout(weights: Sequence[torch.Tensor]):
+    """ganfast_common.h's ortho_layout: (blocks, total cache size)."""
+    blocks, offset = [], 0
+    for w in weights:
+        m = int(w.shape[0])
+        k = math.prod(int(s) for s in w.shape[1:])
+        tall = ortho_is_tall(m, k)
+        blocks.append(OrthoBlock(m, k, offset, tall))
+        offset += k * k + m if tall else m * m
+    return blocks, offset
+
+
+def ortho_segments(blocks):
+    """ganfast_common.h's ortho_segments: (offset, n, period, sign) per non-empty segment."""
+    out = []
+    for b in blocks:
+        if b.tall:
+            if b.k > 0:
+                out.append((b.offset, b.k * b.k, 0, 1))
+            if b.m > 0:
+                out.append((b.offset + b.k * b.k, b.m, 0, -1))
+        elif b.m > 0:
+            out.append((b.offset, b.m * b.m, b.m + 1, 1))
+    return out
+
+
+def check_orthogonal_regularization_backward(op: str, grad_output: torch.Tensor, weights: Sequence[torch.Tensor],
+                                             cache: torch.Tensor, total: int) -> None:
+    """orthogonal_regularization_backward's grad_output (one value, floating, on the weights' device)
+    and cache (1-D, of the layout's size, float32 / float64, on the weights' device)."""
+    check_same_device(weights[0], grad_output, op, "weights[0]", "grad_output")
+    check_floating(grad_output, op, "grad_output")
+    if grad_output.numel() != 1:
+        raise ValueError(f"{op}: grad_output must hold one value; got shape {format_sizes(grad_output.shape)}")
+    check_same_device(weights[0], cache, op, "weights[0]", "cache")
+    acc = ortho_acc_dtype(weights[0].dtype)
+    if cache.dtype != acc:
+        raise TypeError(f"{op}: cache must be {scalar_type_name(acc)} for weights of dtype "
+                        f"{scalar_type_name(weights[0].dtype)}; got {scalar_type_name(cache.dtype)}")
+    if cache.dim() != 1 or cache.shape[0] != total:
+        raise ValueError(f"{op}: cache must be the 1-D cache orthogonal_regularization returned for these weights "
+                         f"({total} values); got shape {format_sizes(cache.shape)}")

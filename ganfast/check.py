@@ -177,6 +177,22 @@ def _call_cycle(i):
     return {"loss": _ops().cycle_loss([i["rec_a"], i["rec_b"]], [i["orig_a"], i["orig_b"]], 10.0)}
 
 
+
+# orthogonal_regularization
+
+
+def _make_ortho(shape, dtype, device, gen):
+    # (m, k): a conv-shaped weight (m, k, 1, 1) with its m x m Gram, a tall linear (4m, 5) (the W^T W
+    # path) and an odd one; scaled by 1/sqrt(fan-in) as initialised layers are
+    m, k = shape
+    return {"conv": _randn((m, k, 1, 1), dtype, device, gen, scale=k ** -0.5, grad=True),
+            "tall": _randn((4 * m, 5), dtype, device, gen, scale=5 ** -0.5, grad=True),
+            "odd": _randn((m // 2 + 1, 3, 3), dtype, device, gen, scale=1 / 3, grad=True)}
+
+
+def _call_ortho(i):
+    return {"loss": _ops().orthogonal_regularization([i["conv"], i["tall"], i["odd"]], 0.37)}
+
 # penalty
 
 
@@ -340,6 +356,9 @@ def _cases() -> list:
         {"small": (77,), "production": (4_200_001,)})
     add("losses", "gan_g_loss", "nonsaturating", _make_fake_logits, _call_g_loss, {"huge": (_HUGE,)}, **_HUGE_KW)
     add("cycle_loss", "cycle_loss", "", _make_cycle, _call_cycle, {"small": (3, 3, 5, 7), "production": (64, 3, 64, 64)})
+    # BigGAN's orthogonal regularization (production: a 512 x 4608 conv weight, a BigGAN-128 block's)
+    add("orthogonal_regularization", "orthogonal_regularization", "", _make_ortho, _call_ortho,
+        {"small": (7, 13), "production": (512, 4608)})
     # InfoGAN: B x K categorical logits, B x J continuous codes (production: many rows and blocks, K ~ 1000)
     add("info_loss", "info_loss", "", _make_info, _call_info, {"small": (7, 10, 3), "production": (8193, 1000, 16)})
     # a conv weight (out, in, k, k): the power step's mat-vecs, sigma, weight / sigma and the backward

@@ -13,6 +13,11 @@ kernel forward, one kernel backward, and a second derivative of its own (gradgra
     one-sided  weight * E max(0, ||grad D(x_hat)|| - center)^2
     r1         weight * E ||grad D(x_real)||^2    (StyleGAN2 uses weight gamma / 2)
     r2         weight * E ||grad D(x_fake)||^2
+
+And BigGAN's orthogonal regularization of G's weights (no gradient penalty; see its docstring):
+
+    orthogonal_regularization(weights, beta)    beta * sum_W ||W W^T * (1 - I)||_F^2, differentiable
+    orthogonal_regularization_(G, beta)         its gradient added to each .grad in place
 """
 from __future__ import annotations
 
@@ -24,7 +29,8 @@ from torch import Tensor
 from . import ops
 from ._args import PENALTY_KINDS, parse_penalty_kind
 
-__all__ = ["PENALTY_KINDS", "gradient_penalty", "interpolate", "penalty_from_grad"]
+__all__ = ["PENALTY_KINDS", "gradient_penalty", "interpolate", "orthogonal_regularization",
+           "orthogonal_regularization_", "penalty_from_grad"]
 
 _INTERPOLATING = ("wgan-gp", "one-sided")
 
@@ -123,3 +129,93 @@ def _penalty_at(x: Tensor, out, kind: str, weight: float, center: float) -> Tens
         raise ValueError("ganfast.penalty.gradient_penalty: the discriminator's output does not depend on its "
                          "input (autograd gives no gradient with respect to it)")
     return penalty_from_grad(grad, kind, center) * weight
+
+
+# ---- orthogonal regularization (BigGAN, Brock et al. 2019, eq. 3) ---------------------------------
+
+def _ortho_tensors(module_or_params, where: str):
+    params = module_or_params.parameters() if isinstance(module_or_params, torch.nn.Module) else module_or_params
+    if isinstance(params, Tensor):
+        params = [params]
+    out = []
+    for i, p in enumerate(params):
+        if not isinstance(p, Tensor):
+            raise TypeError(f"ganfast.penalty.{where}: every weight must be a tensor; got {type(p).__name__} at "
+                            f"index {i}")
+        out.append(p)
+    return out
+
+
+def orthogonal_regularization(weights, beta: float = 1e-4) -> Tensor:
+    """BigGAN's orthogonal regularization: beta * sum_W ||W W^T * (1 - I)||_F^2.
+
+    `weights`: an iterable of tensors (or a module: its parameters). Those with fewer than 2 dims
+    (biases, gains, SAGAN's gamma) are skipped, as BigGAN does; each other w is read as the matrix
+    W = w.reshape(w.shape[0], -1) (a conv's filters as rows). All weights of one floating dtype and
+    device; beta finite and >= 0. Returns a 0-dim tensor in the weights' dtype, differentiable
+    (first order: double backward is an error). With no weight of 2 or more dims the result is a 0
+    (not requiring grad) in the dtype and on the device of the first tensor given, or
+    torch.get_default_dtype() on the CPU when none was given.
+
+    One launch reduces every weight's masked Gram (the Grams themselves are GEMMs: BLAS / cuBLAS;
+    a tall W, m >= 2k rows, uses the k x k Gram W^T W and ||W W^T (1 - I)||^2 = ||W^T W||^2 -
+    sum_i ||w_i||^4). The gradient is exact: 4 * beta * (W W^T * (1 - I)) W per weight.
+
+    The factor, against BigGAN-PyTorch: its utils.ortho(model, strength) adds
+    strength * 2 * (W W^T * (1 - I)) W to the gradient, the gradient of (strength / 2) * ||.||^2. So
+    BigGAN-PyTorch's strength s is beta = s / 2 here (a strength of 1e-4 is beta 5e-5);
+    the paper's beta (1e-4) is this beta.
+    """
+    ws = _ortho_tensors(weights, "orthogonal_regularization")
+    mats = [w for w in ws if w.dim() >= 2]
+    if not mats:
+        _check_beta(beta, "orthogonal_regularization")
+        like = ws[0] if ws else None
+        return torch.zeros((), dtype=like.dtype if like is not None else torch.get_default_dtype(),
+                           device=like.device if like is not None else "cpu")
+    return ops.orthogonal_regularization(mats, beta)
+
+
+def _check_beta(beta, where: str) -> None:
+    import math
+
+    b = float(beta)
+    if not (math.isfinite(b) and b >= 0):
+        raise ValueError(f"ganfast.penalty.{where}: beta must be finite and non-negative; got {b:g}")
+
+
+@torch.no_grad()
+def orthogonal_regularization_(module_or_params, beta: float = 1e-4) -> None:
+    """Adds the gradient of orthogonal_regularization(params, beta) to each parameter's .grad in
+    place, without building a graph (a .grad that is None is created): BigGAN-PyTorch's way of
+    applying it, after G's loss backward and before the optimizer step:
+
+        loss_g.backward()
+        ganfast.penalty.orthogonal_regularization_(G_params, beta=1e-4)
+        opt_g.step()
+
+    `module_or_params`: a module (all its parameters) or an iterable of parameters; those with fewer
+    than 2 dims and those that do not require grad are skipped (exclude others, BigGAN's shared class
+    embedding for one, by passing the parameters you want). What it adds is exactly the gradient of
+    orthogonal_regularization(params, beta), 4 * beta * (W W^T * (1 - I)) W, reshaped to each
+    parameter: BigGAN-PyTorch's utils.ortho(G, s) corresponds to beta = s / 2 (see
+    orthogonal_regularization). Two launches plus one GEMM per weight, no host synchronisation.
+    """
+    ps = [p for p in _ortho_tensors(module_or_params, "orthogonal_regularization_")
+          if p.dim() >= 2 and p.requires_grad]
+    if not ps:
+        _check_beta(beta, "orthogonal_regularization_")
+        return
+    grads = _ortho_grads(ps, beta)
+    fresh = [(p, g) for p, g in zip(ps, grads) if p.grad is None]
+    held = [(p, g) for p, g in zip(ps, grads) if p.grad is not None]
+    for p, g in fresh:
+        p.grad = g
+    if held:
+        torch._foreach_add_([p.grad for p, _ in held], [g for _, g in held])
+
+
+def _ortho_grads(params, beta):
+    from .ops.orthogonal_regularization import orthogonal_regularization_grads
+
+    return orthogonal_regularization_grads(params, beta)

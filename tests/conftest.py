@@ -69,7 +69,7 @@ def triton_module_path(family: str) -> Path:
 FAMILY_OPS = {"losses": "gan_d_loss", "penalty": "penalty_from_grad", "bias_act": "bias_act",
               "batch_norm_act": "batch_norm_act", "info_loss": "info_loss",
               "cycle_loss": "cycle_loss", "instance_norm_act": "instance_norm_act",
-              "spectral_norm": "spectral_norm"}
+              "spectral_norm": "spectral_norm", "orthogonal_regularization": "orthogonal_regularization"}
 # Families whose C++ kernels live in another family's files (csrc/cpu/<file>.cpp, csrc/cuda/<file>.cu):
 # instance norm is batch norm over the per-(n, c) axis, one set of kernels serving both.
 CPP_FAMILY_FILES = {"instance_norm_act": "batch_norm_act"}

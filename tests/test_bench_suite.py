@@ -193,14 +193,16 @@ def test_select_filters_by_family_or_name_and_rejects_unknown_words():
     assert {c.family for c in S.select(cases, "penalty")} == {"penalty"}
     assert all("WGAN-GP" in c.name for c in S.select(cases, "wgan-gp"))
     assert S.select(cases, None) == cases
-    with pytest.raises(ValueError, match="matches no case; families: bias_act, block, cycle_loss, instance_norm_act, losses, penalty, spectral_norm, step"):
+    with pytest.raises(ValueError, match="matches no case; families: bias_act, block, cycle_loss, instance_norm_act, losses, "
+                                         "orthogonal_regularization, penalty, spectral_norm, step"):
         S.select(cases, "nothing-like-this")
 
 
 def test_the_suite_covers_every_family_and_the_six_training_steps():
     for quick in (True, False):
         cases = S.load_cases_module().cases(torch.device("cpu"), quick=quick)
-        assert {c.family for c in cases} == {"losses", "cycle_loss", "penalty", "bias_act", "block", "instance_norm_act", "spectral_norm", "step"}
+        assert {c.family for c in cases} == {"losses", "cycle_loss", "orthogonal_regularization", "penalty", "bias_act",
+                                            "block", "instance_norm_act", "spectral_norm", "step"}
         steps = {c.name for c in cases if c.family == "step"}
         assert steps == {"DCGAN non-saturating step", "DCGAN WGAN-GP step", "DCGAN lazy R1 step",
                          "MLP WGAN-GP step on ring8", "InfoGAN step", "CycleGAN step"}

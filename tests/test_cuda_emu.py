@@ -53,7 +53,8 @@ def test_every_cuda_kernel_is_emulated(emulator):
     # and, independently of this install, one op of every family csrc/cuda holds
     families = {"losses.cu": "gan_d_loss", "penalty.cu": "penalty_from_grad", "bias_act.cu": "bias_act",
                 "batch_norm_act.cu": "batch_norm_act", "info_loss.cu": "info_loss",
-                "cycle_loss.cu": "cycle_loss", "spectral_norm.cu": "spectral_norm"}
+                "cycle_loss.cu": "cycle_loss", "spectral_norm.cu": "spectral_norm",
+                "orthogonal_regularization.cu": "orthogonal_regularization"}
     for cu in (cuda_emu.REPO / "csrc" / "cuda").glob("*.cu"):
         assert cu.name in families, f"csrc/cuda/{cu.name} is new: name one of its ops in this test"
         assert cuda_emu.has_kernel(families[cu.name]), cu.name
@@ -122,6 +123,9 @@ def _reductions(gen, dtype):
     out["bias_grad_rows"] = fused(grad_grad, x, b, x, 1, "swish", 0.0, 1.0, -1.0)[1]
     # cycle_loss: several pairs in one launch, the partials of every pair's blocks added in order
     out["cycle_loss"] = ops.cycle_loss([x, r, cl], [grad_grad, torch.roll(r, 1), cl * 0.5], 1.5)
+    # orthogonal_regularization: a 111 x 111 Gram over several blocks with its diagonal, a tall weight's two segments
+    out["orthogonal_regularization"] = ops.orthogonal_regularization([x.reshape(111, 205), r[:4000].reshape(200, 20)],
+                                                                     0.3)
     out["bias_grad_channels_last"] = fused(grad_grad.contiguous(memory_format=torch.channels_last), None, b, cl, 1,
                                            "lrelu", 0.2, 1.0, -1.0)[1]
     # spectral_norm: W^T u's per-column warp sums added through shared memory, the norms' block_sum, and

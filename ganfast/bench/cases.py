@@ -45,8 +45,9 @@ R1_WEIGHT = R1_GAMMA / 2 * R1_EVERY
 
 @dataclass
 class Case:
-    family: str                                  # losses | cycle_loss | penalty | bias_act | block |
-                                                 # instance_norm_act | spectral_norm | step
+    family: str                                  # losses | cycle_loss | orthogonal_regularization |
+                                                 # penalty | bias_act | block | instance_norm_act |
+                                                 # spectral_norm | step
     name: str                                    # what is measured, for the tables
     size: str                                    # the shapes, for the tables
     detail: str                                  # what one step does (Markdown, for BENCHMARKS.md)
@@ -1026,12 +1027,127 @@ def spectral_norm_case(ch: int, device) -> Case:
                 "op forward, one backward, per weight)", make_step, rtol=1e-4, atol_scale=1e-5)
 
 
+# ---- orthogonal_regularization: BigGAN's orthogonal regularization of G's weights ------------------------
+
+ORTHO_BETA = 1e-4  # the paper's beta (= BigGAN-PyTorch strength 2e-4: beta = s / 2)
+
+
+def biggan_g_weight_shapes(ch: int, resolution: int, z_dim: int = 120, shared_dim: int = 128,
+                           attn_res: Tuple[int, ...] = (), with_linear: bool = True) -> List[Tuple[int, ...]]:
+    """The >= 2-D weights of BigGAN-PyTorch's generator (G_shared, hierarchical z) that its utils.ortho
+    regularizes, in module order; the shared class embedding is left out (BigGAN-PyTorch blacklists
+    it), 1-D parameters (biases, the output BN's gain / bias, attention's gamma) are skipped.
+
+    Per architecture (BigGAN-PyTorch's G_arch): blocks of in -> out channels, each upsampling;
+    z is cut into len(blocks) + 1 chunks, the first to the linear, one per block to its ccbn, whose
+    gain and bias linears take the shared embedding concatenated with the chunk (bias=False).
+      linear            (4 * 4 * in[0], z_chunk)
+      per block         bn1.gain, bn1.bias (in, shared + z_chunk); conv1 (out, in, 3, 3);
+                        bn2.gain, bn2.bias (out, shared + z_chunk); conv2 (out, out, 3, 3);
+                        conv_sc (out, in, 1, 1)
+      attention at R    after the block whose output is R x R, on its C = out channels:
+                        theta (C/8, C, 1, 1), phi (C/8, C, 1, 1), g (C/2, C, 1, 1), o (C, C/2, 1, 1)
+      output conv       (3, out[-1], 3, 3)
+    """
+    arch = {32: ([4, 4, 4], [4, 4, 4]), 64: ([16, 16, 8, 4], [16, 8, 4, 2]),
+            128: ([16, 16, 8, 4, 2], [16, 8, 4, 2, 1])}[resolution]
+    ins, outs = [c * ch for c in arch[0]], [c * ch for c in arch[1]]
+    chunk = z_dim // (len(ins) + 1)
+    cond = shared_dim + chunk
+    shapes = [(4 * 4 * ins[0], chunk)] if with_linear else []
+    res = 4
+    for cin, cout in zip(ins, outs):
+        res *= 2
+        shapes += [(cin, cond), (cin, cond), (cout, cin, 3, 3), (cout, cond), (cout, cond), (cout, cout, 3, 3),
+                   (cout, cin, 1, 1)]
+        if res in attn_res:
+            shapes += [(cout // 8, cout, 1, 1), (cout // 8, cout, 1, 1), (cout // 2, cout, 1, 1),
+                       (cout, cout // 2, 1, 1)]
+    return shapes + [(3, outs[-1], 3, 3)]
+
+
+def eager_ortho(ws):
+    """BigGAN's beta * sum_W ||W W^T * (1 - I)||_F^2 as a per-layer loop (mm, mask, square, sum)."""
+    total = 0
+    for w in ws:
+        W = w.view(w.shape[0], -1)
+        total = total + ((W @ W.t()) * (1 - torch.eye(W.shape[0], dtype=W.dtype, device=W.device))).pow(2).sum()
+    return ORTHO_BETA * total
+
+
+def eager_ortho_(ws):
+    """BigGAN-PyTorch's utils.ortho, written from its formula: .grad += s * 2 (W W^T * (1 - I)) W with
+    strength s = 2 beta (the same gradient as ours at beta)."""
+    with torch.no_grad():
+        for w in ws:
+            W = w.view(w.shape[0], -1)
+            g = 2 * torch.mm(torch.mm(W, W.t()) * (1.0 - torch.eye(W.shape[0], dtype=W.dtype, device=W.device)), W)
+            w.grad += (2 * ORTHO_BETA) * g.view(w.shape)
+
+
+def ortho_case(ch: int, resolution: int, in_place: bool, device, attn_res=(16,), with_linear=True) -> Case:
+    shapes = biggan_g_weight_shapes(ch, resolution, attn_res=attn_res, with_linear=with_linear)
+
+    def make_step(impl, dtype=torch.float32, **_):
+        gen = _gen(ch * 1000 + resolution)
+        ws = []
+        for s in shapes:
+            k = 1
+            for d in s[1:]:
+                k *= d
+            ws.append((torch.randn(s, generator=gen) / k ** 0.5).to(device=device, dtype=dtype).requires_grad_())
+        if in_place:
+            fn = {"eager": eager_ortho_, "ganfast": lambda w: P.orthogonal_regularization_(w, ORTHO_BETA)}.get(impl)
+            fn = fn or torch.compile(eager_ortho_)
+            for w in ws:
+                w.grad = torch.zeros_like(w)
+
+            def step():
+                torch._foreach_zero_([w.grad for w in ws])
+                fn(ws)
+                return _grads("weight", ws)
+            return step
+        fn = {"eager": eager_ortho, "ganfast": lambda w: P.orthogonal_regularization(w, ORTHO_BETA)}.get(impl)
+        fn = fn or torch.compile(eager_ortho)
+
+        def step():
+            loss = fn(ws)
+            loss.backward()
+            out = [("loss", loss.detach())] + _grads("weight", ws)
+            _clear(ws)
+            return out
+        return step
+
+    what = ("`.grad += ` its gradient in place, BigGAN-PyTorch's utils.ortho (eager: its per-layer loop of two mm "
+            "and a mask)" if in_place else "`beta * sum ||W W^T * (1 - I)||^2` over the weights and its backward "
+            "(eager: the per-layer loop mm, mask with 1 - eye, square, sum)")
+    size = (f"BigGAN G {resolution}x{resolution} ch={ch}: {len(shapes)} weights"
+            + ("" if with_linear else " (no z linear)"))
+    return Case("orthogonal_regularization",
+                "orthogonal_regularization_ in place" if in_place else "orthogonal_regularization fwd+bwd",
+                size, f"{what}; weight shapes {shapes}", make_step, check64=True)
+
+
+def ortho_small_case(in_place: bool, device) -> Case:
+    """BigGAN at 32x32, ch=32, attention at 16x16: 27 weights."""
+    return ortho_case(32, 32, in_place, device, attn_res=(16,))
+
+
+def ortho_128_case(in_place: bool, device) -> Case:
+    """BigGAN-128's widths (ch=96, attention at 64x64), without the z linear (24576 x 20): eager's
+    24576 x 24576 Gram alone is 2.4 GB, beyond this machine's share (ganfast takes its 20 x 20 W^T W).
+    Not in the suite's SIZES (one eager step is hundreds of GFLOP of GEMMs, seconds on a 2-core CPU):
+    benchmarks/bench_orthogonal_regularization.py times it with few steps."""
+    return ortho_case(96, 128, in_place, device, attn_res=(64,), with_linear=False)
+
+
 # ---- the suite ---------------------------------------------------------------------------------------
 
 # Every case builder with its sizes: (builder, the quick run's arguments, the full run's arguments).
 SIZES = [
     (losses_case, [(4096,)], [(64,), (65536,)]),
     (cycle_case, [((4, 3, 32, 32),)], [((64, 3, 64, 64),)]),
+    (ortho_small_case, [(False,), (True,)], [(False,), (True,)]),
     (info_loss_case, [(16, 10, 2)], [(64, 10, 2)]),                       # batch, classes K, codes J
     (spectral_norm_case, [(16,)], [(64,)]),                               # D width ch
     (penalty_case, [((16, 3, 32, 32),)], [((64, 3, 64, 64),), ((256, 3, 128, 128),)]),

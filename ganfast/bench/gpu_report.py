@@ -62,7 +62,7 @@ from pathlib import Path
 
 CCS = (80, 90)
 MODULES = ("losses", "penalty", "bias_act", "batch_norm_act", "conv_block", "info_loss", "cycle_loss",
-           "spectral_norm")
+           "spectral_norm", "orthogonal_regularization")
 DTYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float64": "fp64"}
 _RESULT_TAG = "GANFAST_GPU_REPORT_TRITON "
 
@@ -702,13 +702,36 @@ def spectral_norm_configs():
     return out
 
 
+def orthogonal_regularization_configs():
+    """The kernel of ganfast/triton/orthogonal_regularization.py: the fused masked-Gram reduction for
+    weights of every dtype (its cache, the Grams, in float32, float64 for float64; the partials and
+    beta in float64); one segment (count = 1) and one BLOCK per program (iters = 1) as Triton
+    specialises them. table_ptr is the int64 table of the segments' offsets and sizes."""
+    from ganfast.triton import orthogonal_regularization as O
+
+    out = []
+
+    def add(dt, **c):
+        c.setdefault("BLOCK", O.BLOCK)
+        c.setdefault("PBLOCK", O.PBLOCK)
+        acc = "*fp64" if dt == "float64" else "*fp32"
+        out.append(("orthogonal_regularization", "_ortho_forward_kernel", dt, c, False,
+                    {"ptr_types": {"table_ptr": "*i64", "cache_ptr": acc, "partial_ptr": "*fp64", "beta": "fp64"}}))
+
+    for dt in DTYPES:
+        add(dt)
+    add("float32", count=1, iters=1)
+    return out
+
+
 @functools.lru_cache(maxsize=None)
 def configs():
     """[(module, kernel name, dtype name, constexprs, int64 indices?, options)] of every module."""
     every = ([("losses",) + c for c in loss_configs()] + penalty_configs() + bias_act_configs()
              + batch_norm_act_configs() + instance_norm_act_configs() + conditional_batch_norm_act_configs()
              + conv_block_configs()
-             + info_loss_configs() + cycle_loss_configs() + spectral_norm_configs())
+             + info_loss_configs() + cycle_loss_configs() + spectral_norm_configs()
+             + orthogonal_regularization_configs())
     seen, out = set(), []
     for c in every:  # the lists above name a few configurations twice: compile each once
         key = repr(c)

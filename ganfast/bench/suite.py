@@ -317,7 +317,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="small shapes and short timings (under 2 minutes on a 2-core CPU; what CI runs)")
     p.add_argument("--only", metavar="WORDS", default=None,
                    help="comma-separated words: run the cases whose family or name contains one "
-                        "(families: losses, cycle_loss, penalty, bias_act, block, instance_norm_act, step)")
+                        "(families: losses, cycle_loss, orthogonal_regularization, penalty, bias_act, block, "
+                        "instance_norm_act, step)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto: cuda when a GPU is visible, else cpu")
     p.add_argument("--no-compile", action="store_true", help="leave torch.compile out")

@@ -1,6 +1,7 @@
 """ganfast's custom ops, dispatched to the selected backend (see ganfast.backend).
 
-Each op family is one module: ganfast.ops.losses, ganfast.ops.info_loss, ganfast.ops.cycle_loss, ganfast.ops.penalty, ganfast.ops.bias_act,
+Each op family is one module: ganfast.ops.losses, ganfast.ops.info_loss, ganfast.ops.cycle_loss,
+ganfast.ops.orthogonal_regularization, ganfast.ops.penalty, ganfast.ops.bias_act,
 ganfast.ops.batch_norm_act, ganfast.ops.instance_norm_act, ganfast.ops.spectral_norm, ganfast.ops.conv_block (whose Triton ops are in
 ganfast.ops.triton_conv_block). Public layers (ganfast.losses, ganfast.nn, ...) call these entry
 points, never a kernel directly.
@@ -15,9 +16,10 @@ from .instance_norm_act import instance_norm_act
 # which lists the ops (ganfast check covers each of them).
 from .lean import is_lean_double_backward, lean_double_backward  # noqa: F401
 from .losses import bce_with_logits, binary_cross_entropy, gan_d_loss, gan_g_loss
+from .orthogonal_regularization import orthogonal_regularization
 from .penalty import interpolate, penalty_from_grad
 from .spectral_norm import spectral_norm
 
 __all__ = ["batch_norm_act", "bce_with_logits", "bias_act", "binary_cross_entropy", "conv_transpose_block",
-           "cycle_loss", "gan_d_loss", "gan_g_loss", "info_loss", "instance_norm_act", "interpolate", "penalty_from_grad",
-           "spectral_norm"]
+           "cycle_loss", "gan_d_loss", "gan_g_loss", "info_loss", "instance_norm_act", "interpolate", "orthogonal_regularization",
+           "penalty_from_grad", "spectral_norm"]
