@@ -6,8 +6,11 @@ from .dcgan import DCGANDiscriminator, DCGANGenerator, dcgan_init_
 from .fuse import BatchNorm2dParams, FusedConv2d, FusedConvTranspose2d, fuse
 from .infogan import InfoGANDiscriminator, InfoGANGenerator, InfoGANOutput
 from .norm import InstanceNormAct2d
+from .attention import SelfAttention2d
+from .sagan import BigGANDiscriminator, BigGANGenerator, SAGANDiscriminator, SAGANGenerator
 
-__all__ = ["BatchNorm2dParams", "BiasAct", "Conv2dBlock", "ConvTransposeBlock", "DCGANDiscriminator",
+__all__ = ["BatchNorm2dParams", "BiasAct", "BigGANDiscriminator", "BigGANGenerator", "Conv2dBlock", "ConvTransposeBlock", "DCGANDiscriminator",
            "DCGANGenerator", "FusedConv2d", "FusedConvTranspose2d", "InfoGANDiscriminator", "InfoGANGenerator",
            "InfoGANOutput", "InstanceNormAct2d", "LeakyReLU", "LinearBlock", "PatchDiscriminator", "ResnetGenerator",
+           "SAGANDiscriminator", "SAGANGenerator", "SelfAttention2d",
            "cyclegan_init_", "dcgan_init_", "fuse"]
