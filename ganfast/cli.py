@@ -71,7 +71,7 @@ def _positive_int(value: str) -> int:
 
 
 def _add_train_arguments(p: argparse.ArgumentParser) -> None:
-    from .train.config import (AMP_CHOICES, BACKEND_CHOICES, CONDITIONAL_WIDTH, CYCLEGAN_BATCH, CYCLEGAN_WIDTH,
+    from .train.config import (AMP_CHOICES, BACKEND_CHOICES, CONDITIONAL_BATCH, CONDITIONAL_WIDTH, CYCLEGAN_BATCH, CYCLEGAN_WIDTH,
                                DEFAULT_ATTN_RES, DEFAULT_CONDITIONAL_STEPS, DEFAULT_CYCLEGAN_STEPS,
                                DEFAULT_INFOGAN_STEPS, DEFAULT_STEPS, DEVICE_CHOICES, LATENT_CHOICES, MODEL_DEFAULTS,
                                MODELS, OPTIMIZERS, TrainConfig)
@@ -105,7 +105,7 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
                         f"sagan: {DEFAULT_CONDITIONAL_STEPS['sagan']:,}; biggan: {DEFAULT_CONDITIONAL_STEPS['biggan']:,})")
     g.add_argument("--batch-size", type=_positive_int, default=S,
                    help=f"real and generated samples per step (default: 256 for 2-D data, 64 for images, "
-                        f"{CYCLEGAN_BATCH} per domain for cyclegan)")
+                        f"{CYCLEGAN_BATCH} per domain for cyclegan, {CONDITIONAL_BATCH} for sagan and biggan)")
     g.add_argument("--d-steps", type=_positive_int, default=S,
                    help="discriminator steps per generator step, each with a fresh real batch and fresh z "
                         f"(default: the objective's: 5 for wgan and wgan-gp, else 1; sagan "
