@@ -509,6 +509,8 @@ class Trainer:
             parts.append(f"modes {e['modes']}/{e['n_modes']} hq {100 * e['high_quality']:.1f}%")
         elif e and "classes" in e:
             parts.append(f"classes {e['classes']}/{e['n_classes']} KL {e['kl_uniform']:.3f}")
+            if "class_agreement" in e:
+                parts.append(f"class agreement {100 * e['class_agreement']:.1f}%")
         return " ".join(parts)
 
     def _append_row(self, row: dict) -> None:
