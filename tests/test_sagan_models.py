@@ -376,10 +376,10 @@ def test_hinge_training_steps(G_cls, D_cls):
     opt_d = torch.optim.Adam(D.parameters(), 1e-3, betas=(0.0, 0.999))
     g0 = {n: p.detach().clone() for n, p in G.named_parameters()}
     d0 = {n: p.detach().clone() for n, p in D.named_parameters()}
-    real = torch.rand(4, 1, 32, 32) * 2 - 1
-    for _ in range(3):
-        y = torch.randint(0, 4, (4,))
-        z = torch.randn(4, G.z_dim)
+    real = torch.rand(3, 1, 32, 32) * 2 - 1
+    for _ in range(2):
+        y = torch.randint(0, 4, (3,))
+        z = torch.randn(3, G.z_dim)
         loss_d = L.discriminator_loss(D(real, y), D(G(z, y).detach(), y), kind="hinge")
         opt_d.zero_grad()
         loss_d.backward()
