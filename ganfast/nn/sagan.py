@@ -121,16 +121,16 @@ class GBlock(nn.Module):
     """Residual up-block: CBN-ReLU, upsample 2x (nearest), conv 3x3, CBN-ReLU, conv 3x3, plus a 1x1
     conv of the upsampled input. forward(x, cond), cond (N, cond_dim) for both BatchNorms."""
 
-    def __init__(self, in_channels: int, out_channels: int, cond_dim: int, sn_cond: bool = True) -> None:
+    def __init__(self, in_channels: int, out_channels: int, cond_dim: int) -> None:
         super().__init__()
         self.bn1 = ConditionalBatchNorm2d(in_channels, cond_dim, act="relu")
         self.conv1 = _conv(in_channels, out_channels)
         self.bn2 = ConditionalBatchNorm2d(out_channels, cond_dim, act="relu")
         self.conv2 = _conv(out_channels, out_channels)
         self.conv_sc = _conv(in_channels, out_channels, 1)
-        for bn in (self.bn1, self.bn2):
-            bn.gain = _sn(bn.gain) if sn_cond else bn.gain
-            bn.bias = _sn(bn.bias) if sn_cond else bn.bias
+        for bn in (self.bn1, self.bn2):  # the class-conditional gain and bias maps: spectral norm too
+            bn.gain = _sn(bn.gain)
+            bn.bias = _sn(bn.bias)
 
     def forward(self, x: Tensor, cond: Tensor) -> Tensor:
         h = F.interpolate(self.bn1(x, cond), scale_factor=2.0, mode="nearest")
@@ -175,7 +175,7 @@ class DBlock(nn.Module):
 class _Generator(nn.Module):
     """Shared trunk of SAGANGenerator and BigGANGenerator."""
 
-    def _build(self, n_classes, z_dim, ch, resolution, channels, attn_res, cond_dim, z0, sn_cond) -> None:
+    def _build(self, n_classes, z_dim, ch, resolution, channels, attn_res, cond_dim, z0) -> None:
         cls = type(self).__name__
         self.n_classes, self.z_dim, self.ch, self.resolution, self.channels = n_classes, z_dim, ch, resolution, channels
         ins, outs = _G_ARCH[resolution]
@@ -187,7 +187,7 @@ class _Generator(nn.Module):
                 raise ValueError(f"ganfast.nn.{cls}: attention at resolution {r} needs >= 8 channels; ch={ch} gives "
                                  f"{outs[block_res.index(r)]}")
         self.linear = _sn(nn.Linear(z0, ins[0] * BOTTOM_WIDTH ** 2))
-        self.blocks = nn.ModuleList(GBlock(i, o, cond_dim, sn_cond) for i, o in zip(ins, outs))
+        self.blocks = nn.ModuleList(GBlock(i, o, cond_dim) for i, o in zip(ins, outs))
         self.attention = nn.ModuleDict({str(r): SelfAttention2d(outs[block_res.index(r)]) for r in self.attn_res})
         self._attn_after = {block_res.index(r): str(r) for r in self.attn_res}
         self.output_bn = nn.BatchNorm2d(outs[-1])
@@ -226,7 +226,7 @@ class SAGANGenerator(_Generator):
         cls = type(self).__name__
         _check_common(cls, n_classes, ch, resolution, channels)
         _check_int(cls, "z_dim", z_dim, 1)
-        self._build(n_classes, z_dim, ch, resolution, channels, attn_res, n_classes, z_dim, True)
+        self._build(n_classes, z_dim, ch, resolution, channels, attn_res, n_classes, z_dim)
 
     def spec(self) -> Dict:
         """The constructor's arguments: type(G)(**G.spec()) rebuilds the architecture."""
@@ -269,7 +269,7 @@ class BigGANGenerator(_Generator):
         else:
             self.z_chunks = (z_dim,)
         cond_dim = shared_dim + (self.z_chunks[1] if self.hier else 0)
-        self._build(n_classes, z_dim, ch, resolution, channels, attn_res, cond_dim, self.z_chunks[0], True)
+        self._build(n_classes, z_dim, ch, resolution, channels, attn_res, cond_dim, self.z_chunks[0])
         self.shared = nn.Embedding(n_classes, shared_dim)
         nn.init.orthogonal_(self.shared.weight)
 
