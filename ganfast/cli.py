@@ -71,9 +71,10 @@ def _positive_int(value: str) -> int:
 
 
 def _add_train_arguments(p: argparse.ArgumentParser) -> None:
-    from .train.config import (AMP_CHOICES, BACKEND_CHOICES, CYCLEGAN_BATCH, CYCLEGAN_WIDTH, DEFAULT_CYCLEGAN_STEPS,
-                               DEFAULT_INFOGAN_STEPS, DEFAULT_STEPS, DEVICE_CHOICES, LATENT_CHOICES, MODELS,
-                               OPTIMIZERS, TrainConfig)
+    from .train.config import (AMP_CHOICES, BACKEND_CHOICES, CONDITIONAL_BATCH, CONDITIONAL_WIDTH, CYCLEGAN_BATCH, CYCLEGAN_WIDTH,
+                               DEFAULT_ATTN_RES, DEFAULT_CONDITIONAL_STEPS, DEFAULT_CYCLEGAN_STEPS,
+                               DEFAULT_INFOGAN_STEPS, DEFAULT_STEPS, DEVICE_CHOICES, LATENT_CHOICES, MODEL_DEFAULTS,
+                               MODELS, OPTIMIZERS, TrainConfig)
     from .train.objectives import OBJECTIVES
 
     d = TrainConfig()
@@ -93,27 +94,33 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
                         "images), cycle:A,B (two image domains for --model cyclegan, e.g. "
                         f"cycle:digits,digits-bold) (default: {d.data})")
     g.add_argument("--objective", choices=list(OBJECTIVES), default=S,
-                   help=f"the GAN objective (default: nonsaturating; least_squares for cyclegan). {objectives}")
+                   help=f"the GAN objective (default: nonsaturating; least_squares for cyclegan; hinge for sagan "
+                        f"and biggan). {objectives}")
     g.add_argument("--steps", type=_positive_int, default=S,
                    help=f"generator steps (default: by data, each default run measured on a 2-core CPU: "
                         f"{steps['ring8']:,} on ring8 (38 s), grid25 (wgan-gp: 2.5 min) and 2-D npy: points; "
                         f"{steps['digits']:,} on digits (9.4 min) and folder: / npy: images (as long at "
                         f"32x32, about 55 min at 64x64); wgan and wgan-gp run 5 D steps per G step, about 6x as long "
-                        f"on images; infogan: {DEFAULT_INFOGAN_STEPS:,}; cyclegan: {DEFAULT_CYCLEGAN_STEPS:,})")
+                        f"on images; infogan: {DEFAULT_INFOGAN_STEPS:,}; cyclegan: {DEFAULT_CYCLEGAN_STEPS:,}; "
+                        f"sagan: {DEFAULT_CONDITIONAL_STEPS['sagan']:,}; biggan: {DEFAULT_CONDITIONAL_STEPS['biggan']:,})")
     g.add_argument("--batch-size", type=_positive_int, default=S,
                    help=f"real and generated samples per step (default: 256 for 2-D data, 64 for images, "
-                        f"{CYCLEGAN_BATCH} per domain for cyclegan)")
+                        f"{CYCLEGAN_BATCH} per domain for cyclegan, {CONDITIONAL_BATCH} for sagan and biggan)")
     g.add_argument("--d-steps", type=_positive_int, default=S,
                    help="discriminator steps per generator step, each with a fresh real batch and fresh z "
-                        "(default: the objective's: 5 for wgan and wgan-gp, else 1)")
+                        f"(default: the objective's: 5 for wgan and wgan-gp, else 1; sagan "
+                        f"{MODEL_DEFAULTS['sagan']['d_steps']}, biggan {MODEL_DEFAULTS['biggan']['d_steps']})")
     g.add_argument("--lr", type=float, default=S,
                    help="learning rate of both optimizers (default: the objective's: 2e-4 with Adam "
                         "betas (0.5, 0.999), 1e-3 on ring8 / grid25 / 2-D .npy points; wgan-gp 1e-4 with "
-                        "(0, 0.9); wgan RMSprop 5e-5)")
+                        "(0, 0.9); wgan RMSprop 5e-5; sagan and biggan: their papers' two time-scale rates, "
+                        f"sagan D {MODEL_DEFAULTS['sagan']['lr_d']:g} / G {MODEL_DEFAULTS['sagan']['lr_g']:g} with "
+                        f"betas {MODEL_DEFAULTS['sagan']['betas']}, biggan D {MODEL_DEFAULTS['biggan']['lr_d']:g} / "
+                        f"G {MODEL_DEFAULTS['biggan']['lr_g']:g} with {MODEL_DEFAULTS['biggan']['betas']})")
     g.add_argument("--lr-d", type=float, default=S, help="the discriminator's learning rate (overrides --lr)")
     g.add_argument("--lr-g", type=float, default=S, help="the generator's learning rate (overrides --lr)")
     g.add_argument("--betas", type=float, nargs=2, metavar=("BETA1", "BETA2"), default=S,
-                   help="Adam's betas (default: the objective's)")
+                   help="Adam's betas (default: the objective's; sagan (0, 0.9), biggan (0, 0.999))")
     g.add_argument("--optimizer", choices=OPTIMIZERS, default=S, help="default: the objective's")
     g.add_argument("--no-lr-decay", dest="lr_decay", action="store_false", default=S,
                    help="keep the learning rates constant (default: decay linearly to 0 over the second half)")
@@ -125,17 +132,25 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
                         "categorical and continuous codes in G's input, a Q head on D's trunk predicting them, "
                         "the mutual-information term added to both losses; writes codes.png), or cyclegan (Zhu et "
                         "al.: two ResNet generators and two PatchGAN discriminators between the domains of "
-                        "--data cycle:A,B; writes translations.png); 2-D data trains MLPs")
+                        "--data cycle:A,B; writes translations.png), or sagan (Zhang et al.: class-conditional "
+                        "ResNet G and D with spectral norm, self-attention, conditional BatchNorm in G, a "
+                        "projection D) or biggan (Brock et al.: SAGAN plus a shared class embedding, hierarchical "
+                        "z, orthogonal regularization); sagan and biggan need labelled images (digits, "
+                        "folder:PATH with one subfolder per class, npy:X.npy with X.labels.npy) and write "
+                        "samples.png one row per class; 2-D data trains MLPs")
     g.add_argument("--z-dim", type=_positive_int, default=S,
-                   help="latent dimension (default: 8 for ring8 and .npy points, 2 for grid25, 128 for images)")
+                   help="latent dimension (default: 8 for ring8 and .npy points, 2 for grid25, 128 for images, "
+                        "62 for infogan, 120 for biggan)")
     g.add_argument("--latent", choices=LATENT_CHOICES, default=S,
                    help=f"z ~ N(0, I) or U(-1, 1)^d (default: {d.latent})")
     g.add_argument("--width", type=_positive_int, default=S, help=f"MLP hidden units, 2-D data (default: {d.width})")
     g.add_argument("--depth", type=_positive_int, default=S, help=f"MLP hidden layers, 2-D data (default: {d.depth})")
     g.add_argument("--ngf", type=_positive_int, default=S,
-                   help=f"generator width (default: 64; {CYCLEGAN_WIDTH} for cyclegan at 32x32)")
+                   help=f"generator width (default: 64; {CYCLEGAN_WIDTH} for cyclegan at 32x32; sagan / biggan: "
+                        f"G's ch, {CONDITIONAL_WIDTH})")
     g.add_argument("--ndf", type=_positive_int, default=S,
-                   help=f"discriminator width (default: 64; {CYCLEGAN_WIDTH} for cyclegan at 32x32)")
+                   help=f"discriminator width (default: 64; {CYCLEGAN_WIDTH} for cyclegan at 32x32; sagan / "
+                        f"biggan: D's ch, {CONDITIONAL_WIDTH})")
     g.add_argument("--image-size", type=int, choices=(32, 64, 128), default=S,
                    help=f"images are resized to this square size (default: {d.image_size})")
     g.add_argument("--channels", type=int, choices=(1, 3), default=S,
@@ -151,6 +166,17 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--info-cont-weight", type=float, default=S,
                    help=f"lambda of the continuous codes' term (default: {d.info_cont_weight}; the paper uses "
                         "less than 1 for continuous codes)")
+
+    g = p.add_argument_group("sagan / biggan (--model sagan or biggan; widths: --ngf / --ndf)")
+    g.add_argument("--attn-res", type=_positive_int, nargs="*", metavar="RES", default=S,
+                   help=f"resolutions at which G and D have a self-attention block (default: "
+                        f"{' '.join(map(str, DEFAULT_ATTN_RES))}; --attn-res with no value: none)")
+    g.add_argument("--ortho-reg", type=float, metavar="BETA", default=S,
+                   help=f"orthogonal regularization of G's weights after each backward (the shared class "
+                        f"embedding left out, as BigGAN-PyTorch), in ganfast.penalty's convention: the "
+                        f"gradient 4*BETA*(W W^T * (1 - I)) W is added, so BigGAN-PyTorch's --G_ortho S is "
+                        f"BETA = S / 2 (default: biggan {MODEL_DEFAULTS['biggan']['ortho_reg']:g} = its 1e-4; "
+                        f"sagan 0 = off)")
 
     g = p.add_argument_group("cyclegan (--model cyclegan --data cycle:A,B; defaults: the reference code's)")
     g.add_argument("--cycle-weight", type=float, default=S,
@@ -232,6 +258,8 @@ def _format_summary(s: dict) -> str:
         elif "classes" in m:
             agreement = (f", categorical code / class agreement {100 * m['code_agreement']:.1f}%"
                          if "code_agreement" in m else "")
+            if "class_agreement" in m:
+                agreement += f", requested class agreement {100 * m['class_agreement']:.1f}%"
             lines.append(f"  {who}: {m['classes']}/{m['n_classes']} classes covered, KL(classes || uniform) "
                          f"{m['kl_uniform']:.4f}{agreement} (step {s['eval_step']})")
     m = s.get("metrics")
@@ -249,7 +277,8 @@ def _format_summary(s: dict) -> str:
     codes = " codes.png" if (s.get("metrics_ema") or {}).get("code_agreement") is not None else ""
     lines.append(f"  files in {out}: config.toml checkpoint.pt metrics.jsonl training.png samples.png{codes} samples/ "
                  f"summary.json")
-    lines.append(f"  more samples: ganfast sample --ckpt {out} --n 1000 --out samples.png")
+    cls = " [--class K] [--truncation PSI]" if (s.get("metrics_ema") or {}).get("class_agreement") is not None else ""
+    lines.append(f"  more samples: ganfast sample --ckpt {out} --n 1000 --out samples.png{cls}")
     return "\n".join(lines)
 
 
@@ -273,8 +302,9 @@ def _run_train(args: argparse.Namespace) -> int:
     from .train import TrainConfig, Trainer
 
     values = {k: v for k, v in vars(args).items() if not k.startswith("_") and k not in ("command", "config")}
-    if "betas" in values:
-        values["betas"] = tuple(values["betas"])
+    for name in ("betas", "attn_res"):
+        if name in values:
+            values[name] = tuple(values[name])
     if hasattr(args, "config"):
         base = _toml_values(args.config)
         base.update(values)
@@ -305,12 +335,19 @@ def _add_sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="where to run the generator (default: cpu)")
     p.add_argument("--cat", type=int, default=None, metavar="K",
                    help="InfoGAN runs: fix the categorical code at K (default: drawn uniformly)")
+    p.add_argument("--class", dest="cls", type=int, default=None, metavar="K",
+                   help="sagan / biggan runs: every sample of class K (default: classes drawn uniformly; a .png "
+                        "then has one row per class, a .npy its classes in OUT.labels.npy)")
+    p.add_argument("--truncation", type=float, default=None, metavar="PSI",
+                   help="BigGAN's truncation trick: every entry of z with |z| > PSI is redrawn until it is at "
+                        "most PSI (PSI > 0; smaller: less varied, more typical samples) (default: off)")
 
 
 def _run_sample(args: argparse.Namespace) -> int:
     from .train import sample_to_file
 
-    path = sample_to_file(args.ckpt, args.n, args.out, seed=args.seed, device=args.device, cat=args.cat)
+    path = sample_to_file(args.ckpt, args.n, args.out, seed=args.seed, device=args.device, cat=args.cat,
+                          cls=args.cls, truncation=args.truncation)
     print(f"ganfast sample: wrote {args.n} samples of G_ema to {path}")
     return 0
 

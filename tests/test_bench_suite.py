@@ -205,9 +205,11 @@ def test_the_suite_covers_every_family_and_the_six_training_steps():
                                             "block", "instance_norm_act", "spectral_norm", "step"}
         steps = {c.name for c in cases if c.family == "step"}
         assert steps == {"DCGAN non-saturating step", "DCGAN WGAN-GP step", "DCGAN lazy R1 step",
-                         "MLP WGAN-GP step on ring8", "InfoGAN step", "CycleGAN step"}
+                         "MLP WGAN-GP step on ring8", "InfoGAN step", "CycleGAN step", "SAGAN D step",
+                         "SAGAN G step"}
     assert {c.size for c in S.select(cases, "infogan step,cyclegan step")} == {
         "B=64, 1x32x32, width 64, 10 cat + 2 cont codes", "B=8 per domain, 1x32x32, width 32, 6 blocks"}
+    assert {c.size for c in S.select(cases, "sagan")} == {"B=64, 1x32x32, ch 32, 10 classes, attention 16"}
 
 
 def test_the_cases_ship_in_the_package_so_any_install_has_the_suite():

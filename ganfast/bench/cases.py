@@ -1139,6 +1139,200 @@ def ortho_128_case(in_place: bool, device) -> Case:
     Not in the suite's SIZES (one eager step is hundreds of GFLOP of GEMMs, seconds on a 2-core CPU):
     benchmarks/bench_orthogonal_regularization.py times it with few steps."""
     return ortho_case(96, 128, in_place, device, attn_res=(64,), with_linear=False)
+# ---- SAGAN: the D step and the G step of the engine's SAGAN training ----------------------------------
+
+SAGAN_CLASSES = 10
+SAGAN_LR_D, SAGAN_LR_G, SAGAN_BETAS = 4e-4, 1e-4, (0.0, 0.9)   # SAGAN's TTUR rates, Adam(0, 0.9)
+
+
+def _torch_sn_copy(m: nn.Module) -> nn.Module:
+    """A Conv2d / Linear / Embedding with torch's own spectral_norm (eps 1e-6, as ganfast.nn's
+    models) holding m's weights and power-iteration vectors (same state_dict keys)."""
+    from torch.nn.utils.parametrizations import spectral_norm
+
+    if isinstance(m, nn.Conv2d):
+        new = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, padding=m.padding, bias=m.bias is not None)
+    elif isinstance(m, nn.Linear):
+        new = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
+    else:
+        new = nn.Embedding(m.num_embeddings, m.embedding_dim)
+    if nn.utils.parametrize.is_parametrized(m, "weight"):
+        new = spectral_norm(new, eps=1e-6)
+    new.load_state_dict(m.state_dict())
+    return new
+
+
+class _TorchCBN(nn.Module):
+    """Conditional BatchNorm + ReLU as a SAGAN / BigGAN script writes it: nn.BatchNorm2d without
+    affine parameters, a per-sample gain and bias from bias-free linear maps of `cond`, nn.ReLU."""
+
+    def __init__(self, cbn: nn.Module):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(cbn.num_features, cbn.eps, cbn.momentum, affine=False)
+        self.bn.load_state_dict({k: v for k, v in cbn.state_dict().items() if k.startswith(("running", "num_"))})
+        self.gain, self.bias = _torch_sn_copy(cbn.gain), _torch_sn_copy(cbn.bias)
+
+    def forward(self, x, cond):
+        return F.relu(self.bn(x) * (1 + self.gain(cond))[..., None, None] + self.bias(cond)[..., None, None])
+
+
+class _TorchAttention(nn.Module):
+    """SAGAN's attention as BigGAN-PyTorch writes it: three 1x1 convs, max-pools, bmm + softmax +
+    bmm, the output conv, gamma * o + x."""
+
+    def __init__(self, a: gnn.SelfAttention2d):
+        super().__init__()
+        self.gamma = nn.Parameter(a.gamma.detach().clone())
+        self.theta, self.phi, self.g, self.o = (_torch_sn_copy(getattr(a, n)) for n in ("theta", "phi", "g", "o"))
+
+    def forward(self, x):
+        n, c, h, w = x.shape
+        theta = self.theta(x).view(n, c // 8, h * w)
+        phi = F.max_pool2d(self.phi(x), 2).view(n, c // 8, h * w // 4)
+        g = F.max_pool2d(self.g(x), 2).view(n, c // 2, h * w // 4)
+        beta = F.softmax(torch.bmm(theta.transpose(1, 2), phi), -1)
+        return self.gamma * self.o(torch.bmm(g, beta.transpose(1, 2)).view(n, c // 2, h, w)) + x
+
+
+def torchify_sagan(model: nn.Module) -> nn.Module:
+    """A copy of a ganfast SAGAN / BigGAN model whose layers are torch's own (spectral_norm,
+    BatchNorm2d, the bmm + softmax attention), in the same places, so parameters() lists them in
+    the same order."""
+    from ganfast.nn import ConditionalBatchNorm2d
+
+    twin = copy.deepcopy(model)
+    for name, m in list(twin.named_modules()):
+        if not name:
+            continue
+        parent, _, leaf = name.rpartition(".")
+        holder = twin.get_submodule(parent) if parent else twin
+        if isinstance(m, ConditionalBatchNorm2d):
+            setattr(holder, leaf, _TorchCBN(m))
+        elif isinstance(m, gnn.SelfAttention2d):
+            holder._modules[leaf] = _TorchAttention(m)
+        elif isinstance(m, (nn.Conv2d, nn.Linear, nn.Embedding)) and ".parametrizations." not in name:
+            if not any(name.startswith(p + ".") for p, q in twin.named_modules() if isinstance(q, (_TorchCBN, _TorchAttention))):
+                setattr(holder, leaf, _torch_sn_copy(m))
+    return twin
+
+
+class TorchSAGANGenerator(nn.Module):
+    """ganfast.nn.SAGANGenerator / BigGANGenerator in torch's own layers, with that generator's weights."""
+
+    def __init__(self, g: nn.Module):
+        super().__init__()
+        self.m = torchify_sagan(g)
+
+    def forward(self, z, y):
+        g = self.m
+        if isinstance(g, gnn.BigGANGenerator):
+            e = g.shared(y)
+            zs = torch.split(z, g.z_chunks, 1) if g.hier else (z,)
+            z0, conds = zs[0], ([torch.cat([e, c], 1) for c in zs[1:]] if g.hier else [e] * len(g.blocks))
+        else:
+            z0, conds = z, [F.one_hot(y, g.n_classes).to(z.dtype)] * len(g.blocks)
+        h = g.linear(z0).view(z.size(0), -1, 4, 4)
+        for i, b in enumerate(g.blocks):
+            t = b.conv1(F.interpolate(b.bn1(h, conds[i]), scale_factor=2.0))
+            h = b.conv2(b.bn2(t, conds[i])) + b.conv_sc(F.interpolate(h, scale_factor=2.0))
+            if i in g._attn_after:
+                h = g.attention[g._attn_after[i]](h)
+        return torch.tanh(g.output_conv(F.relu(g.output_bn(h))))
+
+
+class TorchSAGANDiscriminator(nn.Module):
+    """ganfast.nn.SAGANDiscriminator / BigGANDiscriminator in torch's own layers, with its weights."""
+
+    def __init__(self, d: nn.Module):
+        super().__init__()
+        self.m = torchify_sagan(d)
+
+    def forward(self, x, y):
+        d, h = self.m, x
+        for i, b in enumerate(d.blocks):
+            t = b.conv2(F.relu(b.conv1(F.relu(h) if b.preactivation else h)))
+            t = F.avg_pool2d(t, 2) if b.downsample else t
+            s = h
+            if b.conv_sc is not None:
+                if b.preactivation:
+                    s = b.conv_sc(s)
+                    s = F.avg_pool2d(s, 2) if b.downsample else s
+                else:
+                    s = b.conv_sc(F.avg_pool2d(s, 2) if b.downsample else s)
+            h = t + s
+            if i in d._attn_after:
+                h = d.attention[d._attn_after[i]](h)
+        h = torch.sum(F.relu(h), (2, 3))
+        return d.linear(h).squeeze(1) + (d.embed(y) * h).sum(1)
+
+
+def sagan_step_case(which, batch, width, device) -> Case:
+    """The engine's SAGAN D step ("d") or G step ("g") alone: hinge loss, Adam(0, 0.9), D 4e-4, G
+    1e-4, 32x32 single-channel class-conditional images, attention at 16x16 in G and D."""
+    image_size, nc = 32, 1
+
+    def make_step(impl, dtype=torch.float32, check=False):
+        torch.manual_seed(17)
+        G = gnn.SAGANGenerator(SAGAN_CLASSES, 128, width, image_size, nc)
+        D = gnn.SAGANDiscriminator(SAGAN_CLASSES, width, image_size, nc)
+        if impl != "ganfast":
+            G, D = TorchSAGANGenerator(G), TorchSAGANDiscriminator(D)
+        G, D = G.to(device, dtype), D.to(device, dtype)
+        gen = _gen(18)
+        real = (torch.rand(batch, nc, image_size, image_size, generator=gen) * 2 - 1).to(device, dtype)
+        y_real = torch.randint(0, SAGAN_CLASSES, (batch,), generator=gen).to(device)
+        z = torch.randn(batch, 128, generator=gen).to(device, dtype)
+        y_fake = torch.randint(0, SAGAN_CLASSES, (batch,), generator=gen).to(device)
+        if impl == "compile":
+            G, D = torch.compile(G), torch.compile(D)
+        if impl == "ganfast":
+            def d_loss(logits):
+                return L.discriminator_loss(logits[:batch], logits[batch:], "hinge")
+
+            def g_loss(logits):
+                return L.generator_loss(logits, "hinge")
+        else:
+            def d_loss(logits):
+                return F.relu(1 - logits[:batch]).mean() + F.relu(1 + logits[batch:]).mean()
+
+            def g_loss(logits):
+                return -logits.mean()
+        model = D if which == "d" else G
+        params = list(model.parameters())
+        lr = 0.0 if check else (SAGAN_LR_D if which == "d" else SAGAN_LR_G)
+        opt = _adam(params, lr, SAGAN_BETAS)
+        # real and fake in one pass through D (no BatchNorm in D: the same logits), as BigGAN-PyTorch's G_D
+        y_both = torch.cat([y_real, y_fake])
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            if which == "d":
+                with torch.no_grad():
+                    fake = G(z, y_fake)
+                loss = d_loss(D(torch.cat([real, fake]), y_both))
+            else:
+                D.requires_grad_(False)   # the G step computes G's gradients only
+                loss = g_loss(D(G(z, y_fake), y_fake))
+            loss.backward()
+            out = [("loss", loss.detach())] + _grads(which.upper(), params)
+            opt.step()
+            D.requires_grad_(True)
+            return out
+        return step
+
+    what = "D" if which == "d" else "G"
+    detail = ("one discriminator step: G's fakes without grad, D on real and fake in one pass (as BigGAN-PyTorch's "
+              "G_D), hinge loss, Adam(4e-4, (0, 0.9))" if which == "d" else
+              "one generator step: G(z, y), D on the fakes (D's requires_grad off), hinge loss -E D(G(z)), "
+              "Adam(1e-4, (0, 0.9))")
+    return Case("step", f"SAGAN {what} step", f"B={batch}, 1x32x32, ch {width}, {SAGAN_CLASSES} classes, attention 16",
+                f"{detail}; spectral norm on every layer, conditional BatchNorm in G, self-attention at 16x16 in G "
+                "and D. Eager: torch's `spectral_norm`, `nn.BatchNorm2d` + linear gain/bias, bmm + softmax attention "
+                "(BigGAN-PyTorch's form), `F.relu` hinge terms; ganfast: `ganfast.nn.SAGANGenerator` / "
+                "`SAGANDiscriminator` (SDPA attention, fused ReLUs / BatchNorm+ReLU / bias+tanh, `ganfast.nn.spectral_norm`, "
+                "`ganfast.nn.ConditionalBatchNorm2d`), "
+                "`ganfast.losses` hinge",
+                make_step, check64=True, separate_check=True)
 
 
 # ---- the suite ---------------------------------------------------------------------------------------
@@ -1163,6 +1357,8 @@ SIZES = [
     (mlp_step_case, [(256, 128)], [(256, 128)]),                          # batch, width
     (infogan_step_case, [(8, 16)], [(64, 64)]),                           # batch, width (ngf = ndf)
     (cyclegan_step_case, [(2, 8, 2)], [(8, 32, 6)]),                      # batch per domain, width, blocks
+    (sagan_step_case, [("d", 4, 4)], [("d", 64, 32)]),                    # which step, batch, ch
+    (sagan_step_case, [("g", 4, 4)], [("g", 64, 32)]),
 ]
 
 

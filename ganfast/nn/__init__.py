@@ -7,8 +7,11 @@ from .fuse import BatchNorm2dParams, FusedConv2d, FusedConvTranspose2d, fuse
 from .infogan import InfoGANDiscriminator, InfoGANGenerator, InfoGANOutput
 from .norm import ConditionalBatchNorm2d, InstanceNormAct2d
 from .spectral_norm import SpectralNorm, spectral_norm
+from .attention import SelfAttention2d
+from .sagan import BigGANDiscriminator, BigGANGenerator, SAGANDiscriminator, SAGANGenerator
 
-__all__ = ["BatchNorm2dParams", "BiasAct", "ConditionalBatchNorm2d", "Conv2dBlock", "ConvTransposeBlock",
-           "DCGANDiscriminator", "DCGANGenerator", "FusedConv2d", "FusedConvTranspose2d", "InfoGANDiscriminator",
-           "InfoGANGenerator", "InfoGANOutput", "InstanceNormAct2d", "LeakyReLU", "LinearBlock", "PatchDiscriminator",
-           "ResnetGenerator", "SpectralNorm", "cyclegan_init_", "dcgan_init_", "fuse", "spectral_norm"]
+__all__ = ["BatchNorm2dParams", "BiasAct", "BigGANDiscriminator", "BigGANGenerator", "ConditionalBatchNorm2d",
+           "Conv2dBlock", "ConvTransposeBlock", "DCGANDiscriminator", "DCGANGenerator", "FusedConv2d",
+           "FusedConvTranspose2d", "InfoGANDiscriminator", "InfoGANGenerator", "InfoGANOutput", "InstanceNormAct2d",
+           "LeakyReLU", "LinearBlock", "PatchDiscriminator", "ResnetGenerator", "SAGANDiscriminator", "SAGANGenerator",
+           "SelfAttention2d", "SpectralNorm", "cyclegan_init_", "dcgan_init_", "fuse", "spectral_norm"]

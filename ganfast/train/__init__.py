@@ -14,10 +14,10 @@ from .checkpoint import CheckpointError, load_checkpoint
 from .config import DATASETS, TrainConfig
 from .cyclegan import CycleGANTrainer
 from .data import CycleData, Dataset, load_cycle_data, load_dataset
-from .metrics import class_metrics, mode_metrics
+from .metrics import class_agreement, class_metrics, mode_metrics
 from .models import MLPDiscriminator, MLPGenerator
 from .objectives import OBJECTIVES, get_objective
-from .sampling import load_generator, sample, sample_to_file
+from .sampling import load_generator, sample, sample_to_file, sample_with_labels
 from .pool import ImagePool
 from .trainer import NonFiniteLossError, OutputDirError, Trainer
 from .translate import load_translator, translate_files
@@ -45,6 +45,8 @@ __all__ = [
     "load_translator",
     "mode_metrics",
     "sample",
+    "sample_with_labels",
+    "class_agreement",
     "sample_to_file",
     "translate_files",
 ]

@@ -30,13 +30,31 @@ DEFAULT_CYCLEGAN_STEPS, CYCLEGAN_BATCH, CYCLEGAN_WIDTH = 1000, 8, 32
 # InfoGAN on digits: the code/class agreement peaks by about 2,000 steps (seed 0 at 4,000 steps: 78% at
 # 800, 83% at 1,600, 82% at 4,000), so its default run is half the other image models'
 DEFAULT_INFOGAN_STEPS = 2000
+# SAGAN (Zhang et al. 2019) and BigGAN (Brock et al. 2019), class-conditional: the papers' optimizer
+# settings (hinge loss, Adam with beta1 = 0, two time-scale learning rates, BigGAN's 2 D steps); the
+# widths (ch) and steps are sized for the embedded digits on a 2-core CPU (BENCHMARKS.md)
+CONDITIONAL_MODELS = ("sagan", "biggan")
+MODEL_DEFAULTS = {
+    "sagan": dict(lr_d=4e-4, lr_g=1e-4, betas=(0.0, 0.9), d_steps=1, ortho_reg=0.0),
+    # ortho_reg in ganfast's convention (the gradient 4 beta (W W^T (1 - I)) W): 5e-5 is BigGAN-PyTorch's
+    # --G_ortho 1e-4 (its strength is twice our beta)
+    "biggan": dict(lr_d=2e-4, lr_g=5e-5, betas=(0.0, 0.999), d_steps=2, ortho_reg=5e-5),
+}
+# Measured with one thread (CPU seconds per step at batch 32, ch 8: SAGAN 0.35, BigGAN 0.55 with its 2 D
+# steps; ch 16 costs 2.6x): the papers' ch 64 at 32x32 keeps 256 channels at every resolution, some 10 s
+# a step here. ch 8 and batch 32 fit a default run into about 12 minutes of one core.
+DEFAULT_CONDITIONAL_STEPS = {"sagan": 2000, "biggan": 1200}
+CONDITIONAL_WIDTH = 8                     # ch of G and D (--ngf / --ndf)
+CONDITIONAL_BATCH = 32
+DEFAULT_ATTN_RES = (16,)
 BACKEND_CHOICES = ("auto", "cuda", "triton", "cpu", "reference")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 AMP_CHOICES = ("none", "bf16", "fp16")
 # The image models: DCGAN (Radford et al.), InfoGAN (Chen et al.: latent codes, Q head, the
 # mutual-information term) and CycleGAN (Zhu et al.: two generators and two PatchGAN discriminators
 # between two image domains, cycle:A,B). 2-D data always trains the MLPs.
-MODELS = ("dcgan", "infogan", "cyclegan")
+# SAGAN and BigGAN (--model sagan / biggan) are class-conditional: G(z, y), D(x, y).
+MODELS = ("dcgan", "infogan", "cyclegan", "sagan", "biggan")
 OPTIMIZERS = ("adam", "rmsprop")
 LATENT_CHOICES = ("normal", "uniform")
 
@@ -78,6 +96,11 @@ class TrainConfig:
     pool_size: int = 50                   # history of generated images D sees (0: none)
     n_blocks: int = 6                     # residual blocks of the ResNet generators
     d_layers: int = 3                     # PatchGAN discriminator's strided layers (3: 70x70 patches)
+    # SAGAN / BigGAN (model = "sagan" / "biggan"; widths: ngf / ndf are G's and D's ch)
+    attn_res: Optional[tuple] = None      # resolutions with self-attention; None: (16,); () = none
+    ortho_reg: Optional[float] = None     # beta of the orthogonal regularization of G's weights (ganfast's
+                                          # convention, 4 beta (W W^T (1 - I)) W; BigGAN-PyTorch's strength
+                                          # is 2 beta); None: 5e-5 for biggan, 0 (off) otherwise
     # objective options
     gp_weight: Optional[float] = None     # wgan-gp's lambda (default 10)
     clip: Optional[float] = None          # wgan's weight clipping (default 0.01)
@@ -211,6 +234,22 @@ class TrainConfig:
                              f"got {self.pool_size!r}")
         if not isinstance(self.n_blocks, int) or isinstance(self.n_blocks, bool) or self.n_blocks < 0:
             raise ValueError(f"ganfast.train: n_blocks must be an integer >= 0; got {self.n_blocks!r}")
+        if self.ortho_reg is not None and not (_is_number(self.ortho_reg) and math.isfinite(self.ortho_reg)
+                                                and self.ortho_reg >= 0):
+            raise ValueError(f"ganfast.train: ortho_reg must be a finite number >= 0; got {self.ortho_reg!r}")
+        if self.ortho_reg and self.model not in CONDITIONAL_MODELS:
+            raise ValueError(f"ganfast.train: ortho_reg applies to the sagan and biggan generators; model "
+                             f"'{self.model}' does not take it")
+        if self.attn_res is not None:
+            a = self.attn_res
+            if isinstance(a, (int, str)) or not all(isinstance(r, int) and not isinstance(r, bool) and r >= 4
+                                                    and r & (r - 1) == 0 for r in a):
+                raise ValueError(f"ganfast.train: attn_res must be a list of powers of two >= 4 (resolutions "
+                                 f"inside the networks; [] = no attention); got {a!r}")
+            self.attn_res = tuple(int(r) for r in a)
+        if self.model in CONDITIONAL_MODELS and self.image_size not in (32, 64):
+            raise ValueError(f"ganfast.train: {self.model} trains 32x32 or 64x64 images; got image_size "
+                             f"{self.image_size}")
         if self.optimizer is not None:
             _choice("optimizer", self.optimizer, OPTIMIZERS)
         for name in ("log_every", "r1_every", "eval_samples", "width", "depth", "d_layers"):
@@ -264,14 +303,30 @@ class TrainConfig:
         cycle = c.model == "cyclegan"
         c.objective = c.objective or ("least_squares" if cycle else "nonsaturating")
         obj = get_objective(c.objective)
-        c.steps = c.steps or (DEFAULT_CYCLEGAN_STEPS if cycle else
+        cond = c.model in CONDITIONAL_MODELS
+        if cond:
+            # the papers' hinge loss; their optimizer settings below replace the objective's
+            c.objective = self.objective or "hinge"
+            obj = get_objective(c.objective)
+        c.steps = c.steps or (DEFAULT_CONDITIONAL_STEPS[c.model] if cond else
+                              DEFAULT_CYCLEGAN_STEPS if cycle else
                               DEFAULT_INFOGAN_STEPS if c.model == "infogan" and not two_d else
                               DEFAULT_STEPS.get(kind, DEFAULT_STEPS["points" if two_d else "images"]))
-        c.batch_size = c.batch_size or (256 if two_d else CYCLEGAN_BATCH if cycle else 64)
+        c.batch_size = c.batch_size or (256 if two_d else CYCLEGAN_BATCH if cycle else CONDITIONAL_BATCH if cond
+                                        else 64)
         # CycleGAN on 32x32: the reference's 64 filters are sized for 256x256 photographs; 32 learns the
         # embedded digits pair in the default run's time (BENCHMARKS.md)
-        c.ngf = c.ngf or (CYCLEGAN_WIDTH if cycle and c.image_size == 32 else 64)
-        c.ndf = c.ndf or (CYCLEGAN_WIDTH if cycle and c.image_size == 32 else 64)
+        c.ngf = c.ngf or (CYCLEGAN_WIDTH if cycle and c.image_size == 32 else CONDITIONAL_WIDTH if cond else 64)
+        c.ndf = c.ndf or (CYCLEGAN_WIDTH if cycle and c.image_size == 32 else CONDITIONAL_WIDTH if cond else 64)
+        if cond:
+            md = MODEL_DEFAULTS[c.model]
+            c.attn_res = DEFAULT_ATTN_RES if c.attn_res is None else tuple(c.attn_res)
+            c.ortho_reg = md["ortho_reg"] if c.ortho_reg is None else c.ortho_reg
+            if obj.optimizer == "adam":  # wgan keeps its RMSprop settings
+                c.d_steps = c.d_steps or md["d_steps"]
+                c.lr_d = c.lr_d or c.lr or md["lr_d"]
+                c.lr_g = c.lr_g or c.lr or md["lr_g"]
+                c.betas = tuple(c.betas) if c.betas is not None else md["betas"]
         if c.identity_weight is None:
             # The identity term asks G_AB(b) = b: it favours maps that keep the sign of the input. The
             # embedded pair differs by an intensity inversion, and there (measured, BENCHMARKS.md) it
@@ -282,7 +337,8 @@ class TrainConfig:
         # measured (5,000 steps, 3 seeds): ring8 keeps all 8 modes with z in R^8 where R^2 lost one on a
         # seed; grid25's 5x5 layout is found from a 2-D latent (all 25) more reliably than from R^8
         infogan = c.model == "infogan" and not two_d
-        c.z_dim = c.z_dim or (62 if infogan else 128 if not two_d else 2 if data_kind(c.data) == "grid25" else 8)
+        c.z_dim = c.z_dim or (62 if infogan else 120 if c.model == "biggan" and not two_d else 128 if not two_d
+                              else 2 if data_kind(c.data) == "grid25" else 8)
         c.d_steps = c.d_steps or obj.d_steps
         c.optimizer = c.optimizer or obj.optimizer
         obj_lr = obj.lr_2d if two_d and obj.lr_2d is not None else obj.lr

@@ -7,8 +7,11 @@ a folder of images and a .npy array.
     digits-bold  the same digits with strokes dilated (3x3 maximum filter) and intensities inverted
     cycle:A,B    two domains (any of the image data sets above) for CycleGAN; digits,digits-bold
                  splits the digits so that no image appears in both domains
-    folder:PATH  PNG / JPEG files under PATH (recursively), resized, grayscale or RGB
-    npy:PATH     an array: (N, 2) points, or images (N, H, W), (N, C, H, W) or (N, H, W, C)
+    folder:PATH  PNG / JPEG files under PATH (recursively), resized, grayscale or RGB; labelled when
+                 every image sits in a first-level subfolder (torchvision's ImageFolder convention:
+                 the class is that subfolder's name, classes sorted by name)
+    npy:PATH     an array: (N, 2) points, or images (N, H, W), (N, C, H, W) or (N, H, W, C); labelled
+                 by a sidecar PATH with .npy replaced by .labels.npy: (N,) integers 0..K-1
 
 Images are tensors (C, H, W) in [-1, 1]; 2-D points are in the data's own coordinates.
 """
@@ -34,13 +37,14 @@ class Dataset:
 
     def __init__(self, name: str, *, points: Optional[Tensor] = None, modes: Optional[Tensor] = None,
                  mode_std: float = 0.0, labels: Optional[Tensor] = None, n_classes: int = 0,
-                 skipped: int = 0) -> None:
+                 skipped: int = 0, class_names: Optional[list] = None) -> None:
         self.name = name
         self.points = points          # (N, *shape) examples, or None for an analytic mixture
         self.modes = modes            # (M, 2) mixture centres for ring8 / grid25
         self.mode_std = mode_std
-        self.labels = labels          # digits: the class of each example (for the metric's classifier)
+        self.labels = labels          # (N,) int64 class of each example (digits, labelled folder / npy), or None
         self.n_classes = n_classes
+        self.class_names = class_names if class_names is not None else [str(i) for i in range(n_classes)]
         self.skipped = skipped        # unreadable image files
         ref = modes if points is None else points
         self.shape = tuple(ref.shape[1:])
@@ -78,6 +82,7 @@ class DataSampler:
         # examples live on the training device once, so a batch is one index_select there
         if dataset.points is not None:
             self._points = dataset.points.to(device)
+        self._labels = dataset.labels.to(device) if dataset.labels is not None else None
 
     def next(self) -> Tensor:
         ds = self.dataset
@@ -85,6 +90,15 @@ class DataSampler:
             return ds.sample(self.batch_size, self.generator).to(self.device, non_blocking=True)
         idx = torch.randint(ds.points.shape[0], (self.batch_size,), generator=self.generator)
         return self._points[idx.to(self.device, non_blocking=True)]
+
+    def next_labelled(self) -> tuple[Tensor, Tensor]:
+        """(images, labels) of one batch: the same draw as next() (one randint from this sampler's
+        generator), the labels of the images drawn."""
+        if self._labels is None:
+            raise ValueError(f"ganfast.train: {self.dataset.name} has no labels")
+        idx = torch.randint(self.dataset.points.shape[0], (self.batch_size,), generator=self.generator)
+        idx = idx.to(self.device, non_blocking=True)
+        return self._points[idx], self._labels[idx]
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state()}
@@ -153,13 +167,20 @@ def folder(path: str, image_size: int = 32, channels: Optional[int] = None) -> D
     if not root.is_dir():
         raise FileNotFoundError(f"ganfast.train: data folder not found: {root}")
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    images, skipped, modes = [], [], []
-    for p in files:
+    # labelled (ImageFolder's convention) when every image lies in a first-level subfolder: the class
+    # is that subfolder's name; an image directly in the folder makes the whole folder unlabelled
+    parts = [p.relative_to(root).parts for p in files]
+    labelled = bool(files) and all(len(q) >= 2 for q in parts)
+    class_names = sorted({q[0] for q in parts}) if labelled else None
+    images, skipped, modes, labels = [], [], [], []
+    for p, q in zip(files, parts):
         try:
             with Image.open(p) as im:
                 im.load()
                 modes.append(im.mode)
                 images.append(im.copy())
+                if labelled:
+                    labels.append(class_names.index(q[0]))
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
             skipped.append(p)
     if skipped:
@@ -173,7 +194,32 @@ def folder(path: str, image_size: int = 32, channels: Optional[int] = None) -> D
         gray = ("1", "L", "LA", "I", "I;16", "F")
         channels = 1 if all(m in gray for m in modes) else 3
     tensors = [image_tensor(im, image_size, channels) for im in images]
+    if labelled:
+        return Dataset(f"folder:{path}", points=torch.stack(tensors), skipped=len(skipped),
+                       labels=torch.tensor(labels, dtype=torch.int64), n_classes=len(class_names),
+                       class_names=class_names)
     return Dataset(f"folder:{path}", points=torch.stack(tensors), skipped=len(skipped))
+
+
+def labels_path(path: str | Path) -> Path:
+    """The sidecar labels file of an npy: data set: X.npy -> X.labels.npy."""
+    p = Path(path)
+    return p.with_name((p.name[:-4] if p.name.endswith(".npy") else p.name) + ".labels.npy")
+
+
+def _npy_labels(path: str | Path, n: int) -> Optional[Tensor]:
+    """The sidecar labels of an npy: data set ((n,) integers in 0..K-1), or None when there is none."""
+    lp = labels_path(path)
+    if not lp.is_file():
+        return None
+    try:
+        a = np.load(lp, allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise ValueError(f"ganfast.train: cannot read the labels {lp} as a .npy array: {e}") from None
+    if a.shape != (n,) or not np.issubdtype(a.dtype, np.integer) or (n and a.min() < 0):
+        raise ValueError(f"ganfast.train: labels {lp}: expected ({n},) integers >= 0 (one class per image of "
+                         f"{path}); got {a.dtype} {a.shape}")
+    return torch.from_numpy(a.astype(np.int64))
 
 
 def image_tensor(im, image_size: int, channels: int) -> Tensor:
@@ -225,6 +271,9 @@ def npy(path: str, image_size: int = 32, channels: Optional[int] = None) -> Data
         x = x * 2 - 1
     if channels is not None and channels != x.shape[1]:
         x = x.mean(1, keepdim=True) if channels == 1 else x.expand(-1, 3, -1, -1)
+    labels = _npy_labels(p, x.shape[0])
+    if labels is not None:
+        return Dataset(f"npy:{path}", points=_resize(x, image_size), labels=labels, n_classes=int(labels.max()) + 1)
     return Dataset(f"npy:{path}", points=_resize(x, image_size))
 
 
@@ -300,6 +349,11 @@ def load_cycle_data(data: str, image_size: int = 32, channels: Optional[int] = N
     split in two disjoint halves (unpaired_halves): A draws from the first, B from the second."""
     spec_a, spec_b = split_cycle_spec(data)
     domains = [load_dataset(s, image_size, channels) for s in (spec_a, spec_b)]
+    for s, d in zip((spec_a, spec_b), domains):
+        if s not in EMBEDDED_DOMAINS:
+            # a labelled folder's classes are its own names: content preservation compares classes across
+            # the two domains, which only the embedded digits pair shares
+            d.labels, d.n_classes = None, 0
     if spec_a in EMBEDDED_DOMAINS and spec_b in EMBEDDED_DOMAINS:
         halves = unpaired_halves(len(domains[0]), seed=0)
         domains = [Dataset(d.name, points=d.points[h], labels=d.labels[h], n_classes=d.n_classes)

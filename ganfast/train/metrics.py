@@ -116,3 +116,18 @@ def code_agreement(codes: np.ndarray, classes: np.ndarray, n_codes: int, n_class
         mapping[int(r)] = int(c)
     n = len(codes)
     return {"code_agreement": float(counts[rows, cols].sum() / n) if n else 0.0, "code_to_class": mapping}
+
+
+def class_agreement(requested: np.ndarray, classes: np.ndarray, n_classes: int) -> dict:
+    """A class-conditional generator's requested classes against the classes a classifier gives its
+    samples: {"class_agreement": the share of samples classified as the class asked for,
+    "class_agreement_per_class": that share for each requested class (None for a class never asked)}."""
+    requested, classes = np.asarray(requested, dtype=np.int64), np.asarray(classes, dtype=np.int64)
+    if requested.shape != classes.shape or requested.ndim != 1:
+        raise ValueError(f"class_agreement: requested and classes must be 1-D of the same length; got "
+                         f"{requested.shape} and {classes.shape}")
+    hit = requested == classes
+    n = np.bincount(requested, minlength=n_classes)
+    h = np.bincount(requested, weights=hit.astype(np.float64), minlength=n_classes)
+    per = [float(h[i] / n[i]) if n[i] else None for i in range(n_classes)]
+    return {"class_agreement": float(hit.mean()) if hit.size else 0.0, "class_agreement_per_class": per}

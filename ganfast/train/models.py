@@ -1,4 +1,5 @@
-"""Models: MLPs for 2-D data; ganfast.nn's DCGAN or InfoGAN generator and discriminator for images."""
+"""Models: MLPs for 2-D data; ganfast.nn's DCGAN, InfoGAN, SAGAN or BigGAN generator and discriminator
+for images (SAGAN and BigGAN class-conditional: G(z, y), D(x, y))."""
 from __future__ import annotations
 
 from typing import Optional
@@ -59,6 +60,20 @@ def build_models(cfg, dataset) -> tuple[nn.Module, nn.Module]:
         from ..nn import DCGANDiscriminator, DCGANGenerator, InfoGANDiscriminator, InfoGANGenerator
 
         c, h, w = dataset.shape
+        if model in CONDITIONAL_KINDS:
+            if dataset.labels is None:
+                raise ValueError(
+                    f"ganfast.train: model '{model}' is class-conditional and needs labelled images; "
+                    f"{dataset.name} has no labels. Use --data digits, a folder with one subfolder per class "
+                    f"(folder:PATH with PATH/<class>/*.png, classes sorted by name), or npy:X.npy with the "
+                    f"labels ((N,) integers 0..K-1) in X.labels.npy beside it")
+            if h not in (32, 64):
+                raise ValueError(f"ganfast.train: {model} trains 32x32 or 64x64 images; got --image-size {h}")
+            Gc, Dc = _conditional_classes(model)
+            attn = tuple(cfg.attn_res)
+            G = Gc(dataset.n_classes, z_dim=cfg.z_dim, ch=cfg.ngf, resolution=h, channels=c, attn_res=attn)
+            D = Dc(dataset.n_classes, ch=cfg.ndf, resolution=h, channels=c, attn_res=attn)
+            return G, D
         if model == "infogan":
             if h not in (32, 64):
                 raise ValueError(f"ganfast.train: infogan trains 32x32 or 64x64 images; got --image-size {h}")
@@ -75,10 +90,28 @@ def build_models(cfg, dataset) -> tuple[nn.Module, nn.Module]:
     return G, D
 
 
-def model_spec(cfg, dataset) -> dict:
-    """What load_generator needs to rebuild G without the data set."""
+# SAGAN / BigGAN: model kind -> (generator, discriminator) class names in ganfast.nn
+CONDITIONAL_KINDS = {"sagan": ("SAGANGenerator", "SAGANDiscriminator"),
+                     "biggan": ("BigGANGenerator", "BigGANDiscriminator")}
+
+
+def _conditional_classes(kind: str):
+    from .. import nn as gnn
+    g, d = CONDITIONAL_KINDS[kind]
+    return getattr(gnn, g), getattr(gnn, d)
+
+
+def model_spec(cfg, dataset, G: Optional[nn.Module] = None) -> dict:
+    """What load_generator needs to rebuild G without the data set (SAGAN / BigGAN: G.spec(), its
+    constructor's arguments)."""
     if dataset.is_image:
         c, h, _ = dataset.shape
+        model = getattr(cfg, "model", "dcgan")
+        if model in CONDITIONAL_KINDS:
+            spec = dict(G.spec())
+            if "attn_res" in spec:  # a list: the checkpoint stays plain data
+                spec["attn_res"] = list(spec["attn_res"])
+            return {"kind": model, **spec}
         if getattr(cfg, "model", "dcgan") == "infogan":
             return {"kind": "infogan", "nz": cfg.z_dim, "n_cat": cfg.cat_codes, "n_cont": cfg.cont_codes,
                     "ngf": cfg.ngf, "nc": c, "image_size": h}
@@ -88,6 +121,11 @@ def model_spec(cfg, dataset) -> dict:
 
 
 def generator_from_spec(spec: dict) -> nn.Module:
+    if spec["kind"] in CONDITIONAL_KINDS:
+        kwargs = {k: v for k, v in spec.items() if k != "kind"}
+        if "attn_res" in kwargs:
+            kwargs["attn_res"] = tuple(kwargs["attn_res"])
+        return _conditional_classes(spec["kind"])[0](**kwargs)
     if spec["kind"] == "dcgan":
         from ..nn import DCGANGenerator
         return DCGANGenerator(nz=spec["nz"], ngf=spec["ngf"], nc=spec["nc"], image_size=spec["image_size"])
@@ -98,6 +136,21 @@ def generator_from_spec(spec: dict) -> nn.Module:
     if spec["kind"] == "mlp":
         return MLPGenerator(spec["z_dim"], spec["out_dim"], spec["width"], spec["depth"], spec["scale"])
     raise ValueError(f"ganfast.train: unknown generator kind {spec['kind']!r} in the checkpoint")
+
+
+def is_conditional(G: nn.Module) -> bool:
+    """A class-conditional generator (SAGAN, BigGAN): forward(z, y) with y (N,) int64 in [0, n_classes)."""
+    return isinstance(getattr(G, "n_classes", None), int) and not is_infogan(G)
+
+
+def sample_labels(n: int, n_classes: int, generator: torch.Generator, device) -> torch.Tensor:
+    """Classes for n generated samples, uniform over the n_classes (as BigGAN-PyTorch draws them)."""
+    return torch.randint(0, n_classes, (n,), generator=generator, device=device)
+
+
+def balanced_labels(n: int, n_classes: int) -> torch.Tensor:
+    """Class i % n_classes for sample i: every class equally often (evaluation, sample grids)."""
+    return torch.arange(n) % n_classes
 
 
 # ---- InfoGAN's codes ------------------------------------------------------------------------------

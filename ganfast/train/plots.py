@@ -125,8 +125,14 @@ def plot_training(rows: list[dict], path: str | Path, objective_loss: str) -> No
             ax.set_ylabel("classes")
             ax.set_ylim(0, eval_rows[0]["eval"]["n_classes"] + 0.5)
             ax2 = ax.twinx()
-            ax2.plot(es, [r["eval"]["kl_uniform"] for r in eval_rows], "s--", color="tab:orange", label="KL")
-            ax2.set_ylabel("KL(p || uniform)")
+            if "class_agreement" in first:  # conditional models: the requested class, as the classifier sees it
+                ax2.plot(es, [100 * r["eval"]["class_agreement"] for r in eval_rows], "s--", color="tab:orange",
+                         label="% class agreement")
+                ax2.set_ylabel("% class agreement")
+                ax2.set_ylim(0, 100)
+            else:
+                ax2.plot(es, [r["eval"]["kl_uniform"] for r in eval_rows], "s--", color="tab:orange", label="KL")
+                ax2.set_ylabel("KL(p || uniform)")
         elif "cycle_l1_a" in first:  # cyclegan: held-out cycle error, and content preservation if labelled
             ax.plot(es, [r["eval"]["cycle_l1_a"] for r in eval_rows], "o-", label="|G_BA(G_AB(a)) - a|")
             ax.plot(es, [r["eval"]["cycle_l1_b"] for r in eval_rows], "o-", label="|G_AB(G_BA(b)) - b|")

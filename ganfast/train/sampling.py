@@ -1,6 +1,7 @@
 """Sampling from a trained run: load_generator(ckpt) and sample_to_file (`ganfast sample`)."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Optional
 
@@ -9,7 +10,8 @@ import torch
 from torch import nn
 
 from .checkpoint import CheckpointError, checkpoint_path, first_line, load_checkpoint, load_state
-from .models import generator_from_spec, is_infogan, sample_codes
+from .data import labels_path
+from .models import generator_from_spec, is_conditional, is_infogan, sample_codes, sample_labels
 
 
 def load_generator(ckpt: str | Path, device: str | torch.device = "cpu", ema: bool = True) -> nn.Module:
@@ -30,16 +32,46 @@ def load_generator(ckpt: str | Path, device: str | torch.device = "cpu", ema: bo
     G.z_dim = spec.get("z_dim", spec.get("nz"))
     G.latent = state["config"].get("latent", "normal")
     G.trained_steps = int(state["step"])
+    G.model_kind = spec.get("kind")  # what --class on an unconditional run's error names
     return G.to(device).eval().requires_grad_(False)
 
 
 @torch.no_grad()
-def sample(G: nn.Module, n: int, seed: Optional[int] = None, batch: int = 1000, cat: Optional[int] = None) -> torch.Tensor:
+def sample(G: nn.Module, n: int, seed: Optional[int] = None, batch: int = 1000, cat: Optional[int] = None,
+           cls: Optional[int] = None, truncation: Optional[float] = None) -> torch.Tensor:
     """n samples (CPU float32) from a generator returned by load_generator. An InfoGAN generator
     draws its codes as in training (the categorical code uniform, or fixed at `cat`; the continuous
-    codes U(-1, 1)); `cat` on any other generator is an error."""
+    codes U(-1, 1)); `cat` on any other generator is an error. A class-conditional generator (SAGAN,
+    BigGAN) draws the classes uniformly, or all `cls`; `cls` on an unconditional one is an error.
+    truncation=psi > 0: BigGAN's truncation trick, every entry of z with |z| > psi redrawn until it is
+    at most psi. See sample_with_labels for the classes drawn."""
+    return sample_with_labels(G, n, seed, batch, cat=cat, cls=cls, truncation=truncation)[0]
+
+
+def _model_name(G: nn.Module) -> str:
+    return getattr(G, "model_kind", None) or type(G).__name__
+
+
+@torch.no_grad()
+def sample_with_labels(G: nn.Module, n: int, seed: Optional[int] = None, batch: int = 1000,
+                       cat: Optional[int] = None, cls: Optional[int] = None,
+                       truncation: Optional[float] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """(samples, classes) as sample() draws them; classes (n,) int64 for a conditional generator, else
+    None."""
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"ganfast.train.sample: n must be a positive integer; got {n!r}")
+    if truncation is not None and not (isinstance(truncation, (int, float)) and not isinstance(truncation, bool)
+                                       and math.isfinite(truncation) and truncation > 0):
+        raise ValueError(f"ganfast sample: --truncation must be a number > 0 (entries of z with |z| above it "
+                         f"are redrawn); got {truncation!r}")
+    cond = is_conditional(G)
+    if cls is not None:
+        if not cond:
+            raise ValueError(f"ganfast sample: --class fixes the class of a class-conditional run (--model sagan "
+                             f"or biggan); this run's model '{_model_name(G)}' is unconditional")
+        if isinstance(cls, bool) or not isinstance(cls, int) or not 0 <= cls < G.n_classes:
+            raise ValueError(f"ganfast sample: --class must be in [0, {G.n_classes}) for this run "
+                             f"({G.n_classes} classes); got {cls!r}")
     info = is_infogan(G)
     if cat is not None:
         if not info:
@@ -50,35 +82,68 @@ def sample(G: nn.Module, n: int, seed: Optional[int] = None, batch: int = 1000, 
                              if G.n_cat else "ganfast sample: this InfoGAN run has no categorical code")
     device = next(G.parameters()).device
     g = torch.Generator().manual_seed(seed if seed is not None else torch.seed() % 2**63)
-    if getattr(G, "latent", "normal") == "uniform":
-        z = torch.rand(n, G.z_dim, generator=g) * 2 - 1
-    else:
-        z = torch.randn(n, G.z_dim, generator=g)
+    uniform = getattr(G, "latent", "normal") == "uniform"
+
+    def draw(shape):
+        return torch.rand(shape, generator=g) * 2 - 1 if uniform else torch.randn(shape, generator=g)
+
+    z = draw((n, G.z_dim))
+    if truncation is not None:
+        bad = z.abs() > truncation
+        while bad.any():  # resampling, not clipping: each redrawn entry keeps the latent's shape inside psi
+            z[bad] = draw((int(bad.sum()),))
+            bad = z.abs() > truncation
     codes = sample_codes(G, n, g, "cpu", cat=cat) if info else ()
+    y = None
+    if cond:
+        y = torch.full((n,), cls, dtype=torch.int64) if cls is not None else sample_labels(n, G.n_classes, g, "cpu")
+        codes = (y,)
     out = []
     for i in range(0, n, batch):
         args = [z[i:i + batch]] + [None if c is None else c[i:i + batch] for c in codes]
         out.append(G(*[None if a is None else a.to(device) for a in args]).float().cpu())
-    return torch.cat(out)
+    return torch.cat(out), y
+
+
+def class_rows(x: torch.Tensor, y: torch.Tensor, n_classes: int) -> tuple[torch.Tensor, int]:
+    """Images (n, C, H, W) and their classes -> (tiles, columns) for plots.save_image_grid: one row per
+    class in class order, rows as wide as the most frequent class, short rows padded with blank tiles."""
+    counts = torch.bincount(y, minlength=n_classes)
+    cols = max(1, int(counts.max()))
+    tiles = x.new_full((n_classes * cols, *x.shape[1:]), -1.0)
+    for k in range(n_classes):
+        idx = (y == k).nonzero().flatten()
+        tiles[k * cols: k * cols + idx.numel()] = x[idx]
+    return tiles, cols
 
 
 def sample_to_file(ckpt: str | Path, n: int, out: str | Path, seed: Optional[int] = None,
-                   device: str = "cpu", cat: Optional[int] = None) -> Path:
+                   device: str = "cpu", cat: Optional[int] = None, cls: Optional[int] = None,
+                   truncation: Optional[float] = None) -> Path:
     """Write n samples of the checkpoint's G_ema to `out`: .npy (the raw array: (n, 2) points or
-    (n, C, H, W) images in [-1, 1]) or .png (an image grid; for 2-D points a scatter plot)."""
+    (n, C, H, W) images in [-1, 1]; a conditional run's classes beside it in OUT.labels.npy, the
+    convention of npy: data) or .png (an image grid, one row per class for a conditional run without
+    `cls`; for 2-D points a scatter plot)."""
     out = Path(out)
     suffix = out.suffix.lower()
     if suffix not in (".png", ".npy"):
         raise ValueError(f"ganfast sample: --out must end in .png or .npy; got '{out}'")
+    if truncation is not None and not (isinstance(truncation, (int, float)) and truncation > 0):
+        raise ValueError(f"ganfast sample: --truncation must be a number > 0; got {truncation!r}")
     G = load_generator(ckpt, device)
-    x = sample(G, n, seed, cat=cat)
+    x, y = sample_with_labels(G, n, seed, cat=cat, cls=cls, truncation=truncation)
     out.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".npy":
         np.save(out, x.numpy())
+        if y is not None:
+            np.save(labels_path(out), y.numpy())
     else:
         from . import plots
 
-        if x.dim() == 4:
+        if y is not None and cls is None:
+            tiles, cols = class_rows(x, y, G.n_classes)
+            plots.save_image_grid(tiles, out, nrow=cols)
+        elif x.dim() == 4:
             plots.save_image_grid(x, out)
         else:
             plots.save_points(x, out, title=f"{n} samples, step {G.trained_steps}")

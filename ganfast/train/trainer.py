@@ -24,14 +24,15 @@ import numpy as np
 import torch
 
 from .. import backend as _backend
-from .. import losses, steps
+from .. import losses, penalty, steps
 from . import plots
 from .checkpoint import (CHECKPOINT_NAME, CheckpointError, first_line, load_checkpoint, load_state, save_atomic,
                          write_text_atomic)
 from .config import RESUMABLE_CHANGES, TrainConfig
 from .data import DataSampler, load_dataset
-from .metrics import DigitClassifier, class_metrics, code_agreement, mode_metrics
-from .models import build_models, is_infogan, model_spec, sample_codes
+from .metrics import DigitClassifier, class_agreement, class_metrics, code_agreement, mode_metrics
+from .models import (balanced_labels, build_models, is_conditional, is_infogan, model_spec, sample_codes,
+                     sample_labels)
 from .objectives import get_objective
 
 # Everything a run writes; --overwrite removes exactly these (never other files in the folder).
@@ -40,6 +41,26 @@ OUTPUT_FILES = ("config.toml", CHECKPOINT_NAME, "metrics.jsonl", "samples.png", 
 OUTPUT_DIRS = ("samples",)
 
 _LABELLED = ("minimax", "nonsaturating", "least_squares")
+
+
+def labels_kw(obj, real_label: float) -> dict:
+    """The real-label keyword of the losses that take one (label smoothing)."""
+    return {"real_label": real_label} if obj.loss in _LABELLED else {}
+
+
+def _fits_classifier(ds) -> bool:
+    """Whether the class metrics' linear classifier can be fitted to a labelled data set: images, every
+    class present with at least two examples (its shared covariance needs them)."""
+    if not ds.is_image or ds.n_classes < 2:
+        return False
+    counts = torch.bincount(ds.labels, minlength=ds.n_classes)
+    return bool((counts >= 2).all())
+
+
+def orthogonal_regularization_(params, beta: float) -> None:
+    # one name here, so that a test can record the calls
+    from ..penalty import orthogonal_regularization_ as ortho_
+    ortho_(params, beta)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -189,6 +210,8 @@ class Trainer:
         self.D.to(self.device)
         self.G_ema = copy.deepcopy(self.G).requires_grad_(False).eval()
         self.info = is_infogan(self.G)  # InfoGAN: codes in G's input, Q's mutual-information term
+        self.cond = is_conditional(self.G)  # SAGAN / BigGAN: G(z, y), D(x, y)
+        self._ortho_params = self._ortho_parameters() if self.cond and cfg.ortho_reg else []
         self.opt_d = self._optimizer(self.D, cfg.lr_d)
         self.opt_g = self._optimizer(self.G, cfg.lr_g)
         self.gen = torch.Generator(self.device).manual_seed(cfg.seed + 1)  # z and instance noise
@@ -198,7 +221,7 @@ class Trainer:
         self.scaler_g = torch.amp.GradScaler("cuda", enabled=fp16)
         self.amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.amp]
         self.classifier = None
-        if self.dataset.labels is not None:
+        if self.dataset.labels is not None and _fits_classifier(self.dataset):
             self.classifier = DigitClassifier(self.dataset.points, self.dataset.labels)
         self.step = 0
         self.rows: list[dict] = []
@@ -301,6 +324,10 @@ class Trainer:
         # k discriminator steps: fresh real batch, fresh z; D descends its loss
         self.D.requires_grad_(True)
         for k in range(cfg.d_steps):
+            if self.cond:
+                loss_d, loss_adv, pen, d_real, d_fake = self._conditional_d_loss(k, sigma, labels_kw(obj, real_label))
+                self._d_update(loss_d)
+                continue
             real = self.sampler.next()
             with torch.no_grad(), self._autocast():
                 z, codes = self._latent(B), self._codes(B)
@@ -330,14 +357,7 @@ class Trainer:
                         r1_weight=cfg.r1_gamma / 2 * cfg.r1_every if r1_due else 0.0, **labels)
                 loss_d, loss_adv, pen, d_real, d_fake = out.total, out.adversarial, out.penalty, \
                     out.real_logits, out.fake_logits
-            self.opt_d.zero_grad(set_to_none=True)
-            self.scaler_d.scale(loss_d).backward()
-            self.scaler_d.step(self.opt_d)
-            self.scaler_d.update()
-            if cfg.clip > 0:
-                with torch.no_grad():
-                    for p in self.D.parameters():
-                        p.clamp_(-cfg.clip, cfg.clip)
+            self._d_update(loss_d)
 
         # one generator step with fresh z (D's weights need no gradient here)
         self.D.requires_grad_(False)
@@ -349,11 +369,21 @@ class Trainer:
                 q = self.D(self._noisy(self.G(z, *codes), sigma))
                 loss_info = self._info_loss(q, codes)
                 loss_g = losses.generator_loss(q.logits, obj.loss) + loss_info
+            elif self.cond:
+                # fresh z and fresh classes, uniform over the classes
+                z = self._latent(B)
+                y = sample_labels(B, self.G.n_classes, self.gen, self.device)
+                g_fake = self.D(self._noisy(self.G(z, y), sigma), y)
+                loss_g = losses.generator_loss(g_fake, obj.loss)
             else:
                 g_fake = self.D(self._noisy(self.G(self._latent(B)), sigma))
                 loss_g = losses.generator_loss(g_fake, obj.loss)
         self.opt_g.zero_grad(set_to_none=True)
         self.scaler_g.scale(loss_g).backward()
+        if self._ortho_params:
+            # BigGAN's orthogonal regularization: its exact gradient added to G's (unscaled) gradients
+            self.scaler_g.unscale_(self.opt_g)
+            orthogonal_regularization_(self._ortho_params, cfg.ortho_reg)
         self.scaler_g.step(self.opt_g)
         self.scaler_g.update()
         self.D.requires_grad_(True)
@@ -364,6 +394,54 @@ class Trainer:
             loss_adv.detach().float(), loss_g.detach().float(), d_real.detach().float().mean(),
             d_fake.detach().float().mean(), (pen.detach().float() if pen is not None else zero),
             (loss_info.detach().float() if loss_info is not None else zero)]))
+
+    def _d_update(self, loss_d: torch.Tensor) -> None:
+        """One optimizer step of D on loss_d (and WGAN's weight clipping)."""
+        self.opt_d.zero_grad(set_to_none=True)
+        self.scaler_d.scale(loss_d).backward()
+        self.scaler_d.step(self.opt_d)
+        self.scaler_d.update()
+        if self.cfg.clip > 0:
+            with torch.no_grad():
+                for p in self.D.parameters():
+                    p.clamp_(-self.cfg.clip, self.cfg.clip)
+
+    def _conditional_d_loss(self, k: int, sigma: float, labels: dict) -> tuple:
+        """SAGAN / BigGAN's D loss: a real batch with its labels, fakes of fresh z and classes drawn
+        uniformly; real and fake through D in one pass (as BigGAN-PyTorch: D has no batch-coupled layer,
+        and spectral norm's power iteration then runs once per D step). Penalties are taken at the real
+        labels. (total, adversarial, penalty, real logits, fake logits)."""
+        cfg, B = self.cfg, self.cfg.batch_size
+        real, y_real = self.sampler.next_labelled()
+        with torch.no_grad(), self._autocast():
+            z = self._latent(B)
+            y_fake = sample_labels(B, self.G.n_classes, self.gen, self.device)
+            fake = self.G(z, y_fake)
+        fake = fake.float() if fake.dtype != real.dtype else fake
+        real_in, fake_in = self._noisy(real, sigma), self._noisy(fake, sigma)
+        d_iter = self.step * cfg.d_steps + k
+        r1_due = cfg.r1_gamma > 0 and d_iter % cfg.r1_every == 0
+        with self._autocast():
+            logits = self.D(torch.cat([real_in, fake_in]), torch.cat([y_real, y_fake]))
+            d_real, d_fake = logits.split([B, B])
+            loss_adv = losses.discriminator_loss(d_real, d_fake, self.objective.loss, **labels)
+            pen = None
+            if cfg.gp_weight > 0:
+                pen = penalty.gradient_penalty(lambda x: self.D(x, y_real), real_in, fake_in, kind="wgan-gp",
+                                               weight=cfg.gp_weight, lean=True)
+            if r1_due:
+                r1 = penalty.gradient_penalty(lambda x: self.D(x, y_real), real_in, None, kind="r1",
+                                              weight=cfg.r1_gamma / 2 * cfg.r1_every, lean=True)
+                pen = r1 if pen is None else pen + r1
+        loss_d = loss_adv if pen is None else loss_adv + pen
+        return loss_d, loss_adv, pen, d_real, d_fake
+
+    def _ortho_parameters(self) -> list:
+        """G's weights that orthogonal regularization acts on: every parameter of 2 or more dimensions
+        except the shared class embedding (BigGAN-PyTorch leaves G.shared out of it)."""
+        shared = getattr(self.G, "shared", None)
+        skip = {id(p) for p in shared.parameters()} if isinstance(shared, torch.nn.Module) else set()
+        return [p for p in self.G.parameters() if p.dim() >= 2 and id(p) not in skip]
 
     def _codes(self, n: int) -> tuple:
         """InfoGAN's (cat, cont) codes for n samples from the training stream; () for other models."""
@@ -431,6 +509,8 @@ class Trainer:
             parts.append(f"modes {e['modes']}/{e['n_modes']} hq {100 * e['high_quality']:.1f}%")
         elif e and "classes" in e:
             parts.append(f"classes {e['classes']}/{e['n_classes']} KL {e['kl_uniform']:.3f}")
+            if "class_agreement" in e:
+                parts.append(f"class agreement {100 * e['class_agreement']:.1f}%")
         return " ".join(parts)
 
     def _append_row(self, row: dict) -> None:
@@ -455,7 +535,10 @@ class Trainer:
 
     def _eval_codes(self, G: torch.nn.Module, n: int) -> tuple:
         """The same InfoGAN codes every evaluation: the categorical code balanced (code i % n_cat for
-        sample i), the continuous codes U(-1, 1) from a generator of their own. () for other models."""
+        sample i), the continuous codes U(-1, 1) from a generator of their own; a conditional model's
+        classes balanced (class i % n_classes for sample i). () for other models."""
+        if self.cond:
+            return (balanced_labels(n, G.n_classes).to(self.device),)
         if not self.info:
             return ()
         g = torch.Generator().manual_seed(self.cfg.seed + 6007)
@@ -497,6 +580,9 @@ class Trainer:
             if self.info and G.n_cat:
                 # how well the categorical code alone picks the digit (the paper's 5% error on MNIST)
                 m.update(code_agreement(codes[0].cpu().numpy(), probs.argmax(1), G.n_cat, ds.n_classes))
+            if self.cond:
+                # how often the classifier sees the class G was asked for: mean and per class
+                m.update(class_agreement(codes[0].cpu().numpy(), probs.argmax(1), ds.n_classes))
             return m
         return {}
 
@@ -525,6 +611,19 @@ class Trainer:
 
     def _save_samples(self, path: Path) -> None:
         ds = self.dataset
+        if self.cond:
+            # one row per class, the same z down each column
+            k = self.G.n_classes
+            cols = max(4, min(10, 64 // k)) if k <= 16 else 4
+            y = torch.arange(k).repeat_interleave(cols).to(self.device)
+            z = self._eval_latent(cols).repeat(k, 1)
+            with torch.no_grad():
+                was_training = self.G_ema.training
+                self.G_ema.eval()
+                samples = self.G_ema(z, y).float()
+                self.G_ema.train(was_training)
+            plots.save_image_grid(samples, path, nrow=cols)
+            return
         n = 64 if ds.is_image else self.cfg.eval_samples
         samples = self._generate(self.G_ema, n)
         real = None if ds.is_image else ds.sample(n, torch.Generator().manual_seed(self.cfg.seed + 104729))
@@ -539,7 +638,7 @@ class Trainer:
             "format": "ganfast.train/1",
             "step": self.step,
             "config": self.cfg.to_dict(),
-            "model": model_spec(self.cfg, self.dataset),
+            "model": model_spec(self.cfg, self.dataset, self.G),
             "G": self.G.state_dict(), "D": self.D.state_dict(), "G_ema": self.G_ema.state_dict(),
             "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
             "scaler_g": self.scaler_g.state_dict(), "scaler_d": self.scaler_d.state_dict(),
