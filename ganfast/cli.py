@@ -122,8 +122,11 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--betas", type=float, nargs=2, metavar=("BETA1", "BETA2"), default=S,
                    help="Adam's betas (default: the objective's; sagan (0, 0.9), biggan (0, 0.999))")
     g.add_argument("--optimizer", choices=OPTIMIZERS, default=S, help="default: the objective's")
+    g.add_argument("--lr-decay", dest="lr_decay", action="store_true", default=S,
+                   help="decay both learning rates linearly to 0 over the second half (default: on, "
+                        "except for --model infogan)")
     g.add_argument("--no-lr-decay", dest="lr_decay", action="store_false", default=S,
-                   help="keep the learning rates constant (default: decay linearly to 0 over the second half)")
+                   help="keep the learning rates constant (the default for --model infogan)")
     g.add_argument("--seed", type=int, default=S, help=f"seeds every random stream (default: {d.seed})")
 
     g = p.add_argument_group("models")
