@@ -590,6 +590,9 @@ GANFAST_HD T sn_sigma_from_t(T t_sumsq, T denominator) {
 template <typename T>
 GANFAST_HD T sn_grad(T g, T c, T ui, T vj, T sigma) {
   return (g - c * ui * vj) / sigma;
+}
+
+// ---------------------------------------------------------------------------------------------
 // orthogonal_regularization family: beta * sum_W ||W W^T * (1 - I)||_F^2
 // ---------------------------------------------------------------------------------------------
 

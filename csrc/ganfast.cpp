@@ -153,6 +153,7 @@ TORCH_LIBRARY(ganfast, m) {
   // grad_weight = (G - <G, out> u v^T) / sigma with <G, out> = <G, weight> / sigma (u, v, sigma from
   // cache, constants as in torch). First order only: not differentiable itself.
   m.def("spectral_norm_backward(Tensor grad_output, Tensor weight, Tensor cache, int dim) -> Tensor");
+
   // ---- orthogonal_regularization family (csrc/cpu/orthogonal_regularization.cpp,
   // csrc/cuda/orthogonal_regularization.cu, ganfast/triton/orthogonal_regularization.py)
   // BigGAN's orthogonal regularization (Brock et al. 2019, eq. 3) over a list of weights, each of at

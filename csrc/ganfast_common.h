@@ -904,6 +904,10 @@ inline SpectralNormShape check_spectral_norm_backward(const char* op, const at::
   TORCH_CHECK_VALUE(cache.dim() == 1 && cache.size(0) == 1 + s.h + s.w, op, ": cache must have shape (",
                     1 + s.h + s.w, ",) = (1 + h + w,), as spectral_norm returns it; got ", cache.sizes());
   return s;
+}
+
+}  // namespace ganfast
+
 // ---- orthogonal_regularization family ----------------------------------------------------------
 // Everything but the fused reduction is shared by the CPU and CUDA kernels: the checks, the cache
 // layout, the GEMMs (at::mm: BLAS on CPU, cuBLAS on CUDA) and the whole backward (ATen only: one

@@ -791,78 +791,6 @@ def make_cycle_pair(reconstructed: torch.Tensor, original: torch.Tensor):
     return r, o
 
 
-# ---- spectral_norm family ------------------------------------------------------------------------
-
-class SpectralNormShape(NamedTuple):
-    """weight viewed as (A, h, B): the matrix W (h, w = A * B) of torch's spectral norm, dim first."""
-    A: int
-    h: int
-    B: int
-    w: int
-    dim: int
-
-
-def spectral_norm_compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """sigma, u and v (the cache) and the accumulation: float32, float64 for float64 weights."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def spectral_norm_shape(op: str, weight: torch.Tensor, dim: int) -> SpectralNormShape:
-    check_floating(weight, op, "weight")
-    nd = weight.dim()
-    if nd < 2:
-        raise ValueError(f"{op}: weight must have at least 2 dimensions (torch normalizes a 1-D weight with "
-                         f"F.normalize); got shape {format_sizes(weight.shape)}")
-    if not -nd <= dim < nd:
-        raise IndexError(f"{op}: Dimension out of range (expected to be in range of [{-nd}, {nd - 1}] but got {dim})")
-    if weight.numel() == 0:
-        raise ValueError(f"{op}: weight must have at least one element; got shape {format_sizes(weight.shape)}")
-    dim = dim + nd if dim < 0 else dim
-    A = math.prod(weight.shape[:dim])
-    B = math.prod(weight.shape[dim + 1:])
-    return SpectralNormShape(A, weight.shape[dim], B, A * B, dim)
-
-
-def _check_spectral_norm_vector(op, weight, t, arg, size):
-    if t.dtype != weight.dtype:
-        raise TypeError(f"{op}: {arg} must have weight's dtype ({scalar_type_name(weight.dtype)}); "
-                        f"got {scalar_type_name(t.dtype)}")
-    check_same_device(weight, t, op, "weight", arg)
-    if t.dim() != 1 or t.shape[0] != size:
-        raise ValueError(f"{op}: {arg} must have shape ({size},); got {format_sizes(t.shape)}")
-    if not t.is_contiguous():
-        raise ValueError(f"{op}: {arg} must be contiguous (it is updated in place)")
-
-
-def check_spectral_norm(op: str, weight, u, v, dim: int, n_power_iterations: int, eps: float) -> SpectralNormShape:
-    s = spectral_norm_shape(op, weight, dim)
-    _check_spectral_norm_vector(op, weight, u, "u", s.h)
-    _check_spectral_norm_vector(op, weight, v, "v", s.w)
-    if n_power_iterations < 1:
-        raise ValueError(f"{op}: Expected n_power_iterations to be positive, but got "
-                         f"n_power_iterations={n_power_iterations}")
-    if not (eps > 0 and math.isfinite(eps)):
-        raise ValueError(f"{op}: eps must be positive and finite; got {_float_text(eps)}")
-    return s
-
-
-def check_spectral_norm_backward(op: str, grad_output, weight, cache, dim: int) -> SpectralNormShape:
-    s = spectral_norm_shape(op, weight, dim)
-    check_floating(grad_output, op, "grad_output")
-    check_same_device(weight, grad_output, op, "weight", "grad_output")
-    check_same_shape(weight, grad_output, op, "weight", "grad_output")
-    if grad_output.dtype != weight.dtype:
-        raise TypeError(f"{op}: grad_output must have weight's dtype ({scalar_type_name(weight.dtype)}); "
-                        f"got {scalar_type_name(grad_output.dtype)}")
-    compute = spectral_norm_compute_dtype(weight.dtype)
-    if cache.dtype != compute:
-        raise TypeError(f"{op}: cache must be {scalar_type_name(compute)} for {scalar_type_name(weight.dtype)} "
-                        f"weight; got {scalar_type_name(cache.dtype)}")
-    check_same_device(weight, cache, op, "weight", "cache")
-    if cache.dim() != 1 or cache.shape[0] != 1 + s.h + s.w:
-        raise ValueError(f"{op}: cache must have shape ({1 + s.h + s.w},) = (1 + h + w,), as spectral_norm returns "
-                         f"it; got {format_sizes(cache.shape)}")
-    return s
 # ---- orthogonal_regularization family ------------------------------------------------------------
 
 def check_orthogonal_regularization(op: str, weights: Sequence[torch.Tensor], beta: float) -> None:
@@ -947,3 +875,77 @@ def check_orthogonal_regularization_backward(op: str, grad_output: torch.Tensor,
     if cache.dim() != 1 or cache.shape[0] != total:
         raise ValueError(f"{op}: cache must be the 1-D cache orthogonal_regularization returned for these weights "
                          f"({total} values); got shape {format_sizes(cache.shape)}")
+
+
+# ---- spectral_norm family ------------------------------------------------------------------------
+
+class SpectralNormShape(NamedTuple):
+    """weight viewed as (A, h, B): the matrix W (h, w = A * B) of torch's spectral norm, dim first."""
+    A: int
+    h: int
+    B: int
+    w: int
+    dim: int
+
+
+def spectral_norm_compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """sigma, u and v (the cache) and the accumulation: float32, float64 for float64 weights."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def spectral_norm_shape(op: str, weight: torch.Tensor, dim: int) -> SpectralNormShape:
+    check_floating(weight, op, "weight")
+    nd = weight.dim()
+    if nd < 2:
+        raise ValueError(f"{op}: weight must have at least 2 dimensions (torch normalizes a 1-D weight with "
+                         f"F.normalize); got shape {format_sizes(weight.shape)}")
+    if not -nd <= dim < nd:
+        raise IndexError(f"{op}: Dimension out of range (expected to be in range of [{-nd}, {nd - 1}] but got {dim})")
+    if weight.numel() == 0:
+        raise ValueError(f"{op}: weight must have at least one element; got shape {format_sizes(weight.shape)}")
+    dim = dim + nd if dim < 0 else dim
+    A = math.prod(weight.shape[:dim])
+    B = math.prod(weight.shape[dim + 1:])
+    return SpectralNormShape(A, weight.shape[dim], B, A * B, dim)
+
+
+def _check_spectral_norm_vector(op, weight, t, arg, size):
+    if t.dtype != weight.dtype:
+        raise TypeError(f"{op}: {arg} must have weight's dtype ({scalar_type_name(weight.dtype)}); "
+                        f"got {scalar_type_name(t.dtype)}")
+    check_same_device(weight, t, op, "weight", arg)
+    if t.dim() != 1 or t.shape[0] != size:
+        raise ValueError(f"{op}: {arg} must have shape ({size},); got {format_sizes(t.shape)}")
+    if not t.is_contiguous():
+        raise ValueError(f"{op}: {arg} must be contiguous (it is updated in place)")
+
+
+def check_spectral_norm(op: str, weight, u, v, dim: int, n_power_iterations: int, eps: float) -> SpectralNormShape:
+    s = spectral_norm_shape(op, weight, dim)
+    _check_spectral_norm_vector(op, weight, u, "u", s.h)
+    _check_spectral_norm_vector(op, weight, v, "v", s.w)
+    if n_power_iterations < 1:
+        raise ValueError(f"{op}: Expected n_power_iterations to be positive, but got "
+                         f"n_power_iterations={n_power_iterations}")
+    if not (eps > 0 and math.isfinite(eps)):
+        raise ValueError(f"{op}: eps must be positive and finite; got {_float_text(eps)}")
+    return s
+
+
+def check_spectral_norm_backward(op: str, grad_output, weight, cache, dim: int) -> SpectralNormShape:
+    s = spectral_norm_shape(op, weight, dim)
+    check_floating(grad_output, op, "grad_output")
+    check_same_device(weight, grad_output, op, "weight", "grad_output")
+    check_same_shape(weight, grad_output, op, "weight", "grad_output")
+    if grad_output.dtype != weight.dtype:
+        raise TypeError(f"{op}: grad_output must have weight's dtype ({scalar_type_name(weight.dtype)}); "
+                        f"got {scalar_type_name(grad_output.dtype)}")
+    compute = spectral_norm_compute_dtype(weight.dtype)
+    if cache.dtype != compute:
+        raise TypeError(f"{op}: cache must be {scalar_type_name(compute)} for {scalar_type_name(weight.dtype)} "
+                        f"weight; got {scalar_type_name(cache.dtype)}")
+    check_same_device(weight, cache, op, "weight", "cache")
+    if cache.dim() != 1 or cache.shape[0] != 1 + s.h + s.w:
+        raise ValueError(f"{op}: cache must have shape ({1 + s.h + s.w},) = (1 + h + w,), as spectral_norm returns "
+                         f"it; got {format_sizes(cache.shape)}")
+    return s
