@@ -198,7 +198,7 @@ def test_select_filters_by_family_or_name_and_rejects_unknown_words():
         S.select(cases, "nothing-like-this")
 
 
-def test_the_suite_covers_every_family_and_the_six_training_steps():
+def test_the_suite_covers_every_family_and_the_eight_training_steps():
     for quick in (True, False):
         cases = S.load_cases_module().cases(torch.device("cpu"), quick=quick)
         assert {c.family for c in cases} == {"losses", "cycle_loss", "orthogonal_regularization", "penalty", "bias_act",
@@ -259,7 +259,8 @@ def _check_quick_report(out_dir, device, ganfast_rows):
     md = (out_dir / "suite-quick.md").read_text()
     meta, results = report["meta"], report["results"]
     assert meta["device"] == device and meta["torch"] == torch.__version__ and meta["copy_gbs"] > 0
-    assert {r["family"] for r in results} == {"losses", "cycle_loss", "penalty", "bias_act", "block", "instance_norm_act", "spectral_norm", "step"}
+    assert {r["family"] for r in results} == {"losses", "cycle_loss", "orthogonal_regularization", "penalty", "bias_act",
+                                              "block", "instance_norm_act", "spectral_norm", "step"}
     for res in results:
         rows = {r["contender"]: r for r in res["rows"]}
         assert not res["failures"], res["failures"]

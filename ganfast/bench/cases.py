@@ -1,5 +1,6 @@
-"""The benchmark suite's cases: every op family and six whole training steps (DCGAN
-non-saturating, WGAN-GP and lazy R1, the MLP WGAN-GP step, InfoGAN and CycleGAN), each as eager
+"""The benchmark suite's cases: every op family and eight whole training steps (DCGAN
+non-saturating, WGAN-GP and lazy R1, the MLP WGAN-GP step, InfoGAN, CycleGAN, and SAGAN's D step and
+G step), each as eager
 PyTorch writes it, as torch.compile runs it, and with ganfast. `ganfast bench` runs them
 (ganfast/bench/suite.py); `pytest benchmarks --benchmark-only` times the op-family cases with
 pytest-benchmark (benchmarks/test_micro.py).

@@ -1,6 +1,6 @@
 """`ganfast bench`: the benchmark suite, side by side in one run.
 
-For every case of ganfast/bench/cases.py (each op family and six whole training steps; they ship
+For every case of ganfast/bench/cases.py (each op family and eight whole training steps; they ship
 in the package, so the suite runs from any install), in this order:
   1. build eager, torch.compile and ganfast under every backend present (ganfast/bench/cases.py);
   2. run each once from the same initial state and compare with eager (float32 tolerance): a
@@ -318,7 +318,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--only", metavar="WORDS", default=None,
                    help="comma-separated words: run the cases whose family or name contains one "
                         "(families: losses, cycle_loss, orthogonal_regularization, penalty, bias_act, block, "
-                        "instance_norm_act, step)")
+                        "instance_norm_act, spectral_norm, step)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto: cuda when a GPU is visible, else cpu")
     p.add_argument("--no-compile", action="store_true", help="leave torch.compile out")
