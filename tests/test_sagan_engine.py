@@ -65,16 +65,16 @@ def class_folder(root, classes=("cat", "ant", "bee"), per_class=5, nested=False)
 def test_per_model_defaults_and_explicit_values_win():
     s = TrainConfig(model="sagan", data="digits").resolve()
     assert (s.objective, s.lr_d, s.lr_g, s.betas, s.d_steps, s.ortho_reg, s.attn_res) == \
-        ("hinge", 4e-4, 1e-4, (0.0, 0.9), 1, 0.0, (16,))
-    assert (s.steps, s.ngf, s.ndf, s.z_dim, s.ema, s.batch_size) == (2000, 8, 8, 128, 0.999, 32)
+        ("hinge", 4e-4, 2e-4, (0.0, 0.9), 1, 0.0, (16,))
+    assert (s.steps, s.ngf, s.ndf, s.z_dim, s.ema, s.batch_size, s.lr_decay) == (2000, 8, 8, 128, 0.999, 32, False)
     b = TrainConfig(model="biggan", data="digits").resolve()
     assert (b.objective, b.lr_d, b.lr_g, b.betas, b.d_steps, b.ortho_reg, b.z_dim) == \
-        ("hinge", 2e-4, 5e-5, (0.0, 0.999), 2, 5e-5, 120)
-    assert (b.steps, b.batch_size) == (1200, 32)
+        ("hinge", 2e-4, 2e-4, (0.0, 0.999), 2, 5e-5, 120)
+    assert (b.steps, b.batch_size, b.lr_decay) == (1400, 32, False)
     c = TrainConfig(model="biggan", data="digits", lr_d=1e-3, betas=(0.5, 0.99), d_steps=1, ortho_reg=0.0,
                     attn_res=(), objective="nonsaturating").resolve()
     assert (c.objective, c.lr_d, c.lr_g, c.betas, c.d_steps, c.ortho_reg, c.attn_res) == \
-        ("nonsaturating", 1e-3, 5e-5, (0.5, 0.99), 1, 0.0, ())
+        ("nonsaturating", 1e-3, 2e-4, (0.5, 0.99), 1, 0.0, ())
     # the unconditional models are untouched
     d = TrainConfig(data="digits").resolve()
     assert (d.objective, d.lr_d, d.betas, d.ortho_reg, d.attn_res, d.ngf) == \
@@ -97,16 +97,18 @@ def test_help_and_config_toml_show_the_defaults(tmp_path, capsys):
         cli.main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     for words in ("sagan (Zhang et al.", "biggan (Brock et al.", "--ortho-reg BETA", "--attn-res",
-                  "sagan D 0.0004 / G 0.0001 with betas (0.0, 0.9)", "biggan D 0.0002 / G 5e-05 with (0.0, 0.999)",
-                  "sagan 1, biggan 2", "biggan 5e-05 = its 1e-4", "sagan: 2,000; biggan: 1,200",
-                  "hinge for sagan and biggan", "sagan / biggan: G's ch, 8", "32 for sagan and biggan"):
+                  "sagan D 0.0004 / G 0.0002 with betas (0.0, 0.9)", "biggan D 0.0002 / G 0.0002 with (0.0, 0.999)",
+                  "sagan 1, biggan 2", "biggan 5e-05 = its 1e-4", "sagan: 2,000; biggan: 1,400",
+                  "hinge for sagan and biggan", "sagan / biggan: G's ch, 8", "32 for sagan and biggan",
+                  "except for --model infogan, sagan and biggan"):
         assert words in text, words
     out = tmp_path / "run"
     assert cli.main(["train", "--model", "biggan", "--data", "digits", "--steps", "1", *TINY_CLI,
                      "--out", str(out)]) == 0
     toml = (out / "config.toml").read_text()
     for line in ('model = "biggan"', 'objective = "hinge"', "betas = [0.0, 0.999]", "d_steps = 2",
-                 "lr_d = 0.0002", "lr_g = 5e-05", "ortho_reg = 5e-05", "attn_res = [16]", "ema = 0.999"):
+                 "lr_d = 0.0002", "lr_g = 0.0002", "lr_decay = false", "ortho_reg = 5e-05", "attn_res = [16]",
+                 "ema = 0.999"):
         assert line in toml.splitlines(), line
     # the written file is a configuration that trains the same run
     cfg = TrainConfig.from_toml(out / "config.toml")
