@@ -66,7 +66,7 @@ def test_per_model_defaults_and_explicit_values_win():
     s = TrainConfig(model="sagan", data="digits").resolve()
     assert (s.objective, s.lr_d, s.lr_g, s.betas, s.d_steps, s.ortho_reg, s.attn_res) == \
         ("hinge", 4e-4, 2e-4, (0.0, 0.9), 1, 0.0, (16,))
-    assert (s.steps, s.ngf, s.ndf, s.z_dim, s.ema, s.batch_size, s.lr_decay) == (2000, 8, 8, 128, 0.999, 32, False)
+    assert (s.steps, s.ngf, s.ndf, s.z_dim, s.ema, s.batch_size, s.lr_decay) == (3000, 8, 8, 128, 0.999, 32, False)
     b = TrainConfig(model="biggan", data="digits").resolve()
     assert (b.objective, b.lr_d, b.lr_g, b.betas, b.d_steps, b.ortho_reg, b.z_dim) == \
         ("hinge", 2e-4, 2e-4, (0.0, 0.999), 2, 5e-5, 120)
@@ -98,7 +98,7 @@ def test_help_and_config_toml_show_the_defaults(tmp_path, capsys):
     text = " ".join(capsys.readouterr().out.split())
     for words in ("sagan (Zhang et al.", "biggan (Brock et al.", "--ortho-reg BETA", "--attn-res",
                   "sagan D 0.0004 / G 0.0002 with betas (0.0, 0.9)", "biggan D 0.0002 / G 0.0002 with (0.0, 0.999)",
-                  "sagan 1, biggan 2", "biggan 5e-05 = its 1e-4", "sagan: 2,000; biggan: 1,400",
+                  "sagan 1, biggan 2", "biggan 5e-05 = its 1e-4", "sagan: 3,000; biggan: 1,400",
                   "hinge for sagan and biggan", "sagan / biggan: G's ch, 8", "32 for sagan and biggan",
                   "except for --model infogan, sagan and biggan"):
         assert words in text, words

@@ -35,7 +35,8 @@ DEFAULT_INFOGAN_STEPS = 2000
 # rate; the widths (ch) and steps are sized for the embedded digits on a 2-core CPU (BENCHMARKS.md).
 # G's rate: the papers' G 1e-4 (SAGAN) and 5e-5 (BigGAN, for batch 2,048) moved G too slowly for runs
 # this short (seed 0: SAGAN 51% class agreement at 2,000 steps with G 1e-4 and the decay, BigGAN 12% at
-# 1,200 with 5e-5); with G 2e-4 and constant rates SAGAN reaches 92% at 2,000 and BigGAN 97% at 1,400
+# 1,200 with 5e-5); with G 2e-4 and constant rates BigGAN reached 97% and 99% at 1,400 steps (seeds 0, 1)
+# and SAGAN 86% to 100% at 2,000, 96% at 3,000 (seed 0, the default run: 8.5 minutes on 2 quiet cores)
 CONDITIONAL_MODELS = ("sagan", "biggan")
 MODEL_DEFAULTS = {
     "sagan": dict(lr_d=4e-4, lr_g=2e-4, betas=(0.0, 0.9), d_steps=1, ortho_reg=0.0),
@@ -45,8 +46,8 @@ MODEL_DEFAULTS = {
 }
 # Measured with one thread (CPU seconds per step at batch 32, ch 8: SAGAN 0.35, BigGAN 0.55 with its 2 D
 # steps; ch 16 costs 2.6x): the papers' ch 64 at 32x32 keeps 256 channels at every resolution, some 10 s
-# a step here. ch 8 and batch 32 fit a default run into about 12 minutes of one core.
-DEFAULT_CONDITIONAL_STEPS = {"sagan": 2000, "biggan": 1400}
+# a step here. ch 8 and batch 32 fit a default run into 6 to 9 minutes of the 2 quiet cores.
+DEFAULT_CONDITIONAL_STEPS = {"sagan": 3000, "biggan": 1400}
 CONDITIONAL_WIDTH = 8                     # ch of G and D (--ngf / --ndf)
 CONDITIONAL_BATCH = 32
 DEFAULT_ATTN_RES = (16,)
