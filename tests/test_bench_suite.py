@@ -315,3 +315,10 @@ def test_ganfast_bench_on_cuda_without_a_gpu_says_so(capsys, tmp_path):
     assert S.main(["--device", "cuda", "--quick", "--out", str(tmp_path)]) == 2
     assert "no GPU is visible" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_the_sagan_step_cases_use_the_engines_sagan_optimizer_settings():
+    from ganfast.train.config import MODEL_DEFAULTS
+    C = S.load_cases_module()
+    d = MODEL_DEFAULTS["sagan"]
+    assert (C.SAGAN_LR_D, C.SAGAN_LR_G, C.SAGAN_BETAS) == (d["lr_d"], d["lr_g"], d["betas"])

@@ -1143,7 +1143,8 @@ def ortho_128_case(in_place: bool, device) -> Case:
 # ---- SAGAN: the D step and the G step of the engine's SAGAN training ----------------------------------
 
 SAGAN_CLASSES = 10
-SAGAN_LR_D, SAGAN_LR_G, SAGAN_BETAS = 4e-4, 1e-4, (0.0, 0.9)   # SAGAN's TTUR rates, Adam(0, 0.9)
+# the engine's SAGAN defaults (ganfast/train/config.py: the paper's D rate and betas, G 2e-4)
+SAGAN_LR_D, SAGAN_LR_G, SAGAN_BETAS = 4e-4, 2e-4, (0.0, 0.9)
 
 
 def _torch_sn_copy(m: nn.Module) -> nn.Module:
@@ -1325,7 +1326,7 @@ def sagan_step_case(which, batch, width, device) -> Case:
     detail = ("one discriminator step: G's fakes without grad, D on real and fake in one pass (as BigGAN-PyTorch's "
               "G_D), hinge loss, Adam(4e-4, (0, 0.9))" if which == "d" else
               "one generator step: G(z, y), D on the fakes (D's requires_grad off), hinge loss -E D(G(z)), "
-              "Adam(1e-4, (0, 0.9))")
+              "Adam(2e-4, (0, 0.9))")
     return Case("step", f"SAGAN {what} step", f"B={batch}, 1x32x32, ch {width}, {SAGAN_CLASSES} classes, attention 16",
                 f"{detail}; spectral norm on every layer, conditional BatchNorm in G, self-attention at 16x16 in G "
                 "and D. Eager: torch's `spectral_norm`, `nn.BatchNorm2d` + linear gain/bias, bmm + softmax attention "
