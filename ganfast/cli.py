@@ -409,7 +409,7 @@ register_command(Command(
                 "WGAN-GP, DCGAN lazy R1, MLP WGAN-GP on ring8, InfoGAN, CycleGAN, SAGAN's D step and G step): eager PyTorch, torch.compile and every ganfast backend "
                 "present, side by side in one run, verified against eager first; count each step's device "
                 "operations and bytes moved; write JSON, Markdown and a PNG chart to --out (default ./ganfast-bench). "
-                "--quick takes under 2 minutes on a 2-core CPU. --gpu-report writes the static sm_80/sm_90 "
+                "--quick takes under 5 minutes on a 2-core CPU (44 s once torch.compile's cache is warm). --gpu-report writes the static sm_80/sm_90 "
                 "register / shared memory / spill report instead."))
 
 
