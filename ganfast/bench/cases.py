@@ -1086,8 +1086,12 @@ def eager_ortho_(ws):
             w.grad += (2 * ORTHO_BETA) * g.view(w.shape)
 
 
-def ortho_case(ch: int, resolution: int, in_place: bool, device, attn_res=(16,), with_linear=True) -> Case:
-    shapes = biggan_g_weight_shapes(ch, resolution, attn_res=attn_res, with_linear=with_linear)
+def ortho_case(ch: int, resolution: int, in_place: bool, device, attn_res=(16,), with_linear=True,
+               shapes=None, size=None) -> Case:
+    """`shapes`: the weights' shapes (default: BigGAN-PyTorch's G at ch / resolution); `size`: the
+    tables' label for them."""
+    if shapes is None:
+        shapes = biggan_g_weight_shapes(ch, resolution, attn_res=attn_res, with_linear=with_linear)
 
     def make_step(impl, dtype=torch.float32, **_):
         gen = _gen(ch * 1000 + resolution)
@@ -1122,8 +1126,8 @@ def ortho_case(ch: int, resolution: int, in_place: bool, device, attn_res=(16,),
     what = ("`.grad += ` its gradient in place, BigGAN-PyTorch's utils.ortho (eager: its per-layer loop of two mm "
             "and a mask)" if in_place else "`beta * sum ||W W^T * (1 - I)||^2` over the weights and its backward "
             "(eager: the per-layer loop mm, mask with 1 - eye, square, sum)")
-    size = (f"BigGAN G {resolution}x{resolution} ch={ch}: {len(shapes)} weights"
-            + ("" if with_linear else " (no z linear)"))
+    size = size or (f"BigGAN G {resolution}x{resolution} ch={ch}: {len(shapes)} weights"
+                    + ("" if with_linear else " (no z linear)"))
     return Case("orthogonal_regularization",
                 "orthogonal_regularization_ in place" if in_place else "orthogonal_regularization fwd+bwd",
                 size, f"{what}; weight shapes {shapes}", make_step, check64=True)
@@ -1132,6 +1136,17 @@ def ortho_case(ch: int, resolution: int, in_place: bool, device, attn_res=(16,),
 def ortho_small_case(in_place: bool, device) -> Case:
     """BigGAN at 32x32, ch=32, attention at 16x16: 27 weights."""
     return ortho_case(32, 32, in_place, device, attn_res=(16,))
+
+
+def ortho_engine_case(in_place: bool, device) -> Case:
+    """The weights `ganfast train --model biggan --data digits` regularizes: its default G (ch 8,
+    32x32, one channel, 10 classes, attention at 16x16), chosen by the trainer's own rule."""
+    from ganfast.train.config import CONDITIONAL_WIDTH, DEFAULT_ATTN_RES
+    from ganfast.train.trainer import ortho_parameters
+    G = gnn.BigGANGenerator(10, 120, CONDITIONAL_WIDTH, 32, 1, attn_res=DEFAULT_ATTN_RES)
+    shapes = [tuple(p.shape) for p in ortho_parameters(G)]
+    return ortho_case(CONDITIONAL_WIDTH, 32, in_place, device, shapes=shapes,
+                      size=f"the engine's BigGAN G on digits (ch={CONDITIONAL_WIDTH}): {len(shapes)} weights")
 
 
 def ortho_128_case(in_place: bool, device) -> Case:
@@ -1343,7 +1358,8 @@ def sagan_step_case(which, batch, width, device) -> Case:
 SIZES = [
     (losses_case, [(4096,)], [(64,), (65536,)]),
     (cycle_case, [((4, 3, 32, 32),)], [((64, 3, 64, 64),)]),
-    (ortho_small_case, [(False,), (True,)], [(False,), (True,)]),
+    (ortho_engine_case, [(False,), (True,)], [(False,), (True,)]),   # the issue's bar: the engine's G
+    (ortho_small_case, [], [(False,), (True,)]),
     (info_loss_case, [(16, 10, 2)], [(64, 10, 2)]),                       # batch, classes K, codes J
     (spectral_norm_case, [(16,)], [(64,)]),                               # D width ch
     (penalty_case, [((16, 3, 32, 32),)], [((64, 3, 64, 64),), ((256, 3, 128, 128),)]),

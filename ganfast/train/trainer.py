@@ -63,6 +63,14 @@ def orthogonal_regularization_(params, beta: float) -> None:
     ortho_(params, beta)
 
 
+def ortho_parameters(G: torch.nn.Module) -> list:
+    """G's weights that orthogonal regularization acts on: every parameter of 2 or more dimensions
+    except the shared class embedding (BigGAN-PyTorch leaves G.shared out of it)."""
+    shared = getattr(G, "shared", None)
+    skip = {id(p) for p in shared.parameters()} if isinstance(shared, torch.nn.Module) else set()
+    return [p for p in G.parameters() if p.dim() >= 2 and id(p) not in skip]
+
+
 class NonFiniteLossError(RuntimeError):
     """A loss became NaN or inf; the run stopped and the last good checkpoint was kept."""
 
@@ -211,7 +219,7 @@ class Trainer:
         self.G_ema = copy.deepcopy(self.G).requires_grad_(False).eval()
         self.info = is_infogan(self.G)  # InfoGAN: codes in G's input, Q's mutual-information term
         self.cond = is_conditional(self.G)  # SAGAN / BigGAN: G(z, y), D(x, y)
-        self._ortho_params = self._ortho_parameters() if self.cond and cfg.ortho_reg else []
+        self._ortho_params = ortho_parameters(self.G) if self.cond and cfg.ortho_reg else []
         self.opt_d = self._optimizer(self.D, cfg.lr_d)
         self.opt_g = self._optimizer(self.G, cfg.lr_g)
         self.gen = torch.Generator(self.device).manual_seed(cfg.seed + 1)  # z and instance noise
@@ -435,13 +443,6 @@ class Trainer:
                 pen = r1 if pen is None else pen + r1
         loss_d = loss_adv if pen is None else loss_adv + pen
         return loss_d, loss_adv, pen, d_real, d_fake
-
-    def _ortho_parameters(self) -> list:
-        """G's weights that orthogonal regularization acts on: every parameter of 2 or more dimensions
-        except the shared class embedding (BigGAN-PyTorch leaves G.shared out of it)."""
-        shared = getattr(self.G, "shared", None)
-        skip = {id(p) for p in shared.parameters()} if isinstance(shared, torch.nn.Module) else set()
-        return [p for p in self.G.parameters() if p.dim() >= 2 and id(p) not in skip]
 
     def _codes(self, n: int) -> tuple:
         """InfoGAN's (cat, cont) codes for n samples from the training stream; () for other models."""
