@@ -19,14 +19,38 @@
 #include <torch/csrc/autograd/functions/utils.h>
 #include <torch/library.h>
 
+#include <memory>
 #include <optional>
 #include <string>
+#include <type_traits>
 
 namespace ganfast::autograd {
 
 using at::Tensor;
 using torch::autograd::Node;
 using torch::autograd::SavedVariable;
+
+// Who owns an autograd Node changed between torch releases: a std::shared_ptr up to 2.11 (Node
+// derives from std::enable_shared_from_this), a c10::intrusive_ptr later (Node derives from
+// c10::intrusive_ptr_target). ganfast builds against both (the GPU machines carry an older torch
+// than this checkout's pin): every Node is made, held and handed to torch through these three,
+// which pick by what Node derives from. The branch not taken is never instantiated.
+template <typename T>
+using NodePtr = std::conditional_t<std::is_base_of_v<c10::intrusive_ptr_target, Node>,
+                                   c10::intrusive_ptr<T>, std::shared_ptr<T>>;
+
+template <typename T>
+NodePtr<T> make_node() {
+  if constexpr (std::is_base_of_v<c10::intrusive_ptr_target, T>) return c10::make_intrusive<T>();
+  else return std::make_shared<T>();
+}
+
+// The owning pointer to a Node from inside its own apply (SavedVariable::unpack of an output wants it).
+template <typename T>
+NodePtr<T> self_ptr(T* self) {
+  if constexpr (std::is_base_of_v<c10::intrusive_ptr_target, T>) return c10::intrusive_ptr<T>::reclaim_copy(self);
+  else return self->shared_from_this();
+}
 using torch::autograd::variable_list;
 
 template <typename Signature>
@@ -42,15 +66,15 @@ struct SavedOptional {
     present = t.has_value() && t->defined();
     if (present) var = SavedVariable(*t, is_output);
   }
-  std::optional<Tensor> unpack(const c10::intrusive_ptr<Node>& saved_for = nullptr) const {
+  std::optional<Tensor> unpack(const NodePtr<Node>& saved_for = nullptr) const {
     return present ? std::optional<Tensor>(var.unpack(saved_for)) : std::nullopt;
   }
   void reset() { var.reset_data(); }
 };
 
 // Records `node` as the producer of `out`, its next edges being the op's tensor inputs.
-template <typename NodeT, typename... Inputs>
-void record(const c10::intrusive_ptr<NodeT>& node, const Tensor& out, const Inputs&... inputs) {
+template <typename NodePtrT, typename... Inputs>
+void record(const NodePtrT& node, const Tensor& out, const Inputs&... inputs) {
   node->set_next_edges(torch::autograd::collect_next_edges(inputs...));
   torch::autograd::set_history(out, node);
 }

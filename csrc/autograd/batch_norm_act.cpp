@@ -76,7 +76,7 @@ Outputs batch_norm_act_autograd(const Tensor& input, const std::optional<Tensor>
   const Tensor w_or_undefined = weight.has_value() ? *weight : Tensor();
   const Tensor b_or_undefined = bias.has_value() ? *bias : Tensor();
   if (torch::autograd::compute_requires_grad(input, w_or_undefined, b_or_undefined)) {
-    auto node = c10::make_intrusive<BatchNormActBackward>();
+    auto node = make_node<BatchNormActBackward>();
     node->input = SavedVariable(input, false);
     node->save_mean = SavedVariable(std::get<1>(result), false);
     node->save_invstd = SavedVariable(std::get<2>(result), false);
@@ -134,7 +134,7 @@ Outputs instance_norm_act_autograd(const Tensor& input, const std::optional<Tens
   const Tensor w_or_undefined = weight.has_value() ? *weight : Tensor();
   const Tensor b_or_undefined = bias.has_value() ? *bias : Tensor();
   if (torch::autograd::compute_requires_grad(input, w_or_undefined, b_or_undefined)) {
-    auto node = c10::make_intrusive<InstanceNormActBackward>();
+    auto node = make_node<InstanceNormActBackward>();
     node->input = SavedVariable(input, false);
     node->save_mean = SavedVariable(std::get<1>(result), false);
     node->save_invstd = SavedVariable(std::get<2>(result), false);

@@ -78,7 +78,7 @@ struct BiasActBackward : public Node {
       using Sig = std::tuple<Tensor, Tensor>(const Tensor&, const std::optional<Tensor>&, const std::optional<Tensor>&,
                                              const Tensor&, int64_t, c10::string_view, double, double, double);
       static const auto op = find_op<Sig>("ganfast::bias_act_backward_with_bias");
-      const Tensor ys = y.unpack(c10::intrusive_ptr<Node>::reclaim_copy(this));
+      const Tensor ys = y.unpack(self_ptr<Node>(this));
       std::optional<Tensor> bs = b.unpack();
       if (!bs.has_value()) {
         const auto& edge = next_edge(1);
@@ -94,7 +94,7 @@ struct BiasActBackward : public Node {
     // (create_graph), bias_act_backward records its own Node, so the next derivative exists;
     // the forward's lean flag decides whether that Node keeps its exact-zero edge.
     const LeanScope lean_scope(lean);
-    const Tensor dx = call_backward(grads[0], x.unpack(), b.unpack(), y.unpack(c10::intrusive_ptr<Node>::reclaim_copy(this)), p, 1);
+    const Tensor dx = call_backward(grads[0], x.unpack(), b.unpack(), y.unpack(self_ptr<Node>(this)), p, 1);
     if (task_should_compute_output(0)) out[0] = dx;
     if (has_bias && task_should_compute_output(1)) out[1] = bias_gradient(dx, p.dim);
     return out;
@@ -152,7 +152,7 @@ Tensor bias_act_backward_autograd(const Tensor& grad_output, const std::optional
   // (autograd_common.h), where that exact zero is not sent anywhere.
   const Tensor y_edge = x.has_value() || lean_double_backward() ? Tensor() : y;
   if (torch::autograd::compute_requires_grad(grad_output, x_or_undefined, b_or_undefined, y_edge)) {
-    auto node = c10::make_intrusive<BiasActBackwardBackward>();
+    auto node = make_node<BiasActBackwardBackward>();
     node->grad_output = SavedVariable(grad_output, false);
     node->y = SavedVariable(y.detach(), false);  // a cache of f(x): never differentiated
     node->x.save(x);
@@ -184,7 +184,7 @@ Tensor bias_act_autograd(const Tensor& x, const std::optional<Tensor>& b, int64_
   }
   const Tensor b_or_undefined = b.has_value() ? *b : Tensor();
   if (torch::autograd::compute_requires_grad(x, b_or_undefined)) {
-    auto node = c10::make_intrusive<BiasActBackward>();
+    auto node = make_node<BiasActBackward>();
     const int64_t d = check_bias_act("ganfast::bias_act", x, b, dim);
     node->p = {d, std::string(act), alpha, gain, clamp};
     node->has_bias = b.has_value() && b->defined();

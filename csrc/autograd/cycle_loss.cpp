@@ -62,7 +62,7 @@ Tensor cycle_loss_autograd(at::TensorList reconstructed, at::TensorList original
     out = op.call(reconstructed, original, weight);
   }
   if (torch::autograd::compute_requires_grad(reconstructed, original)) {
-    auto node = c10::make_intrusive<CycleLossBackward>();
+    auto node = make_node<CycleLossBackward>();
     node->reconstructed.reserve(reconstructed.size());
     node->original.reserve(original.size());
     for (const auto& t : reconstructed) node->reconstructed.emplace_back(t, false);

@@ -50,7 +50,7 @@ Tensor info_loss_autograd(const Opt& cat_logits, const Opt& cat_codes, const Opt
     out = op.call(cat_logits, cat_codes, cont_mean, cont_codes, cont_logstd, cat_weight, cont_weight);
   }
   if (torch::autograd::compute_requires_grad(cat_logits, cont_mean, cont_codes, cont_logstd)) {
-    auto node = c10::make_intrusive<InfoLossBackward>();
+    auto node = make_node<InfoLossBackward>();
     node->cat_logits.save(cat_logits);
     node->cat_codes.save(cat_codes);
     node->cont_mean.save(cont_mean);

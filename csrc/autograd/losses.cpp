@@ -57,7 +57,7 @@ Tensor bce_with_logits_autograd(const Tensor& input, const Tensor& target, const
     out = op.call(input, target, weight, pos_weight, reduction);
   }
   if (torch::autograd::compute_requires_grad(input, target)) {
-    auto node = c10::make_intrusive<BceWithLogitsBackward>();
+    auto node = make_node<BceWithLogitsBackward>();
     node->input = SavedVariable(input, false);
     node->target = SavedVariable(target, false);
     node->weight.save(weight);
@@ -110,7 +110,7 @@ Tensor binary_cross_entropy_autograd(const Tensor& input, const Tensor& target,
     out = op.call(input, target, weight, reduction);
   }
   if (torch::autograd::compute_requires_grad(input, target)) {
-    auto node = c10::make_intrusive<BinaryCrossEntropyBackward>();
+    auto node = make_node<BinaryCrossEntropyBackward>();
     node->input = SavedVariable(input, false);
     node->target = SavedVariable(target, false);
     node->weight.save(weight);
@@ -157,7 +157,7 @@ Tensor gan_d_loss_autograd(const Tensor& real, const Tensor& fake, c10::string_v
     out = op.call(real, fake, kind, real_label, fake_label);
   }
   if (torch::autograd::compute_requires_grad(real, fake)) {
-    auto node = c10::make_intrusive<GanDLossBackward>();
+    auto node = make_node<GanDLossBackward>();
     node->real = SavedVariable(real, false);
     node->fake = SavedVariable(fake, false);
     node->kind = std::string(kind);
@@ -192,7 +192,7 @@ Tensor gan_g_loss_autograd(const Tensor& fake, c10::string_view kind) {
     out = op.call(fake, kind);
   }
   if (torch::autograd::compute_requires_grad(fake)) {
-    auto node = c10::make_intrusive<GanGLossBackward>();
+    auto node = make_node<GanGLossBackward>();
     node->fake = SavedVariable(fake, false);
     node->kind = std::string(kind);
     record(node, out, fake);

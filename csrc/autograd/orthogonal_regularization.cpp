@@ -53,7 +53,7 @@ std::tuple<Tensor, Tensor> orthogonal_regularization_autograd(at::TensorList wei
     std::tie(loss, cache) = op.call(weights, beta);
   }
   if (torch::autograd::compute_requires_grad(weights)) {
-    auto node = c10::make_intrusive<OrthogonalRegularizationBackward>();
+    auto node = make_node<OrthogonalRegularizationBackward>();
     node->weights.reserve(weights.size());
     for (const auto& t : weights) node->weights.emplace_back(t, false);
     node->cache = SavedVariable(cache, false);  // not differentiable: no history of its own

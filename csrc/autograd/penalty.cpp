@@ -59,7 +59,7 @@ Tensor interpolate_autograd(const Tensor& real, const Tensor& fake, const Tensor
     out = op.call(real, fake, eps);
   }
   if (torch::autograd::compute_requires_grad(real, fake)) {
-    auto node = c10::make_intrusive<InterpolateBackward>();
+    auto node = make_node<InterpolateBackward>();
     node->eps = SavedVariable(eps, false);
     record(node, out, real, fake);
   }
@@ -75,7 +75,7 @@ std::tuple<Tensor, Tensor> interpolate_backward_autograd(const Tensor& grad_outp
     std::tie(grad_real, grad_fake) = op.call(grad_output, eps);
   }
   if (torch::autograd::compute_requires_grad(grad_output)) {
-    auto node = c10::make_intrusive<InterpolateBackwardBackward>();
+    auto node = make_node<InterpolateBackwardBackward>();
     node->eps = SavedVariable(eps, false);
     node->set_next_edges(torch::autograd::collect_next_edges(grad_output));
     torch::autograd::set_history(grad_real, node);
@@ -138,7 +138,7 @@ std::tuple<Tensor, Tensor> penalty_from_grad_autograd(const Tensor& grad, c10::s
     std::tie(penalty, norms) = op.call(grad, kind, center);
   }
   if (torch::autograd::compute_requires_grad(grad)) {
-    auto node = c10::make_intrusive<PenaltyFromGradBackward>();
+    auto node = make_node<PenaltyFromGradBackward>();
     node->grad = SavedVariable(grad, false);
     node->norms = SavedVariable(norms, false);  // not differentiable: no history of its own
     node->kind = std::string(kind);
@@ -157,7 +157,7 @@ Tensor penalty_from_grad_backward_autograd(const Tensor& grad_output, const Tens
     out = op.call(grad_output, grad, norms, kind, center);
   }
   if (torch::autograd::compute_requires_grad(grad_output, grad)) {
-    auto node = c10::make_intrusive<PenaltyFromGradBackwardBackward>();
+    auto node = make_node<PenaltyFromGradBackwardBackward>();
     node->grad_output = SavedVariable(grad_output, false);
     node->grad = SavedVariable(grad, false);
     node->norms = SavedVariable(norms.detach(), false);

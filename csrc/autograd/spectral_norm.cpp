@@ -49,7 +49,7 @@ std::tuple<Tensor, Tensor> spectral_norm_autograd(const Tensor& weight, const Te
     torch::autograd::impl::bump_version(v);
   }
   if (torch::autograd::compute_requires_grad(weight)) {
-    auto node = c10::make_intrusive<SpectralNormBackward>();
+    auto node = make_node<SpectralNormBackward>();
     node->weight = SavedVariable(weight, false);
     node->cache = SavedVariable(std::get<1>(result), false);
     node->dim = dim;
