@@ -748,25 +748,34 @@ def skip_reason(case: Case, backend: str, dtype: torch.dtype, device: torch.devi
 
 
 @contextlib.contextmanager
-def float32_convolutions():
-    """TF32 off for cuDNN's convolutions (eager's and the cuda backend's): TF32 rounds float32
-    operands to 10 mantissa bits, and the check compares float32 results with float64. Restored
-    afterwards. torch >= 2.9 has per-backend flags; reading the legacy one after setting those raises."""
-    conv = getattr(torch.backends.cudnn, "conv", None)
-    if conv is not None and hasattr(conv, "fp32_precision"):
-        saved = conv.fp32_precision
+def exact_convolutions():
+    """cuDNN's convolutions as the check needs them, restored afterwards:
+    - TF32 off (eager's and the cuda backend's): TF32 rounds float32 operands to 10 mantissa bits,
+      and the check compares float32 results with float64. torch >= 2.9 has per-backend flags;
+      reading the legacy one after setting those raises.
+    - deterministic algorithms, no autotuning: cuDNN's fastest backward of a transposed
+      convolution accumulates with atomics, so two runs differ in the last bits (seen on an H200:
+      conv_transpose_block's cuda and reference rows "not repeatable" at the production size,
+      the Triton row, which convolves itself, repeatable). The check's repeatability is a claim
+      about ganfast's own reductions, which cuDNN's choice must not hide or fake."""
+    cudnn = torch.backends.cudnn
+    saved_deterministic, saved_benchmark = cudnn.deterministic, cudnn.benchmark
+    cudnn.deterministic, cudnn.benchmark = True, False
+    conv = getattr(cudnn, "conv", None)
+    new_flags = conv is not None and hasattr(conv, "fp32_precision")
+    saved_precision = conv.fp32_precision if new_flags else cudnn.allow_tf32
+    if new_flags:
         conv.fp32_precision = "ieee"
-        try:
-            yield
-        finally:
-            conv.fp32_precision = saved
-        return
-    saved = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
+    else:
+        cudnn.allow_tf32 = False
     try:
         yield
     finally:
-        torch.backends.cudnn.allow_tf32 = saved
+        cudnn.deterministic, cudnn.benchmark = saved_deterministic, saved_benchmark
+        if new_flags:
+            conv.fp32_precision = saved_precision
+        else:
+            cudnn.allow_tf32 = saved_precision
 
 
 def plan(device, backends: Optional[Sequence[str]] = None, ops: Optional[Sequence[str]] = None,
@@ -796,7 +805,7 @@ def run_check(device, backends: Optional[Sequence[str]] = None, ops: Optional[Se
     device = torch.device(device)
     runner = Runner(device)
     rows = []
-    with float32_convolutions():
+    with exact_convolutions():
         for case, backend, dtype, reason in plan(device, backends, ops, dtypes, sizes, quick):
             if reason:
                 row = Row(case.name, case.family, backend, dtype_name(dtype), case.size, _shape_text(case),

@@ -227,6 +227,21 @@ def test_non_repeatable_reduction_fails(monkeypatch, capsys):
     assert " NO " in captured.out
 
 
+def test_exact_convolutions_sets_and_restores_cudnns_flags():
+    # On a GPU cuDNN's default transposed-convolution backward is not bit-repeatable (seen on an
+    # H200), and TF32 would round float32 operands: the check turns both off, and puts them back.
+    cudnn = torch.backends.cudnn
+    before = (cudnn.deterministic, cudnn.benchmark, cudnn.conv.fp32_precision)
+    cudnn.deterministic, cudnn.benchmark = False, True
+    try:
+        with check.exact_convolutions():
+            assert (cudnn.deterministic, cudnn.benchmark, cudnn.conv.fp32_precision) == (True, False, "ieee")
+        assert (cudnn.deterministic, cudnn.benchmark) == (False, True)
+        assert cudnn.conv.fp32_precision == before[2]
+    finally:
+        cudnn.deterministic, cudnn.benchmark = before[:2]
+
+
 def test_bad_arguments_are_clear_errors(capsys):
     with pytest.raises(SystemExit) as exc:
         _run("--device", "tpu")

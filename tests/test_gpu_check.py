@@ -16,7 +16,7 @@ GPU_BACKENDS = ("cuda", "triton", "reference")
 @pytest.fixture(scope="module")
 def runner():
     # one runner: the float64 reference of a case is computed once for its three backends
-    with check.float32_convolutions():
+    with check.exact_convolutions():
         yield check.Runner(torch.device("cuda"))
 
 
