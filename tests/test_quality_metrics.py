@@ -262,3 +262,18 @@ def test_real_digits_noise_floor_and_noise():
     assert floor < 0.05 * noise
     pr = precision_recall(DigitFeatures()(a), DigitFeatures()(b))
     assert pr["precision"] > 0.8 and pr["recall"] > 0.8
+
+
+def test_engine_npy_images_and_points_report_quality(tmp_path):
+    # unlabelled images (no class metrics): the quality metrics alone; 2-D points without modes: precision
+    # and recall on the raw points
+    g = torch.Generator().manual_seed(0)
+    np.save(tmp_path / "img.npy", (torch.rand(40, 16, 16, generator=g) * 255).to(torch.uint8).numpy())
+    np.save(tmp_path / "pts.npy", torch.randn(300, 2, generator=g).numpy())
+    cfg = TrainConfig(data=f"npy:{tmp_path / 'img.npy'}", ngf=8, ndf=8, eval_samples=100, out=str(tmp_path / "i"),
+                      **TINY)
+    m = Trainer(cfg).fit()["metrics_ema"]
+    assert set(m) == {"fd", "precision", "recall", "fd_features"} and m["fd_features"] == "digits-cnn"
+    cfg = TrainConfig(data=f"npy:{tmp_path / 'pts.npy'}", eval_samples=100, out=str(tmp_path / "p"), **TINY)
+    m = Trainer(cfg).fit()["metrics_ema"]
+    assert set(m) == {"precision", "recall"} and 0 <= m["recall"] <= 1

@@ -83,7 +83,8 @@ def mode_metrics(samples: Tensor, modes: Tensor, std: float, n_std: float = 3.0,
         if r.dim() != 2 or r.shape[1] != m.shape[1]:
             raise ValueError(f"mode_metrics: real must be (N, {m.shape[1]}); got {tuple(r.shape)}")
         if r.shape[0] > k:
-            recall = precision_recall(r, x, k)["recall"]
+            # precision_recall's recall alone (its precision is what high_quality measures here)
+            recall = float(_inside(r, x, knn_radii(x, k)).double().mean())
     return {"modes": int((per_mode > 0).sum()), "n_modes": int(m.shape[0]),
             "high_quality": float(hq.double().mean()), "per_mode": per_mode.tolist(),
             "mode_kl": mode_kl(per_mode.tolist()), "recall": recall}
@@ -109,7 +110,7 @@ def knn_radii(feats: Tensor, k: int = 3) -> Tensor:
     """The distance of each row of feats (N, d) to its k-th nearest other row (N,)."""
     d = _pairwise(feats, feats)
     d.fill_diagonal_(float("inf"))  # a sample is not its own neighbour (its duplicates are)
-    return d.kthvalue(k, 1).values
+    return d.topk(k, 1, largest=False).values[:, -1]  # (topk: several times faster than kthvalue here)
 
 
 def _inside(points: Tensor, centres: Tensor, radii: Tensor, chunk: int = 1024) -> Tensor:
