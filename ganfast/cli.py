@@ -241,7 +241,8 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ckpt-every", type=_positive_int, default=S,
                    help="steps between checkpoints (default: the eval interval)")
     g.add_argument("--eval-samples", type=_positive_int, default=S,
-                   help=f"samples per evaluation (default: {d.eval_samples})")
+                   help=f"samples per evaluation (default: {d.eval_samples}); fd / precision / recall use the "
+                        f"first min(1000, this, data size) against as many real images")
     g.add_argument("--no-progress", dest="progress", action="store_false", default=S,
                    help="no progress bar")
 

@@ -228,3 +228,21 @@ def assert_close(actual, expected, *, atol=None, rtol=None, equal_nan=True, chec
     if bad.shape[0] > max_report:
         lines.append(f"  ... and {bad.shape[0] - max_report} more")
     raise AssertionError("\n".join(lines))
+
+
+# ---- the feature network's cache ---------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True, scope="session")
+def ganfast_cache(tmp_path_factory):
+    """One cache directory per test session for the digits CNN of the sample-quality metrics
+    (GANFAST_CACHE; subprocesses inherit it): trained once per session (about 20 s), never written to
+    the user's ~/.cache."""
+    old = os.environ.get("GANFAST_CACHE")
+    path = tmp_path_factory.mktemp("ganfast-cache")
+    os.environ["GANFAST_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("GANFAST_CACHE", None)
+    else:
+        os.environ["GANFAST_CACHE"] = old

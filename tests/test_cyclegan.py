@@ -115,6 +115,7 @@ def test_cyclegan_trains_evaluates_translates_and_resumes_exactly(tmp_path):
     m = summary["metrics"]
     assert {"cycle_l1_a", "cycle_l1_b", "content_ab", "content_ba"} <= set(m)
     assert 0 <= m["content_ab"] <= 1 and m["cycle_l1_a"] > 0
+    assert m["fd_ab"] > 0 and m["fd_ba"] > 0 and m["fd_features"] == "digits-cnn"  # translations vs the target domain
     cfg = json.loads(json.dumps(load_checkpoint(tmp_path / "whole")["config"]))
     assert cfg["objective"] == "least_squares" and cfg["lr_d"] == 2e-4 and cfg["betas"] == [0.5, 0.999]
     rows = [json.loads(line) for line in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]

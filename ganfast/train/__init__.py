@@ -14,7 +14,8 @@ from .checkpoint import CheckpointError, load_checkpoint
 from .config import DATASETS, TrainConfig
 from .cyclegan import CycleGANTrainer
 from .data import CycleData, Dataset, load_cycle_data, load_dataset
-from .metrics import class_agreement, class_metrics, mode_metrics
+from .metrics import (DigitFeatures, class_agreement, class_metrics, feature_network, frechet_distance, mode_metrics,
+                      precision_recall)
 from .models import MLPDiscriminator, MLPGenerator
 from .objectives import OBJECTIVES, get_objective
 from .sampling import load_generator, sample, sample_to_file, sample_with_labels
@@ -26,6 +27,7 @@ __all__ = [
     "CheckpointError",
     "CycleData",
     "CycleGANTrainer",
+    "DigitFeatures",
     "DATASETS",
     "OBJECTIVES",
     "Dataset",
@@ -37,6 +39,8 @@ __all__ = [
     "TrainConfig",
     "Trainer",
     "class_metrics",
+    "feature_network",
+    "frechet_distance",
     "get_objective",
     "load_checkpoint",
     "load_cycle_data",
@@ -44,6 +48,7 @@ __all__ = [
     "load_generator",
     "load_translator",
     "mode_metrics",
+    "precision_recall",
     "sample",
     "sample_with_labels",
     "class_agreement",

@@ -129,7 +129,7 @@ class TrainConfig:
     eval_every: Optional[int] = None      # mode / class metrics; None: steps // 5
     sample_every: Optional[int] = None    # sample grids; None: eval_every
     ckpt_every: Optional[int] = None      # checkpoints; None: eval_every
-    eval_samples: int = 2500
+    eval_samples: int = 2500             # per eval; fd / precision / recall on min(1000, this, data size)
     progress: bool = True
     _extra: dict = field(default_factory=dict, repr=False, compare=False)
 

@@ -38,11 +38,11 @@ from .. import losses, steps
 from . import plots
 from .checkpoint import CHECKPOINT_NAME, CheckpointError, first_line, load_state, save_atomic
 from .data import CycleData, DataSampler, load_cycle_data
-from .metrics import DigitClassifier
+from .metrics import DigitClassifier, feature_network, frechet_distance
 from .objectives import get_objective
 from .pool import ImagePool
-from .trainer import (NonFiniteLossError, Trainer, _merge_resume, _resolve_device, global_rng_state,
-                      restore_global_rng_state)
+from .trainer import (QUALITY_SAMPLES, NonFiniteLossError, Trainer, _merge_resume, _resolve_device,
+                      global_rng_state, restore_global_rng_state)
 
 # Loss terms of a step, in the order _train_step stacks them.
 TERMS = ("loss_d_a", "loss_d_b", "loss_g_gan", "cycle", "identity", "d_real", "d_fake")
@@ -213,20 +213,44 @@ class CycleGANTrainer(Trainer):
 
     def _evaluate_cycle(self) -> dict:
         """On the held-out images of both domains: the cycle error mean |G_BA(G_AB(a)) - a| (and
-        B's), and on labelled domains the content preservation: the fraction of G_AB(a) that a
-        classifier fitted to domain B assigns a's own label (and the reverse)."""
+        B's), the Fréchet distances of the translations from the target domain (_translated_fd), and
+        on labelled domains the content preservation: the fraction of G_AB(a) that a classifier fitted
+        to domain B assigns a's own label (and the reverse)."""
         data = self.dataset
         fake_b = self._translate(self.G_AB, data.a_test)
         fake_a = self._translate(self.G_BA, data.b_test)
         m = {"cycle_l1_a": float((self._translate(self.G_BA, fake_b) - data.a_test).abs().mean()),
              "cycle_l1_b": float((self._translate(self.G_AB, fake_a) - data.b_test).abs().mean()),
              "held_out": [int(data.a_test.shape[0]), int(data.b_test.shape[0])]}
+        m.update(self._translated_fd(fake_b, fake_a))
         if self.classifier_b is not None:
             m["content_ab"] = float((self.classifier_b.predict_proba(fake_b).argmax(1)
                                      == data.a_test_labels.numpy()).mean())
             m["content_ba"] = float((self.classifier_a.predict_proba(fake_a).argmax(1)
                                      == data.b_test_labels.numpy()).mean())
         return m
+
+    def _translated_fd(self, fake_b: torch.Tensor, fake_a: torch.Tensor) -> dict:
+        """{"fd_ab": Fréchet distance of G_AB(held-out a) from domain B's training images, "fd_ba": the
+        reverse, "fd_features": the feature network}: the real side is a seeded choice of
+        min(1000, domain size) training images per domain, featurised once per run. Held-out sets are
+        small (at most 200), so the values are biased upwards: compare them between runs."""
+        if fake_b.shape[0] < 2 or fake_a.shape[0] < 2:
+            return {}
+        if getattr(self, "_cycle_real_feats", None) is None:
+            self._feature_net = feature_network(self.cfg.data)
+            feats = []
+            for i, d in enumerate((self.dataset.a, self.dataset.b)):
+                idx = torch.randperm(len(d), generator=torch.Generator().manual_seed(self.cfg.seed + 4111 + i))
+                feats.append(self._feature_net(d.points[idx[:QUALITY_SAMPLES]]))
+            self._cycle_real_feats = feats
+        real_a, real_b = self._cycle_real_feats
+        out = {}
+        for key, real, fake in (("fd_ab", real_b, fake_b), ("fd_ba", real_a, fake_a)):
+            fd = frechet_distance(real, self._feature_net(fake)) if real.shape[0] >= 2 else float("nan")
+            out[key] = fd if math.isfinite(fd) else None
+        out["fd_features"] = self._feature_net.name
+        return out
 
     def _save_samples(self, path: Path) -> None:
         """Rows: held-out a, G_AB(a), G_BA(G_AB(a)); held-out b, G_BA(b), G_AB(G_BA(b))."""

@@ -146,6 +146,21 @@ def plot_training(rows: list[dict], path: str | Path, objective_loss: str) -> No
                 ax2.set_ylabel("% content preserved")
                 ax2.set_ylim(0, 100)
                 ax2.legend(fontsize=8, loc="lower right")
+        elif "recall" in first:  # images without labels (fd) or 2-D points: the sample quality alone
+            def val(r, key):
+                v = r["eval"].get(key)
+                return math.nan if v is None else v
+
+            if "fd" in first:
+                ax.plot(es, [val(r, "fd") for r in eval_rows], "o-", label="Fréchet distance")
+                ax.set_ylabel("FD")
+            ax2 = ax.twinx() if "fd" in first else ax
+            ax2.plot(es, [100 * val(r, "precision") for r in eval_rows], "s--", color="tab:green", label="% precision")
+            ax2.plot(es, [100 * val(r, "recall") for r in eval_rows], "s--", color="tab:red", label="% recall")
+            ax2.set_ylabel("% precision / recall")
+            ax2.set_ylim(0, 100)
+            if ax2 is not ax:
+                ax2.legend(fontsize=8, loc="lower right")
         ax.legend(fontsize=8, loc="lower left")
     axes[-1].set_xlabel("step")
     fig.tight_layout()

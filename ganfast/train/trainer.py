@@ -30,7 +30,8 @@ from .checkpoint import (CHECKPOINT_NAME, CheckpointError, first_line, load_chec
                          write_text_atomic)
 from .config import RESUMABLE_CHANGES, TrainConfig
 from .data import DataSampler, load_dataset
-from .metrics import DigitClassifier, class_agreement, class_metrics, code_agreement, mode_metrics
+from .metrics import (DigitClassifier, class_agreement, class_metrics, code_agreement, feature_network, knn_radii,
+                      mode_metrics, precision_recall, sample_quality)
 from .models import (balanced_labels, build_models, is_conditional, is_infogan, model_spec, sample_codes,
                      sample_labels)
 from .objectives import get_objective
@@ -39,6 +40,10 @@ from .objectives import get_objective
 OUTPUT_FILES = ("config.toml", CHECKPOINT_NAME, "metrics.jsonl", "samples.png", "samples.npy", "training.png",
                 "summary.json", "codes.png", "translations.png")
 OUTPUT_DIRS = ("samples",)
+
+# The sample-quality metrics (fd, precision, recall): at most this many generated samples against as many
+# real ones, k-NN manifolds with k = QUALITY_K.
+QUALITY_SAMPLES, QUALITY_K = 1000, 3
 
 _LABELLED = ("minimax", "nonsaturating", "least_squares")
 
@@ -512,6 +517,8 @@ class Trainer:
             parts.append(f"classes {e['classes']}/{e['n_classes']} KL {e['kl_uniform']:.3f}")
             if "class_agreement" in e:
                 parts.append(f"class agreement {100 * e['class_agreement']:.1f}%")
+        if e and e.get("fd") is not None:
+            parts.append(f"FD {e['fd']:.2f}")
         return " ".join(parts)
 
     def _append_row(self, row: dict) -> None:
@@ -570,13 +577,23 @@ class Trainer:
             self._save_code_grid(self.out / "codes.png")
 
     def _evaluate(self, G: torch.nn.Module) -> dict:
+        """The metrics of one evaluation on cfg.eval_samples samples: 2-D mixtures, mode_metrics (modes,
+        high quality, recall, mode_kl); other 2-D points, precision and recall on the raw points; images,
+        the class metrics (labelled data) and the sample quality (fd, precision, recall) of the first
+        min(QUALITY_SAMPLES, eval_samples, data size) samples against as many real images."""
         ds = self.dataset
         n = self.cfg.eval_samples
         if ds.modes is not None:
             return mode_metrics(self._generate(G, n), ds.modes, ds.mode_std)
+        if not ds.is_image:
+            real = self._quality_reference(n)
+            fake = self._generate(G, real.shape[0])
+            return precision_recall(real, fake, QUALITY_K, self._quality_radii) if real.shape[0] > QUALITY_K else {}
+        codes = self._eval_codes(G, n)
+        images = self._generate(G, n, codes=codes)
+        m = {}
         if self.classifier is not None:
-            codes = self._eval_codes(G, n)
-            probs = self.classifier.predict_proba(self._generate(G, n, codes=codes))
+            probs = self.classifier.predict_proba(images)
             m = class_metrics(probs, ds.n_classes)
             if self.info and G.n_cat:
                 # how well the categorical code alone picks the digit (the paper's 5% error on MNIST)
@@ -584,8 +601,32 @@ class Trainer:
             if self.cond:
                 # how often the classifier sees the class G was asked for: mean and per class
                 m.update(class_agreement(codes[0].cpu().numpy(), probs.argmax(1), ds.n_classes))
-            return m
-        return {}
+        real_feats = self._quality_reference(n)
+        if real_feats.shape[0] > QUALITY_K:
+            m.update(sample_quality(real_feats, images[: real_feats.shape[0]], self._feature_net, QUALITY_K,
+                                    self._quality_radii))
+        return m
+
+    def _quality_reference(self, n: int) -> torch.Tensor:
+        """The real side of the sample-quality metrics, computed once per run (and eval_samples): a
+        seeded choice of min(QUALITY_SAMPLES, n, data size) examples without replacement, as features of
+        the feature network for images, as raw points for 2-D data."""
+        ds = self.dataset
+        count = min(QUALITY_SAMPLES, n, len(ds))
+        cached = getattr(self, "_quality_cache", None)
+        if cached is not None and cached[0] == count:
+            return cached[1]
+        idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(self.cfg.seed + 4111))[:count]
+        real = ds.points[idx]
+        if ds.is_image:
+            if getattr(self, "_feature_net", None) is None:
+                self._feature_net = feature_network(self.cfg.data)
+            real = self._feature_net(real)
+        else:
+            real = real.double()
+        self._quality_cache = (count, real)
+        self._quality_radii = knn_radii(real, QUALITY_K) if count > QUALITY_K else None
+        return real
 
     @torch.no_grad()
     def _save_code_grid(self, path: Path, columns: int = 10) -> None:
