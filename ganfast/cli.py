@@ -223,6 +223,10 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--resume", action="store_true", default=S,
                    help="continue the run in --out from its checkpoint (its saved configuration; only "
                         "--steps and the logging / backend / device flags may change)")
+    g.add_argument("--max-minutes", type=float, metavar="M", default=S,
+                   help="wall-clock budget of training minutes (summed over resumes): the run stops at the "
+                        "first step past it, evaluated and checkpointed as at its last step, and summary.json "
+                        "records \"stopped\": \"budget\" (default: none, train all --steps)")
     g.add_argument("--overwrite", action="store_true", default=S,
                    help="replace the run in --out (removes only the files a run writes)")
     g.add_argument("--backend", choices=BACKEND_CHOICES, default=S,
@@ -250,6 +254,9 @@ def _format_summary(s: dict) -> str:
     lines = [f"ganfast train: {s['objective']} on {s['data']}: step {s['steps']} "
              f"({s['trained_steps_this_run']} this run, {s['seconds']:.1f} s training, {s['seconds_total']:.1f} s in all, "
              f"{s['device']}, backend {s['backend']})"]
+    if s.get("stopped") == "budget":
+        lines.append(f"  stopped by the --max-minutes {s['max_minutes']:g} budget at step {s['steps']} of "
+                     f"{s['steps_requested']}")
     if s.get("loss_d") is not None:
         lines.append(f"  last losses: D {s['loss_d']:.4f}  G {s['loss_g']:.4f}")
     for key, who in (("metrics_ema", "G_ema"), ("metrics_raw", "G    ")):
