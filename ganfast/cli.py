@@ -5,6 +5,7 @@
     ganfast translate --ckpt RUN --input X --out Y   a CycleGAN run's translation of your images
     ganfast check [--quick] [--json FILE]     every kernel against the float64 reference, on this machine
     ganfast bench [--quick] [--out DIR]       eager vs torch.compile vs ganfast, side by side
+    ganfast compare --objectives all --seeds 5 --out DIR   every objective x seed, one budget, compared
     ganfast --version                         this install: versions, compiled backends, devices
 
 Subcommands live in COMMANDS (name -> Command); another one is added with
@@ -420,6 +421,25 @@ register_command(Command(
                 "register / shared memory / spill report instead."))
 
 
+# ---- ganfast compare -----------------------------------------------------------------------------
+
+
+register_command(Command(
+    "compare", "train every objective (or model) x seed with one budget and compare them (Lucic et al. 2018)",
+    *_lazy("compare"),
+    description="\"Are GANs created equal?\" as a command: train every (model x objective) x seed on the same "
+                "data with the same steps (and, with --budget-minutes, the same wall-clock budget), each an "
+                "ordinary `ganfast train` run in its own process under DIR/<model>-<objective>/seed<k>/ "
+                "(model 'mlp' on 2-D data), --jobs at once; then write DIR/compare.csv (one row per run: status, "
+                "error, steps, seconds, every final metric), DIR/compare.md (per model-objective: median [min, "
+                "max] over the seeds of each metric, the best run) and DIR/compare.png (box plots, one panel per "
+                "metric, one box per model-objective, seeds as points). Best run: most modes then most "
+                "high-quality samples on 2-D mixtures; lowest fd on images where measured, else class / code "
+                "agreement, classes covered. --resume skips finished runs and continues interrupted ones. Exits "
+                "1 when any run failed (each is a row with its error). Example: ganfast compare --data ring8 "
+                "--objectives all --seeds 5 --out runs/cmp"))
+
+
 # ---- ganfast check -------------------------------------------------------------------------------
 
 
@@ -468,6 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args._argv = list(sys.argv[1:] if argv is None else argv)  # the command line, for reports (compare)
     name = args.command
     try:
         return args._run(args)

@@ -701,9 +701,9 @@ class Trainer:
             "loss_d": last.get("loss_d"), "loss_g": last.get("loss_g"),
             "out": str(self.out),
         }
+        summary["train_seconds_total"] = round(self._train_seconds(), 2)  # over every resume
         if cfg.max_minutes:
             summary["max_minutes"] = cfg.max_minutes
-            summary["train_seconds_total"] = round(self._train_seconds(), 2)
         if getattr(self, "stopped_by_budget", False):
             summary["stopped"] = "budget"
             summary["steps_requested"] = cfg.steps
