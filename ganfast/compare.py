@@ -36,8 +36,10 @@ import math
 import os
 import shlex
 import statistics
+import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -262,6 +264,28 @@ def _error_text(log: Path, rc: int) -> str:
     return f"{how}: {text}"[:500] if text else how
 
 
+_CHILDREN: set = set()     # the train processes running now
+_LOCK = threading.Lock()
+_STOPPING = threading.Event()  # set by stop_children: no new train process starts
+
+
+def stop_children(grace: float = 15.0) -> None:
+    """Interrupt every running train process (SIGINT: each keeps its last checkpoint, for --resume),
+    then kill the ones still there after `grace` seconds."""
+    with _LOCK:
+        _STOPPING.set()
+        procs = list(_CHILDREN)
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + grace
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
 def execute(run: Run, args: argparse.Namespace, threads: int) -> Run:
     state = run_state(run)
     if state == "finished" and args.resume:
@@ -280,10 +304,21 @@ def execute(run: Run, args: argparse.Namespace, threads: int) -> Run:
     with open(run.log, "a") as log:
         log.write(f"$ {shlex.join(cmd)}\n")
         log.flush()
-        try:
-            rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
-        except OSError as e:
-            rc, run.error = 1, f"cannot start: {e}"
+        with _LOCK:
+            try:
+                proc = None if _STOPPING.is_set() else subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                                                         env=env)
+                rc = 130
+            except OSError as e:
+                proc, rc, run.error = None, 1, f"cannot start: {e}"
+            if proc is not None:
+                _CHILDREN.add(proc)
+        if proc is not None:
+            try:
+                rc = proc.wait()
+            finally:
+                with _LOCK:
+                    _CHILDREN.discard(proc)
     run.wall_seconds = round(time.perf_counter() - t0, 2)
     summary = read_summary(run.out)
     if rc != 0:
@@ -586,7 +621,15 @@ def run(args: argparse.Namespace) -> int:
           f"seeds, {runs[0].steps} steps) in {root}, {jobs} at once x {threads} thread(s)", flush=True)
     t0 = time.perf_counter()
     done = 0
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
+
+    def on_term(signum, frame):  # `kill PID` of compare: stop its train processes too, then exit
+        raise KeyboardInterrupt
+
+    old_term = signal.signal(signal.SIGTERM, on_term) if threading.current_thread() is threading.main_thread() else None
+    pool = ThreadPoolExecutor(max_workers=jobs)
+    futures: list = []
+    _STOPPING.clear()
+    try:
         futures = [pool.submit(execute, r, args, threads) for r in runs]
         for fut in as_completed(futures):
             r = fut.result()
@@ -596,6 +639,17 @@ def run(args: argparse.Namespace) -> int:
             what = (f"FAILED: {r.error}" if r.status == "failed" else
                     ", ".join(f"{k} {_fmt(m.get(k))}" for k in keys) + (" (budget hit)" if r.status == "budget" else ""))
             print(f"[{done}/{len(runs)}] {r.label}: {r.action}, {what} ({r.wall_seconds:.0f} s)", flush=True)
+    except BaseException:
+        for f in futures:
+            f.cancel()
+        stop_children()
+        print(f"ganfast compare: interrupted; continue with --resume (finished runs are kept, the others "
+              f"resume from their last checkpoints)", file=sys.stderr)
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
     rows, metrics = rows_of(runs)
     write_csv(rows, metrics, root / "compare.csv")
     write_markdown(rows, metrics, kind, args, root / "compare.md", command)

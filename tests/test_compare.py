@@ -250,3 +250,21 @@ def test_max_minutes_stops_the_run(tmp_path):
     assert s2["steps"] == s["steps"] + 1 and s2["stopped"] == "budget"
     with pytest.raises(ValueError, match="max_minutes"):
         TrainConfig(max_minutes=0).validate()
+
+
+def test_stop_children_interrupts_the_train_processes():
+    """Interrupting compare (Ctrl-C, or SIGTERM to its process) stops the runs it started."""
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    compare._CHILDREN.add(p)
+    try:
+        compare.stop_children(grace=5)
+        assert p.poll() is not None
+        assert compare._STOPPING.is_set()
+    finally:
+        compare._CHILDREN.discard(p)
+        compare._STOPPING.clear()
+        if p.poll() is None:
+            p.kill()
