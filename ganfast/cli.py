@@ -5,6 +5,7 @@
     ganfast translate --ckpt RUN --input X --out Y   a CycleGAN run's translation of your images
     ganfast check [--quick] [--json FILE]     every kernel against the float64 reference, on this machine
     ganfast bench [--quick] [--out DIR]       eager vs torch.compile vs ganfast, side by side
+    ganfast compare --objectives all --seeds 5 --out DIR   every objective x seed, one budget, compared
     ganfast --version                         this install: versions, compiled backends, devices
 
 Subcommands live in COMMANDS (name -> Command); another one is added with
@@ -223,6 +224,10 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--resume", action="store_true", default=S,
                    help="continue the run in --out from its checkpoint (its saved configuration; only "
                         "--steps and the logging / backend / device flags may change)")
+    g.add_argument("--max-minutes", type=float, metavar="M", default=S,
+                   help="wall-clock budget of training minutes (summed over resumes): the run stops at the "
+                        "first step past it, evaluated and checkpointed as at its last step, and summary.json "
+                        "records \"stopped\": \"budget\" (default: none, train all --steps)")
     g.add_argument("--overwrite", action="store_true", default=S,
                    help="replace the run in --out (removes only the files a run writes)")
     g.add_argument("--backend", choices=BACKEND_CHOICES, default=S,
@@ -251,6 +256,9 @@ def _format_summary(s: dict) -> str:
     lines = [f"ganfast train: {s['objective']} on {s['data']}: step {s['steps']} "
              f"({s['trained_steps_this_run']} this run, {s['seconds']:.1f} s training, {s['seconds_total']:.1f} s in all, "
              f"{s['device']}, backend {s['backend']})"]
+    if s.get("stopped") == "budget":
+        lines.append(f"  stopped by the --max-minutes {s['max_minutes']:g} budget at step {s['steps']} of "
+                     f"{s['steps_requested']}")
     if s.get("loss_d") is not None:
         lines.append(f"  last losses: D {s['loss_d']:.4f}  G {s['loss_g']:.4f}")
     for key, who in (("metrics_ema", "G_ema"), ("metrics_raw", "G    ")):
@@ -414,6 +422,25 @@ register_command(Command(
                 "register / shared memory / spill report instead."))
 
 
+# ---- ganfast compare -----------------------------------------------------------------------------
+
+
+register_command(Command(
+    "compare", "train every objective (or model) x seed with one budget and compare them (Lucic et al. 2018)",
+    *_lazy("compare"),
+    description="\"Are GANs created equal?\" as a command: train every (model x objective) x seed on the same "
+                "data with the same steps (and, with --budget-minutes, the same wall-clock budget), each an "
+                "ordinary `ganfast train` run in its own process under DIR/<model>-<objective>/seed<k>/ "
+                "(model 'mlp' on 2-D data), --jobs at once; then write DIR/compare.csv (one row per run: status, "
+                "error, steps, seconds, every final metric), DIR/compare.md (per model-objective: median [min, "
+                "max] over the seeds of each metric, the best run) and DIR/compare.png (box plots, one panel per "
+                "metric, one box per model-objective, seeds as points). Best run: most modes then most "
+                "high-quality samples on 2-D mixtures; lowest fd on images where measured, else class / code "
+                "agreement, classes covered. --resume skips finished runs and continues interrupted ones. Exits "
+                "1 when any run failed (each is a row with its error). Example: ganfast compare --data ring8 "
+                "--objectives all --seeds 5 --out runs/cmp"))
+
+
 # ---- ganfast check -------------------------------------------------------------------------------
 
 
@@ -462,6 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args._argv = list(sys.argv[1:] if argv is None else argv)  # the command line, for reports (compare)
     name = args.command
     try:
         return args._run(args)

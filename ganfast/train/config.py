@@ -131,6 +131,10 @@ class TrainConfig:
     ckpt_every: Optional[int] = None      # checkpoints; None: eval_every
     eval_samples: int = 2500             # per eval; fd / precision / recall on min(1000, this, data size)
     progress: bool = True
+    # a wall-clock budget of training time (minutes, summed over resumes): the run stops at the first
+    # step past it, evaluated and checkpointed as at its last step; summary.json says "stopped": "budget".
+    # None: no limit (the run trains to `steps`)
+    max_minutes: Optional[float] = None
     _extra: dict = field(default_factory=dict, repr=False, compare=False)
 
     # ---- construction -----------------------------------------------------------------------
@@ -297,6 +301,10 @@ class TrainConfig:
             raise ValueError(f"ganfast.train: channels must be 1 (grayscale) or 3 (RGB); got {self.channels!r}")
         if self.resume and self.overwrite:
             raise ValueError("ganfast.train: resume and overwrite exclude each other; choose one")
+        if self.max_minutes is not None and not (_is_number(self.max_minutes) and math.isfinite(self.max_minutes)
+                                                 and self.max_minutes > 0):
+            raise ValueError(f"ganfast.train: max_minutes must be a finite number > 0 (or unset: no limit); "
+                             f"got {self.max_minutes!r}")
 
     def resolve(self, points: Optional[bool] = None) -> "TrainConfig":
         """A copy with every None default filled in from the objective and the data set. `points`:
@@ -375,7 +383,7 @@ class TrainConfig:
 
 # Fields that define the trained model; a resumed run must keep them (the rest may change).
 RESUMABLE_CHANGES = ("steps", "out", "resume", "overwrite", "backend", "device", "threads", "log_every", "eval_every",
-                     "sample_every", "ckpt_every", "eval_samples", "progress")
+                     "sample_every", "ckpt_every", "eval_samples", "progress", "max_minutes")
 
 
 def data_kind(data: str) -> str:

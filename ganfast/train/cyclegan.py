@@ -281,6 +281,7 @@ class CycleGANTrainer(Trainer):
             "pool_a": self.pool_a.state_dict(), "pool_b": self.pool_b.state_dict(),
             "rng": rng,
             "rows": len(self.rows),
+            "train_seconds": self._train_seconds(),
         }
         save_atomic(state, self.out / CHECKPOINT_NAME)
 

@@ -241,6 +241,10 @@ class Trainer:
         if ckpt is not None:
             self._restore(ckpt)
 
+    def _train_seconds(self) -> float:
+        """Training seconds of the run so far, over every resume (what max_minutes budgets)."""
+        return self._trained_before + (time.perf_counter() - self._t0)
+
     def _optimizer(self, model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
         cfg = self.cfg
         if cfg.optimizer == "rmsprop":
@@ -260,6 +264,10 @@ class Trainer:
         (out / "samples").mkdir(exist_ok=True)
         last = cfg.steps if until is None else max(self.step, min(until, cfg.steps))
         start_step, t0 = self.step, time.perf_counter()
+        self._t0 = t0
+        self._trained_before = float((ckpt or {}).get("train_seconds", 0.0))  # before this resume
+        budget = cfg.max_minutes * 60.0 if cfg.max_minutes else None
+        self.stopped_by_budget = False
         self._pending: list[torch.Tensor] = []
 
         bar = None
@@ -274,17 +282,21 @@ class Trainer:
                 self._train_step()
                 self.step += 1
                 s = self.step
+                if budget is not None and s < last and self._train_seconds() >= budget:
+                    # the wall-clock budget is spent: this step ends the run, as the last one would
+                    last, self.stopped_by_budget = s, True
+                end = s == cfg.steps or self.stopped_by_budget
                 at_ckpt = s % cfg.ckpt_every == 0 or s == last
                 row = None
                 if s % cfg.log_every == 0 or at_ckpt or s % cfg.eval_every == 0:
                     row = self._flush()
-                if s % cfg.eval_every == 0 or s == cfg.steps:
+                if s % cfg.eval_every == 0 or end:
                     self._add_eval(row)
                 if row is not None:
                     self._append_row(row)
                     if bar is not None:
                         bar.set_postfix_str(self._postfix(row), refresh=False)
-                if s % cfg.sample_every == 0 or s == cfg.steps:
+                if s % cfg.sample_every == 0 or end:
                     self._save_samples(out / "samples" / f"step_{s:06d}.png")
                 if at_ckpt:
                     self._save_checkpoint()
@@ -686,6 +698,7 @@ class Trainer:
             "scaler_g": self.scaler_g.state_dict(), "scaler_d": self.scaler_d.state_dict(),
             "rng": rng,
             "rows": len(self.rows),
+            "train_seconds": self._train_seconds(),
         }
         save_atomic(state, self.out / CHECKPOINT_NAME)
 
@@ -729,6 +742,12 @@ class Trainer:
             "loss_d": last.get("loss_d"), "loss_g": last.get("loss_g"),
             "out": str(self.out),
         }
+        summary["train_seconds_total"] = round(self._train_seconds(), 2)  # over every resume
+        if cfg.max_minutes:
+            summary["max_minutes"] = cfg.max_minutes
+        if getattr(self, "stopped_by_budget", False):
+            summary["stopped"] = "budget"
+            summary["steps_requested"] = cfg.steps
         if ev is not None:
             summary["eval_step"] = ev["step"]
             summary["metrics_ema"] = ev["eval"]
