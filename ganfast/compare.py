@@ -142,30 +142,28 @@ def _split_list(value: str, what: str) -> list[str]:
     return items
 
 
+def _names_arg(value: str, flag: str, what: str, choices) -> list[str]:
+    """--objectives / --models: 'all' or a comma-separated list of known names."""
+    if value.strip() == "all":
+        return list(choices)
+    items = _split_list(value, flag)
+    bad = [x for x in items if x not in choices]
+    if bad:
+        raise argparse.ArgumentTypeError(f"{flag}: unknown {what}(s) {', '.join(bad)}; choose from "
+                                         f"{', '.join(choices)} or 'all'")
+    return items
+
+
 def _objectives_arg(value: str) -> list[str]:
     from .train.objectives import OBJECTIVES
 
-    if value.strip() == "all":
-        return list(OBJECTIVES)
-    items = _split_list(value, "--objectives")
-    bad = [x for x in items if x not in OBJECTIVES]
-    if bad:
-        raise argparse.ArgumentTypeError(f"--objectives: unknown objective(s) {', '.join(bad)}; choose from "
-                                         f"{', '.join(OBJECTIVES)} or 'all'")
-    return items
+    return _names_arg(value, "--objectives", "objective", OBJECTIVES)
 
 
 def _models_arg(value: str) -> list[str]:
     from .train.config import MODELS
 
-    if value.strip() == "all":
-        return list(MODELS)
-    items = _split_list(value, "--models")
-    bad = [x for x in items if x not in MODELS]
-    if bad:
-        raise argparse.ArgumentTypeError(f"--models: unknown model(s) {', '.join(bad)}; choose from "
-                                         f"{', '.join(MODELS)} or 'all'")
-    return items
+    return _names_arg(value, "--models", "model", MODELS)
 
 
 def _positive(kind):

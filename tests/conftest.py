@@ -246,3 +246,15 @@ def ganfast_cache(tmp_path_factory):
         os.environ.pop("GANFAST_CACHE", None)
     else:
         os.environ["GANFAST_CACHE"] = old
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """For the files that train tiny models (`pytestmark = pytest.mark.usefixtures("one_thread")`):
+    they gain nothing from intra-op threads, and on a loaded CI machine two threads spinning at every
+    barrier of every small op slow these runs tenfold (the engine pins 2-D runs to one thread itself;
+    the digits runs use torch's default). The subprocesses of test_train_cli.py get --threads 1."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

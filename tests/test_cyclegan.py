@@ -14,13 +14,8 @@ import ganfast.nn as gnn
 from ganfast.bench.cases import copy_conv_weights, torch_patch_discriminator, torch_resnet_generator
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny models: intra-op threads only add barrier waits on a loaded 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# tiny models: one intra-op thread (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---- the models against torch.nn ------------------------------------------------------------------

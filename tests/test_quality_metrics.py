@@ -15,12 +15,8 @@ from ganfast.train.metrics import (DigitFeatures, digit_cnn, feature_network, fr
                                    mode_metrics, precision_recall)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# tiny models: one intra-op thread (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def gaussian(n, d, gen, scale=1.0, shift=0.0):

@@ -17,12 +17,8 @@ from ganfast.train.data import DataSampler, digits, labels_path
 from ganfast.train.sampling import class_rows, sample_with_labels
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# tiny models: one intra-op thread (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TINY = dict(ngf=4, ndf=4, z_dim=8, batch_size=8, eval_samples=40, progress=False, log_every=1, eval_every=1000)

@@ -17,15 +17,8 @@ from ganfast.train import (OBJECTIVES, NonFiniteLossError, OutputDirError, Train
 from ganfast.train import checkpoint as ckpt_mod
 from ganfast.train.data import grid25, ring8
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a loaded CI machine two threads
-    spinning at every barrier of every small op slow these runs tenfold (the engine pins 2-D runs
-    to one thread itself; the digits runs use torch's default)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# tiny models: one intra-op thread (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TINY = dict(width=32, depth=2, batch_size=16, eval_samples=200, progress=False, log_every=1)

@@ -16,15 +16,8 @@ TINY = ["--steps", "4", "--width", "16", "--depth", "2", "--batch-size", "16", "
         "--no-progress"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """As in test_train.py: tiny models, one intra-op thread (in-process and in the subprocesses)."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# tiny models: one intra-op thread (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run(*args, cwd=None):

@@ -99,6 +99,19 @@ def _features_arg(x, name: str) -> Tensor:
     return t
 
 
+def _feature_pair(a, b, op: str, names: tuple, min_samples: int, why: str) -> tuple:
+    """Two feature sets (N, d) and (M, d) for `op`, as float64 CPU tensors: same d, each with at least
+    `min_samples` rows (`why` names the bound in the error)."""
+    a, b = _features_arg(a, f"{op}: {names[0]}"), _features_arg(b, f"{op}: {names[1]}")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"{op}: {names[0]} and {names[1]} must have the same feature dimension; got "
+                         f"{a.shape[1]} and {b.shape[1]}")
+    for name, t in zip(names, (a, b)):
+        if t.shape[0] < min_samples:
+            raise ValueError(f"{op}: {name} needs at least {why}{min_samples} samples; got {t.shape[0]}")
+    return a, b
+
+
 def _pairwise(a: Tensor, b: Tensor, chunk: int = 2048) -> Tensor:
     """Euclidean distances (N, M) in float64 (torch.cdist: matrix products for large sets, so a distance
     carries a rounding error near 1e-8 of the norms; it decides only points on a ball's boundary)."""
@@ -128,14 +141,8 @@ def precision_recall(real_feats, fake_feats, k: int = 3, real_radii: Optional[Te
     already (the engine keeps them for the run)."""
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"precision_recall: k must be an integer >= 1; got {k!r}")
-    r = _features_arg(real_feats, "precision_recall: real_feats")
-    f = _features_arg(fake_feats, "precision_recall: fake_feats")
-    if r.shape[1] != f.shape[1]:
-        raise ValueError(f"precision_recall: real_feats and fake_feats must have the same feature dimension; got "
-                         f"{r.shape[1]} and {f.shape[1]}")
-    for name, t in (("real_feats", r), ("fake_feats", f)):
-        if t.shape[0] < k + 1:
-            raise ValueError(f"precision_recall: {name} needs at least k + 1 = {k + 1} samples; got {t.shape[0]}")
+    r, f = _feature_pair(real_feats, fake_feats, "precision_recall", ("real_feats", "fake_feats"), k + 1,
+                         "k + 1 = ")
     if real_radii is None:
         real_radii = knn_radii(r, k)
     elif tuple(real_radii.shape) != (r.shape[0],):
@@ -177,14 +184,7 @@ def frechet_distance(real, fake, feature: Optional[torch.nn.Module] = None) -> f
 
         net = DigitFeatures()
         real, fake = net(real), net(fake)
-    real = _features_arg(real, "frechet_distance: real")
-    fake = _features_arg(fake, "frechet_distance: fake")
-    if real.shape[1] != fake.shape[1]:
-        raise ValueError(f"frechet_distance: real and fake must have the same feature dimension; got "
-                         f"{real.shape[1]} and {fake.shape[1]}")
-    for name, t in (("real", real), ("fake", fake)):
-        if t.shape[0] < 2:
-            raise ValueError(f"frechet_distance: {name} needs at least 2 samples; got {t.shape[0]}")
+    real, fake = _feature_pair(real, fake, "frechet_distance", ("real", "fake"), 2, "")
     fid = FrechetInceptionDistance(feature=_Given(real.shape[1]))
     fid.update(real, real=True)
     fid.update(fake, real=False)
