@@ -281,7 +281,10 @@ def stop_children(grace: float = 15.0) -> None:
         try:
             p.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
+            # still running: SIGINT ignored (a child of a non-interactive shell's background job
+            # inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler)
             p.kill()
+            p.wait()
 
 
 def execute(run: Run, args: argparse.Namespace, threads: int) -> Run:
