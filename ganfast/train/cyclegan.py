@@ -38,11 +38,11 @@ from .. import losses, steps
 from . import plots
 from .checkpoint import CHECKPOINT_NAME, CheckpointError, first_line, load_state, save_atomic
 from .data import CycleData, DataSampler, load_cycle_data
-from .metrics import DigitClassifier, feature_network, frechet_distance
+from .metrics import DigitClassifier, frechet_distance
 from .objectives import get_objective
 from .pool import ImagePool
 from .trainer import (QUALITY_SAMPLES, NonFiniteLossError, Trainer, _merge_resume, _resolve_device,
-                      global_rng_state, restore_global_rng_state)
+                      global_rng_state, restore_global_rng_state, seeded_choice)
 
 # Loss terms of a step, in the order _train_step stacks them.
 TERMS = ("loss_d_a", "loss_d_b", "loss_g_gan", "cycle", "identity", "d_real", "d_fake")
@@ -237,19 +237,16 @@ class CycleGANTrainer(Trainer):
         small (at most 200), so the values are biased upwards: compare them between runs."""
         if fake_b.shape[0] < 2 or fake_a.shape[0] < 2:
             return {}
+        net = self._feature_network()
         if getattr(self, "_cycle_real_feats", None) is None:
-            self._feature_net = feature_network(self.cfg.data)
-            feats = []
-            for i, d in enumerate((self.dataset.a, self.dataset.b)):
-                idx = torch.randperm(len(d), generator=torch.Generator().manual_seed(self.cfg.seed + 4111 + i))
-                feats.append(self._feature_net(d.points[idx[:QUALITY_SAMPLES]]))
-            self._cycle_real_feats = feats
+            self._cycle_real_feats = [net(seeded_choice(d.points, QUALITY_SAMPLES, self.cfg.seed + 4111 + i))
+                                      for i, d in enumerate((self.dataset.a, self.dataset.b))]
         real_a, real_b = self._cycle_real_feats
         out = {}
         for key, real, fake in (("fd_ab", real_b, fake_b), ("fd_ba", real_a, fake_a)):
-            fd = frechet_distance(real, self._feature_net(fake)) if real.shape[0] >= 2 else float("nan")
+            fd = frechet_distance(real, net(fake)) if real.shape[0] >= 2 else float("nan")
             out[key] = fd if math.isfinite(fd) else None
-        out["fd_features"] = self._feature_net.name
+        out["fd_features"] = net.name
         return out
 
     def _save_samples(self, path: Path) -> None:

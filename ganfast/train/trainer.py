@@ -48,6 +48,13 @@ QUALITY_SAMPLES, QUALITY_K = 1000, 3
 _LABELLED = ("minimax", "nonsaturating", "least_squares")
 
 
+def seeded_choice(points: torch.Tensor, count: int, seed: int) -> torch.Tensor:
+    """`count` rows of `points` drawn without replacement by their own generator (the global RNG, and so
+    the training, is untouched): the real side of the sample-quality metrics."""
+    idx = torch.randperm(len(points), generator=torch.Generator().manual_seed(seed))[:count]
+    return points[idx]
+
+
 def labels_kw(obj, real_label: float) -> dict:
     """The real-label keyword of the losses that take one (label smoothing)."""
     return {"real_label": real_label} if obj.loss in _LABELLED else {}
@@ -615,9 +622,15 @@ class Trainer:
                 m.update(class_agreement(codes[0].cpu().numpy(), probs.argmax(1), ds.n_classes))
         real_feats = self._quality_reference(n)
         if real_feats.shape[0] > QUALITY_K:
-            m.update(sample_quality(real_feats, images[: real_feats.shape[0]], self._feature_net, QUALITY_K,
+            m.update(sample_quality(real_feats, images[: real_feats.shape[0]], self._feature_network(), QUALITY_K,
                                     self._quality_radii))
         return m
+
+    def _feature_network(self):
+        """The sample-quality metrics' feature network for this run's data, made on first use."""
+        if getattr(self, "_feature_net", None) is None:
+            self._feature_net = feature_network(self.cfg.data)
+        return self._feature_net
 
     def _quality_reference(self, n: int) -> torch.Tensor:
         """The real side of the sample-quality metrics, computed once per run (and eval_samples): a
@@ -628,12 +641,9 @@ class Trainer:
         cached = getattr(self, "_quality_cache", None)
         if cached is not None and cached[0] == count:
             return cached[1]
-        idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(self.cfg.seed + 4111))[:count]
-        real = ds.points[idx]
+        real = seeded_choice(ds.points, count, self.cfg.seed + 4111)
         if ds.is_image:
-            if getattr(self, "_feature_net", None) is None:
-                self._feature_net = feature_network(self.cfg.data)
-            real = self._feature_net(real)
+            real = self._feature_network()(real)
         else:
             real = real.double()
         self._quality_cache = (count, real)
