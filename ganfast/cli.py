@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import Callable, NamedTuple, Optional, Sequence
 
@@ -251,6 +252,20 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-progress", dest="progress", action="store_false", default=S,
                    help="no progress bar")
 
+    g = p.add_argument_group("several processes (data-parallel: torchrun, or --nproc)")
+    g.add_argument("--nproc", type=_positive_int, default=S, metavar="N",
+                   help="train in N processes on this machine (one per GPU; gloo on the CPU), launched through "
+                        "torch's elastic launcher as `torchrun --standalone --nproc-per-node N -m ganfast train` "
+                        "would: --batch-size is the global batch, split evenly; the result equals one process's "
+                        "with the same seed up to floating-point reduction order. Several machines: run "
+                        "torchrun yourself (README, \"Multiple GPUs and machines\")")
+    g.add_argument("--sync-bn", dest="sync_bn", action=argparse.BooleanOptionalAction, default=S,
+                   help="with several processes, the fused BatchNorm's statistics over the global batch, as one "
+                        "process computes them (default: on when there is more than one process)")
+    g.add_argument("--dist-timeout", type=float, metavar="MIN", default=S,
+                   help=f"minutes a collective waits for the other processes before the run fails "
+                        f"(default: {d.dist_timeout:g})")
+
 
 def _format_summary(s: dict) -> str:
     lines = [f"ganfast train: {s['objective']} on {s['data']}: step {s['steps']} "
@@ -314,7 +329,11 @@ def _toml_values(path: str) -> dict:
 def _run_train(args: argparse.Namespace) -> int:
     from .train import TrainConfig, Trainer
 
-    values = {k: v for k, v in vars(args).items() if not k.startswith("_") and k not in ("command", "config")}
+    nproc = getattr(args, "nproc", 1)
+    if nproc > 1:
+        return _launch_train(args, nproc)
+    values = {k: v for k, v in vars(args).items()
+              if not k.startswith("_") and k not in ("command", "config", "nproc")}
     for name in ("betas", "attn_res"):
         if name in values:
             values[name] = tuple(values[name])
@@ -323,8 +342,31 @@ def _run_train(args: argparse.Namespace) -> int:
         base.update(values)
         values = base
     cfg = TrainConfig.from_dict(values, where="the command line")
-    summary = Trainer(cfg, explicit=set(values)).fit()
-    print(_format_summary(summary))
+    fit = Trainer(cfg, explicit=set(values)).fit
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        # a process of torchrun / --nproc: its error, with the traceback, reaches the launcher's report
+        from torch.distributed.elastic.multiprocessing.errors import record
+        fit = record(fit)
+    summary = fit()
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(_format_summary(summary))
+    return 0
+
+
+def _launch_train(args: argparse.Namespace, nproc: int) -> int:
+    """`ganfast train --nproc N ...`: the same command in N processes through torch's launcher."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    from .train.distributed import launch, strip_nproc
+
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        raise ValueError("--nproc starts the processes itself; under torchrun, leave it out")
+    try:
+        argv = list(args._argv)
+        launch(strip_nproc(argv[argv.index("train") + 1:]), nproc)
+    except ChildFailedError as e:
+        print(f"ganfast train: a process failed; the run stopped on every rank.\n{e.format_msg()}", file=sys.stderr)
+        return 1
     return 0
 
 

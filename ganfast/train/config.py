@@ -135,6 +135,11 @@ class TrainConfig:
     # step past it, evaluated and checkpointed as at its last step; summary.json says "stopped": "budget".
     # None: no limit (the run trains to `steps`)
     max_minutes: Optional[float] = None
+    # several processes (torchrun, or ganfast train --nproc): batch_size is the global batch, split evenly
+    # over them. sync_bn: the fused BatchNorm's statistics over the global batch (None: on when there
+    # is more than one process); dist_timeout: minutes a collective waits for the other ranks
+    sync_bn: Optional[bool] = None
+    dist_timeout: float = 10.0
     _extra: dict = field(default_factory=dict, repr=False, compare=False)
 
     # ---- construction -----------------------------------------------------------------------
@@ -301,6 +306,12 @@ class TrainConfig:
             raise ValueError(f"ganfast.train: channels must be 1 (grayscale) or 3 (RGB); got {self.channels!r}")
         if self.resume and self.overwrite:
             raise ValueError("ganfast.train: resume and overwrite exclude each other; choose one")
+        if self.sync_bn is not None and not isinstance(self.sync_bn, bool):
+            raise ValueError(f"ganfast.train: sync_bn must be true, false or unset (on with several processes); "
+                             f"got {self.sync_bn!r}")
+        if not (_is_number(self.dist_timeout) and math.isfinite(self.dist_timeout) and self.dist_timeout > 0):
+            raise ValueError(f"ganfast.train: dist_timeout must be a finite number of minutes > 0; "
+                             f"got {self.dist_timeout!r}")
         if self.max_minutes is not None and not (_is_number(self.max_minutes) and math.isfinite(self.max_minutes)
                                                  and self.max_minutes > 0):
             raise ValueError(f"ganfast.train: max_minutes must be a finite number > 0 (or unset: no limit); "
@@ -383,7 +394,8 @@ class TrainConfig:
 
 # Fields that define the trained model; a resumed run must keep them (the rest may change).
 RESUMABLE_CHANGES = ("steps", "out", "resume", "overwrite", "backend", "device", "threads", "log_every", "eval_every",
-                     "sample_every", "ckpt_every", "eval_samples", "progress", "max_minutes")
+                     "sample_every", "ckpt_every", "eval_samples", "progress", "max_minutes", "sync_bn",
+                     "dist_timeout")
 
 
 def data_kind(data: str) -> str:

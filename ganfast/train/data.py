@@ -76,8 +76,12 @@ class Dataset:
 class DataSampler:
     """Batches from a Dataset, with a generator of its own whose state the checkpoint keeps."""
 
-    def __init__(self, dataset: Dataset, batch_size: int, seed: int, device: torch.device) -> None:
+    def __init__(self, dataset: Dataset, batch_size: int, seed: int, device: torch.device,
+                 shard: Optional[slice] = None) -> None:
+        """shard: this process's rows of each batch (data-parallel training): every process draws the
+        whole batch of batch_size from the same generator, as one process would, and keeps its rows."""
         self.dataset, self.batch_size, self.device = dataset, batch_size, device
+        self.shard = shard if shard is not None else slice(None)
         self.generator = torch.Generator().manual_seed(seed)
         # examples live on the training device once, so a batch is one index_select there
         if dataset.points is not None:
@@ -87,8 +91,8 @@ class DataSampler:
     def next(self) -> Tensor:
         ds = self.dataset
         if ds.points is None:
-            return ds.sample(self.batch_size, self.generator).to(self.device, non_blocking=True)
-        idx = torch.randint(ds.points.shape[0], (self.batch_size,), generator=self.generator)
+            return ds.sample(self.batch_size, self.generator)[self.shard].to(self.device, non_blocking=True)
+        idx = torch.randint(ds.points.shape[0], (self.batch_size,), generator=self.generator)[self.shard]
         return self._points[idx.to(self.device, non_blocking=True)]
 
     def next_labelled(self) -> tuple[Tensor, Tensor]:
@@ -96,7 +100,7 @@ class DataSampler:
         generator), the labels of the images drawn."""
         if self._labels is None:
             raise ValueError(f"ganfast.train: {self.dataset.name} has no labels")
-        idx = torch.randint(self.dataset.points.shape[0], (self.batch_size,), generator=self.generator)
+        idx = torch.randint(self.dataset.points.shape[0], (self.batch_size,), generator=self.generator)[self.shard]
         idx = idx.to(self.device, non_blocking=True)
         return self._points[idx], self._labels[idx]
 

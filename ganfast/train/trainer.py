@@ -30,6 +30,7 @@ from .checkpoint import (CHECKPOINT_NAME, CheckpointError, first_line, load_chec
                          write_text_atomic)
 from .config import RESUMABLE_CHANGES, TrainConfig
 from .data import DataSampler, load_dataset
+from .distributed import World, wrap
 from .metrics import (DigitClassifier, class_agreement, class_metrics, code_agreement, feature_network, knn_radii,
                       mode_metrics, precision_recall, sample_quality)
 from .models import (balanced_labels, build_models, is_conditional, is_infogan, model_spec, sample_codes,
@@ -170,6 +171,9 @@ class Trainer:
     def _prepare_out(self) -> Optional[dict]:
         """Create / check the output directory; the checkpoint to resume from, if any."""
         cfg, out = self.config, self.out
+        if not self.world.is_main:
+            # rank 0 owns the directory; the others only read the checkpoint they resume from
+            return load_checkpoint(out / CHECKPOINT_NAME) if cfg.resume else None
         if out.exists() and not out.is_dir():
             raise OutputDirError(f"ganfast.train: --out {out} exists and is not a directory")
         ckpt_path = out / CHECKPOINT_NAME
@@ -197,11 +201,14 @@ class Trainer:
         """Train to config.steps (or stop after step `until`, checkpointed, as if interrupted there)
         and return the summary (also written to summary.json)."""
         threads = torch.get_num_threads()
+        # torchrun's processes join their group here (a one-process world otherwise)
+        self.world = World.from_environment(self.config.device, self.config.dist_timeout)
         try:
             with _backend.use_backend(self.config.backend):
                 return self._fit(until)
         finally:
             torch.set_num_threads(threads)  # _fit sets the run's own (cfg.threads)
+            self.world.close()
 
     def _setup(self, ckpt: Optional[dict]) -> None:
         given = self.config
@@ -218,6 +225,10 @@ class Trainer:
         self.cfg = cfg
         self.objective = get_objective(cfg.objective)
         self.device = _resolve_device(cfg.device)
+        world = self.world
+        if world.distributed and self.device.type == "cuda":
+            self.device = torch.device("cuda", world.local_rank)  # one GPU per process
+        world.check_batch(cfg.batch_size)
         if cfg.amp == "fp16" and self.device.type != "cuda":
             raise ValueError("ganfast.train: amp 'fp16' needs a CUDA device; use 'bf16' on CPU")
 
@@ -229,13 +240,15 @@ class Trainer:
         self.G.to(self.device)
         self.D.to(self.device)
         self.G_ema = copy.deepcopy(self.G).requires_grad_(False).eval()
+        self._synchronise_batchnorm()
         self.info = is_infogan(self.G)  # InfoGAN: codes in G's input, Q's mutual-information term
         self.cond = is_conditional(self.G)  # SAGAN / BigGAN: G(z, y), D(x, y)
         self._ortho_params = ortho_parameters(self.G) if self.cond and cfg.ortho_reg else []
         self.opt_d = self._optimizer(self.D, cfg.lr_d)
         self.opt_g = self._optimizer(self.G, cfg.lr_g)
         self.gen = torch.Generator(self.device).manual_seed(cfg.seed + 1)  # z and instance noise
-        self.sampler = DataSampler(self.dataset, cfg.batch_size, cfg.seed + 2, self.device)
+        self.sampler = DataSampler(self.dataset, cfg.batch_size, cfg.seed + 2, self.device,
+                                   shard=world.shard(cfg.batch_size) if world.distributed else None)
         fp16 = cfg.amp == "fp16"
         self.scaler_d = torch.amp.GradScaler("cuda", enabled=fp16)
         self.scaler_g = torch.amp.GradScaler("cuda", enabled=fp16)
@@ -247,6 +260,21 @@ class Trainer:
         self.rows: list[dict] = []
         if ckpt is not None:
             self._restore(ckpt)
+        # what the training steps call: DistributedDataParallel wrappers across processes (G and D
+        # themselves in one), built after the restore so every rank starts from the same weights
+        self.G_train, self.D_train = wrap(self.G, world, self.device), wrap(self.D, world, self.device)
+
+    def _synchronise_batchnorm(self, *models: torch.nn.Module) -> None:
+        """Across processes (unless sync_bn is False): the fused BatchNorm of the trained models computes
+        the global batch's statistics (ganfast.nn.convert_sync_batchnorm), as one process would."""
+        if not self.world.distributed or self.cfg.sync_bn is False:
+            return
+        try:  # XXX-REMOVE until the sync-bn branch lands
+            from ..nn import convert_sync_batchnorm
+        except ImportError:
+            return
+        for m in models or (self.G, self.D):
+            convert_sync_batchnorm(m)
 
     def _train_seconds(self) -> float:
         """Training seconds of the run so far, over every resume (what max_minutes budgets)."""
@@ -267,8 +295,10 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         elif not self.dataset.is_image:
             torch.set_num_threads(1)
-        write_text_atomic(cfg.to_toml(), out / "config.toml")
-        (out / "samples").mkdir(exist_ok=True)
+        main = self.world.is_main  # rank 0 writes, logs and evaluates; the others train
+        if main:
+            write_text_atomic(cfg.to_toml(), out / "config.toml")
+            (out / "samples").mkdir(exist_ok=True)
         last = cfg.steps if until is None else max(self.step, min(until, cfg.steps))
         start_step, t0 = self.step, time.perf_counter()
         self._t0 = t0
@@ -278,7 +308,7 @@ class Trainer:
         self._pending: list[torch.Tensor] = []
 
         bar = None
-        if cfg.progress:
+        if cfg.progress and main:
             from tqdm.auto import tqdm
             # redrawn a few times a second on a terminal; in a log file, a line every 30 s
             bar = tqdm(total=cfg.steps, initial=self.step, desc=f"{cfg.objective} on {self.dataset.name}",
@@ -289,7 +319,7 @@ class Trainer:
                 self._train_step()
                 self.step += 1
                 s = self.step
-                if budget is not None and s < last and self._train_seconds() >= budget:
+                if budget is not None and s < last and self.world.any(self._train_seconds() >= budget):
                     # the wall-clock budget is spent: this step ends the run, as the last one would
                     last, self.stopped_by_budget = s, True
                 end = s == cfg.steps or self.stopped_by_budget
@@ -297,6 +327,8 @@ class Trainer:
                 row = None
                 if s % cfg.log_every == 0 or at_ckpt or s % cfg.eval_every == 0:
                     row = self._flush()
+                if not main:
+                    continue
                 if s % cfg.eval_every == 0 or end:
                     self._add_eval(row)
                 if row is not None:
@@ -319,12 +351,22 @@ class Trainer:
             if bar is not None:
                 bar.close()
         elapsed = time.perf_counter() - t0
+        # every rank's throughput, summed: the run's
+        samples_per_s = self.world.total((self.step - start_step) * self._local_batch() / max(elapsed, 1e-9))
+        summary = self._summary(start_step, elapsed)
+        summary["world_size"] = self.world.size
+        summary["samples_per_second"] = round(samples_per_s, 1)
+        if not main:
+            return summary
         self._save_final()
         plots.plot_training(self.rows, out / "training.png", self.objective.loss)
-        summary = self._summary(start_step, elapsed)
         summary["seconds_total"] = round(time.perf_counter() - t_start, 2)  # with data, plots, checkpoints
         write_text_atomic(json.dumps(summary, indent=2) + "\n", out / "summary.json")
         return summary
+
+    def _local_batch(self) -> int:
+        """The examples this rank trains on per D step (its slice of the global batch)."""
+        return self.cfg.batch_size // self.world.size
 
     # ---- one iteration ----------------------------------------------------------------------
 
@@ -334,9 +376,18 @@ class Trainer:
         return torch.randn(n, self.cfg.z_dim, generator=self.gen, device=self.device)
 
     def _noisy(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        """x (this rank's slice of a global batch) plus instance noise drawn for the whole global batch."""
         if sigma <= 0:
             return x
-        return x + sigma * torch.randn(x.shape, generator=self.gen, device=x.device, dtype=x.dtype)
+        shape = (x.shape[0] * self.world.size,) + tuple(x.shape[1:])
+        return x + sigma * self.world.local(torch.randn(shape, generator=self.gen, device=x.device, dtype=x.dtype))
+
+    def _interpolation_eps(self) -> Optional[torch.Tensor]:
+        """The gradient penalty's eps for this rank's samples: drawn for the global batch from the global
+        RNG, as ganfast.penalty.interpolate draws it in one process, and sliced."""
+        if self.cfg.gp_weight <= 0:
+            return None
+        return self.world.local(torch.rand(self.cfg.batch_size, device=self.device))
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
@@ -351,7 +402,8 @@ class Trainer:
                 group["lr"] = lr * factor
         sigma = cfg.instance_noise * max(0.0, 1.0 - t / cfg.noise_anneal)
         real_label = 1.0 - cfg.label_smoothing
-        B = cfg.batch_size
+        B = cfg.batch_size  # the global batch: every draw is for all of it, each rank keeps its slice
+        local = self.world.local
 
         # k discriminator steps: fresh real batch, fresh z; D descends its loss
         self.D.requires_grad_(True)
@@ -362,7 +414,7 @@ class Trainer:
                 continue
             real = self.sampler.next()
             with torch.no_grad(), self._autocast():
-                z, codes = self._latent(B), self._codes(B)
+                z, codes = local(self._latent(B)), tuple(local(c) for c in self._codes(B))
                 fake = self.G(z, *codes) if self.info else self.G(z)
             fake = fake.float() if fake.dtype != real.dtype else fake
             real_in, fake_in = self._noisy(real, sigma), self._noisy(fake, sigma)
@@ -374,8 +426,8 @@ class Trainer:
                 # InfoGAN: D's trunk sees the fakes once for D's logits and Q's predictions of the
                 # codes they were drawn with; Q (part of D) descends the mutual-information term
                 with self._autocast():
-                    d_real = self.D(real_in).logits
-                    q = self.D(fake_in)
+                    d_real = self.D_train(real_in).logits
+                    q = self.D_train(fake_in)
                     d_fake = q.logits
                     loss_adv = losses.discriminator_loss(d_real, d_fake, obj.loss, **labels)
                     loss_info_d = self._info_loss(q, codes)
@@ -385,30 +437,32 @@ class Trainer:
                     # ganfast.steps: real and fake through D in one pass when D has no BatchNorm, the
                     # real pass shared with R1, the penalties' double backward lean
                     out = steps.discriminator_step_loss(
-                        self.D, real_in, fake_in, obj.loss, gp_weight=cfg.gp_weight,
-                        r1_weight=cfg.r1_gamma / 2 * cfg.r1_every if r1_due else 0.0, **labels)
+                        self.D_train, real_in, fake_in, obj.loss, gp_weight=cfg.gp_weight,
+                        r1_weight=cfg.r1_gamma / 2 * cfg.r1_every if r1_due else 0.0,
+                        eps=self._interpolation_eps(), **labels)
                 loss_d, loss_adv, pen, d_real, d_fake = out.total, out.adversarial, out.penalty, \
                     out.real_logits, out.fake_logits
             self._d_update(loss_d)
 
-        # one generator step with fresh z (D's weights need no gradient here)
+        # one generator step with fresh z (D's weights need no gradient here, and D itself, not its
+        # DistributedDataParallel wrapper, runs: nothing of D's is all-reduced)
         self.D.requires_grad_(False)
         loss_info = None
         with self._autocast():
             if self.info:
                 # G also ascends the mutual information: its codes must be recoverable by Q
-                z, codes = self._latent(B), self._codes(B)
-                q = self.D(self._noisy(self.G(z, *codes), sigma))
+                z, codes = local(self._latent(B)), tuple(local(c) for c in self._codes(B))
+                q = self.D(self._noisy(self.G_train(z, *codes), sigma))
                 loss_info = self._info_loss(q, codes)
                 loss_g = losses.generator_loss(q.logits, obj.loss) + loss_info
             elif self.cond:
                 # fresh z and fresh classes, uniform over the classes
-                z = self._latent(B)
-                y = sample_labels(B, self.G.n_classes, self.gen, self.device)
-                g_fake = self.D(self._noisy(self.G(z, y), sigma), y)
+                z = local(self._latent(B))
+                y = local(sample_labels(B, self.G.n_classes, self.gen, self.device))
+                g_fake = self.D(self._noisy(self.G_train(z, y), sigma), y)
                 loss_g = losses.generator_loss(g_fake, obj.loss)
             else:
-                g_fake = self.D(self._noisy(self.G(self._latent(B)), sigma))
+                g_fake = self.D(self._noisy(self.G_train(local(self._latent(B))), sigma))
                 loss_g = losses.generator_loss(g_fake, obj.loss)
         self.opt_g.zero_grad(set_to_none=True)
         self.scaler_g.scale(loss_g).backward()
@@ -443,26 +497,26 @@ class Trainer:
         uniformly; real and fake through D in one pass (as BigGAN-PyTorch: D has no batch-coupled layer,
         and spectral norm's power iteration then runs once per D step). Penalties are taken at the real
         labels. (total, adversarial, penalty, real logits, fake logits)."""
-        cfg, B = self.cfg, self.cfg.batch_size
+        cfg, B, local = self.cfg, self.cfg.batch_size, self.world.local
         real, y_real = self.sampler.next_labelled()
         with torch.no_grad(), self._autocast():
-            z = self._latent(B)
-            y_fake = sample_labels(B, self.G.n_classes, self.gen, self.device)
+            z = local(self._latent(B))
+            y_fake = local(sample_labels(B, self.G.n_classes, self.gen, self.device))
             fake = self.G(z, y_fake)
         fake = fake.float() if fake.dtype != real.dtype else fake
         real_in, fake_in = self._noisy(real, sigma), self._noisy(fake, sigma)
         d_iter = self.step * cfg.d_steps + k
         r1_due = cfg.r1_gamma > 0 and d_iter % cfg.r1_every == 0
         with self._autocast():
-            logits = self.D(torch.cat([real_in, fake_in]), torch.cat([y_real, y_fake]))
-            d_real, d_fake = logits.split([B, B])
+            logits = self.D_train(torch.cat([real_in, fake_in]), torch.cat([y_real, y_fake]))
+            d_real, d_fake = logits.split([real_in.shape[0], fake_in.shape[0]])
             loss_adv = losses.discriminator_loss(d_real, d_fake, self.objective.loss, **labels)
             pen = None
             if cfg.gp_weight > 0:
-                pen = penalty.gradient_penalty(lambda x: self.D(x, y_real), real_in, fake_in, kind="wgan-gp",
-                                               weight=cfg.gp_weight, lean=True)
+                pen = penalty.gradient_penalty(lambda x: self.D_train(x, y_real), real_in, fake_in, kind="wgan-gp",
+                                               weight=cfg.gp_weight, eps=self._interpolation_eps(), lean=True)
             if r1_due:
-                r1 = penalty.gradient_penalty(lambda x: self.D(x, y_real), real_in, None, kind="r1",
+                r1 = penalty.gradient_penalty(lambda x: self.D_train(x, y_real), real_in, None, kind="r1",
                                               weight=cfg.r1_gamma / 2 * cfg.r1_every, lean=True)
                 pen = r1 if pen is None else pen + r1
         loss_d = loss_adv if pen is None else loss_adv + pen
@@ -498,7 +552,8 @@ class Trainer:
     def _flush(self) -> dict:
         """One metrics row: the means over the steps since the last row. A NaN or inf loss in
         them stops the run, naming its step (nothing after the last checkpoint is saved)."""
-        values = torch.stack(self._pending).cpu().double()  # one host sync per row
+        # the mean over ranks (equal slices: the global batch's); one host sync per row
+        values = self.world.mean(torch.stack(self._pending)).cpu().double()
         n = values.shape[0]
         first = self.step - n + 1
         bad = ~torch.isfinite(values[:, :2]).all(1)
@@ -709,6 +764,7 @@ class Trainer:
             "rng": rng,
             "rows": len(self.rows),
             "train_seconds": self._train_seconds(),
+            "world_size": self.world.size,  # informative: a run resumes on any world size (same global batch)
         }
         save_atomic(state, self.out / CHECKPOINT_NAME)
 

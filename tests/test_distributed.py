@@ -1,0 +1,142 @@
+"""Data-parallel training (ganfast/train/distributed.py): N gloo processes train what one process
+trains with the same seed and global batch.
+
+The stated tolerance. Every rank draws the global batch's randomness from the same seed and keeps its
+slice, so the only difference from one process is the order of floating-point reductions: DDP
+averages the ranks' gradients, synchronised BatchNorm sums the ranks' statistics.
+
+- Gradients: Adam's moments (exp_avg, exp_avg_sq: running means of the gradients and their squares)
+  agree to MOMENT_RTOL of their largest entry (measured ~1e-6 after 20 D updates here).
+- Logged losses (means over the global batch): LOSS_RTOL (measured up to 5e-5 over 4 steps).
+- Parameters: Adam divides each gradient by its running RMS, so a coordinate whose gradient is ~0
+  moves by up to ~lr per update whichever way the rounding goes: PARAM_ATOL is lr x updates.
+
+A slicing or seeding error (each rank drawing its own z or eps, a rank seeing the wrong rows, a
+gradient not averaged) moves the moments and losses by percents, far outside these.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from ganfast.train.distributed import World, strip_nproc
+
+LOSS_RTOL, LOSS_ATOL = 5e-4, 1e-6
+MOMENT_RTOL = 1e-4
+LOSS_KEYS = ("loss_d", "loss_g", "d_real", "d_fake", "penalty")
+
+
+def _train(args, nproc: int = 1, timeout: float = 300, env=None) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "ganfast", "train", *args, "--no-progress", "--threads", "1"]
+    if nproc > 1:
+        cmd += ["--nproc", str(nproc)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def _ok(run: subprocess.CompletedProcess) -> None:
+    assert run.returncode == 0, f"exit {run.returncode}\n{run.stdout[-3000:]}\n{run.stderr[-6000:]}"
+
+
+def _rows(out: Path) -> list:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def _assert_rows_close(a: list, b: list) -> None:
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for ra, rb in zip(a, b):
+        for k in LOSS_KEYS:
+            if k in ra:
+                assert rb[k] == pytest.approx(ra[k], rel=LOSS_RTOL, abs=LOSS_ATOL), (ra["step"], k, ra[k], rb[k])
+
+
+def _assert_state_close(a: Path, b: Path, param_atol: float) -> None:
+    ca = torch.load(a / "checkpoint.pt", weights_only=False)
+    cb = torch.load(b / "checkpoint.pt", weights_only=False)
+    assert ca["step"] == cb["step"]
+    for opt in ("opt_d", "opt_g"):
+        for i, state in ca[opt]["state"].items():
+            for k in ("exp_avg", "exp_avg_sq"):
+                scale = state[k].abs().max().item()
+                torch.testing.assert_close(cb[opt]["state"][i][k], state[k], rtol=0, atol=MOMENT_RTOL * scale,
+                                           msg=f"{opt} parameter {i} {k}")
+    for part in ("G", "D", "G_ema"):
+        assert ca[part].keys() == cb[part].keys()
+        for name, t in ca[part].items():
+            torch.testing.assert_close(cb[part][name], t, atol=param_atol, rtol=0, msg=f"{part}.{name}")
+
+
+# ---- the pieces, in one process -----------------------------------------------------------------
+
+
+def test_world_slices_the_global_batch():
+    one = World()
+    t = torch.arange(12.0)
+    assert one.local(t) is t and not one.distributed and one.is_main
+    parts = [World(rank=r, size=3).local(t) for r in range(3)]
+    assert torch.equal(torch.cat(parts), t)
+    assert World(rank=1, size=3).shard(12) == slice(4, 8)
+    assert World(rank=1, size=3).local(None) is None
+    with pytest.raises(ValueError, match="--batch-size 10 is the global batch and must split evenly over the 3"):
+        World(rank=0, size=3).check_batch(10)
+
+
+def test_strip_nproc():
+    assert strip_nproc(["--data", "ring8", "--nproc", "2", "--steps", "3"]) == ["--data", "ring8", "--steps", "3"]
+    assert strip_nproc(["--nproc=4", "--seed", "1"]) == ["--seed", "1"]
+
+
+# ---- N processes = 1 process --------------------------------------------------------------------
+
+RING8 = ["--data", "ring8", "--objective", "wgan-gp", "--batch-size", "64", "--log-every", "1", "--eval-every", "4",
+         "--eval-samples", "200", "--no-lr-decay", "--instance-noise", "0.1", "--noise-anneal", "100"]
+
+
+def test_two_processes_equal_one_and_resume_on_one(tmp_path):
+    """ring8, wgan-gp (5 D steps per G step; the gradient penalty's double backward through DDP;
+    instance noise and eps drawn for the global batch): 2 processes for 2 steps, resumed on 1 process
+    to 4, against 1 process for 4 steps; rank 0 alone writes."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    _ok(_train([*RING8, "--steps", "4", "--out", str(one)]))
+    run = _train([*RING8, "--steps", "2", "--out", str(two)], nproc=2)
+    _ok(run)
+    assert run.stdout.count("ganfast train: wgan-gp on ring8: step 2") == 1  # rank 0's summary only
+    summary = json.loads((two / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["samples_per_second"] > 0
+    assert torch.load(two / "checkpoint.pt", weights_only=False)["world_size"] == 2
+    _assert_rows_close(_rows(one)[:2], _rows(two))
+    # a different world size resumes the run: the global batch, and so every draw, is the same
+    _ok(_train([*RING8, "--steps", "4", "--out", str(two), "--resume"]))
+    _assert_rows_close(_rows(one), _rows(two))
+    _assert_state_close(one, two, param_atol=1e-4 * 4 * 5)
+
+
+def test_batch_must_split_over_the_processes(tmp_path):
+    run = _train([*RING8, "--steps", "2", "--batch-size", "63", "--out", str(tmp_path / "r")], nproc=2)
+    assert run.returncode == 1
+    assert "--batch-size 63 is the global batch and must split evenly over the 2 processes" in run.stderr
+    assert "a process failed; the run stopped on every rank" in run.stderr
+
+
+def test_a_failing_rank_ends_the_run(tmp_path):
+    """Two processes started as torchrun starts them, rank 1 given data that does not exist: rank 1
+    fails with its error and rank 0, waiting for it in a collective, fails too (its timeout is set),
+    instead of hanging."""
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(29500 + os.getpid() % 1000),
+           "WORLD_SIZE": "2", "OMP_NUM_THREADS": "1"}
+    base = [sys.executable, "-m", "ganfast", "train", "--steps", "2", "--no-progress", "--dist-timeout", "0.5",
+            "--out", str(tmp_path / "r")]
+    procs = [subprocess.Popen(base + ["--data", "ring8" if rank == 0 else f"npy:{tmp_path}/missing.npy"],
+                              env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for rank in range(2)]
+    t0 = time.monotonic()
+    results = [p.communicate(timeout=180) for p in procs]
+    assert time.monotonic() - t0 < 120
+    assert procs[1].returncode == 1 and "missing.npy" in results[1][1]
+    assert procs[0].returncode != 0, results[0]
