@@ -56,7 +56,7 @@ def _assert_rows_close(a: list, b: list) -> None:
                 assert rb[k] == pytest.approx(ra[k], rel=LOSS_RTOL, abs=LOSS_ATOL), (ra["step"], k, ra[k], rb[k])
 
 
-def _assert_state_close(a: Path, b: Path, param_atol: float) -> None:
+def _assert_state_close(a: Path, b: Path, param_atol: float, parts=("G", "D", "G_ema")) -> None:
     ca = torch.load(a / "checkpoint.pt", weights_only=False)
     cb = torch.load(b / "checkpoint.pt", weights_only=False)
     assert ca["step"] == cb["step"]
@@ -66,7 +66,7 @@ def _assert_state_close(a: Path, b: Path, param_atol: float) -> None:
                 scale = state[k].abs().max().item()
                 torch.testing.assert_close(cb[opt]["state"][i][k], state[k], rtol=0, atol=MOMENT_RTOL * scale,
                                            msg=f"{opt} parameter {i} {k}")
-    for part in ("G", "D", "G_ema"):
+    for part in parts:
         assert ca[part].keys() == cb[part].keys()
         for name, t in ca[part].items():
             torch.testing.assert_close(cb[part][name], t, atol=param_atol, rtol=0, msg=f"{part}.{name}")
@@ -115,6 +115,22 @@ def test_two_processes_equal_one_and_resume_on_one(tmp_path):
     _ok(_train([*RING8, "--steps", "4", "--out", str(two), "--resume"]))
     _assert_rows_close(_rows(one), _rows(two))
     _assert_state_close(one, two, param_atol=1e-4 * 4 * 5)
+
+
+def test_cyclegan_two_processes_equal_one(tmp_path):
+    """CycleGAN: four DDP models, each generator run three times before its backward, and the history
+    pool of fakes (size 2 < the batch, so it swaps from the first step) fed the global batch on every
+    rank."""
+    args = ["--model", "cyclegan", "--data", "cycle:digits,digits-bold", "--steps", "3", "--batch-size", "4",
+            "--ngf", "4", "--ndf", "4", "--n-blocks", "1", "--pool-size", "2", "--log-every", "1",
+            "--eval-every", "3"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    _ok(_train([*args, "--out", str(one)]))
+    _ok(_train([*args, "--out", str(two)], nproc=2))
+    _assert_rows_close(_rows(one), _rows(two))
+    _assert_state_close(one, two, param_atol=3 * 2e-4, parts=("G_AB", "G_BA", "D_A", "D_B"))
+    pools = [torch.load(d / "checkpoint.pt", weights_only=False)["pool_a"]["images"] for d in (one, two)]
+    torch.testing.assert_close(torch.stack(pools[1]), torch.stack(pools[0]), atol=1e-3, rtol=0)
 
 
 def test_batch_must_split_over_the_processes(tmp_path):

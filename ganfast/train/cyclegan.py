@@ -40,6 +40,7 @@ from .checkpoint import CHECKPOINT_NAME, CheckpointError, first_line, load_state
 from .data import CycleData, DataSampler, load_cycle_data
 from .metrics import DigitClassifier, frechet_distance
 from .objectives import get_objective
+from .distributed import wrap
 from .pool import ImagePool
 from .trainer import (QUALITY_SAMPLES, NonFiniteLossError, Trainer, _merge_resume, _resolve_device,
                       global_rng_state, restore_global_rng_state, seeded_choice)
@@ -82,6 +83,10 @@ class CycleGANTrainer(Trainer):
         self.cfg = cfg
         self.objective = get_objective(cfg.objective)
         self.device = _resolve_device(cfg.device)
+        world = self.world
+        if world.distributed and self.device.type == "cuda":
+            self.device = torch.device("cuda", world.local_rank)
+        world.check_batch(cfg.batch_size)
         if cfg.amp != "none":
             raise ValueError("ganfast.train: cyclegan trains in float32 (amp 'none'); mixed precision is not "
                              "supported for it yet")
@@ -105,8 +110,9 @@ class CycleGANTrainer(Trainer):
         d_params = list(self.D_A.parameters()) + list(self.D_B.parameters())
         self.opt_g = torch.optim.Adam(g_params, lr=cfg.lr_g, betas=cfg.betas)
         self.opt_d = torch.optim.Adam(d_params, lr=cfg.lr_d, betas=cfg.betas)
-        self.sampler_a = DataSampler(data.a, cfg.batch_size, cfg.seed + 2, self.device)
-        self.sampler_b = DataSampler(data.b, cfg.batch_size, cfg.seed + 5, self.device)
+        shard = world.shard(cfg.batch_size) if world.distributed else None
+        self.sampler_a = DataSampler(data.a, cfg.batch_size, cfg.seed + 2, self.device, shard=shard)
+        self.sampler_b = DataSampler(data.b, cfg.batch_size, cfg.seed + 5, self.device, shard=shard)
         self.pool_a = ImagePool(cfg.pool_size, seed=cfg.seed + 3)  # G_BA's images, for D_A
         self.pool_b = ImagePool(cfg.pool_size, seed=cfg.seed + 4)  # G_AB's images, for D_B
         # content preservation: a classifier fitted to each labelled domain's training images
@@ -120,6 +126,10 @@ class CycleGANTrainer(Trainer):
         self.rows: list[dict] = []
         if ckpt is not None:
             self._restore(ckpt)
+        # the training steps' modules: DistributedDataParallel wrappers across processes (InstanceNorm is
+        # per sample: nothing to synchronise)
+        self.G_AB_train, self.G_BA_train, self.D_A_train, self.D_B_train = (
+            wrap(m, world, self.device) for m in (self.G_AB, self.G_BA, self.D_A, self.D_B))
 
     # ---- one iteration ----------------------------------------------------------------------
 
@@ -137,16 +147,16 @@ class CycleGANTrainer(Trainer):
         # the generators (the discriminators' weights need no gradient here)
         self.D_A.requires_grad_(False)
         self.D_B.requires_grad_(False)
-        fake_b = self.G_AB(real_a)
-        fake_a = self.G_BA(real_b)
-        rec_a, rec_b = self.G_BA(fake_b), self.G_AB(fake_a)
+        fake_b = self.G_AB_train(real_a)
+        fake_a = self.G_BA_train(real_b)
+        rec_a, rec_b = self.G_BA_train(fake_b), self.G_AB_train(fake_a)
         loss_gan = gan_scale * (losses.generator_loss(self.D_B(fake_b), obj.loss)
                                 + losses.generator_loss(self.D_A(fake_a), obj.loss))
         loss_cycle = losses.cycle_loss([rec_a, rec_b], [real_a, real_b], weight=cfg.cycle_weight)
         loss_g = loss_gan + loss_cycle
         loss_idt = None
         if cfg.identity_weight > 0:
-            loss_idt = losses.cycle_loss([self.G_AB(real_b), self.G_BA(real_a)], [real_b, real_a],
+            loss_idt = losses.cycle_loss([self.G_AB_train(real_b), self.G_BA_train(real_a)], [real_b, real_a],
                                          weight=cfg.cycle_weight * cfg.identity_weight)
             loss_g = loss_g + loss_idt
         self.opt_g.zero_grad(set_to_none=True)
@@ -156,8 +166,8 @@ class CycleGANTrainer(Trainer):
         # the discriminators, each on real images and on a fake from its history pool
         self.D_A.requires_grad_(True)
         self.D_B.requires_grad_(True)
-        out_a = steps.discriminator_step_loss(self.D_A, real_a, self.pool_a.query(fake_a), obj.loss)
-        out_b = steps.discriminator_step_loss(self.D_B, real_b, self.pool_b.query(fake_b), obj.loss)
+        out_a = steps.discriminator_step_loss(self.D_A_train, real_a, self._from_pool(self.pool_a, fake_a), obj.loss)
+        out_b = steps.discriminator_step_loss(self.D_B_train, real_b, self._from_pool(self.pool_b, fake_b), obj.loss)
         # the reference halves each D's loss; ganfast's least_squares D loss already carries that 1/2
         d_scale = 1.0 if obj.loss == "least_squares" else 0.5
         loss_d = d_scale * (out_a.total + out_b.total)
@@ -172,10 +182,18 @@ class CycleGANTrainer(Trainer):
             (out_a.real_logits.detach().mean() + out_b.real_logits.detach().mean()) / 2,
             (out_a.fake_logits.detach().mean() + out_b.fake_logits.detach().mean()) / 2]).float())
 
+    def _from_pool(self, pool: ImagePool, fakes: torch.Tensor) -> torch.Tensor:
+        """This rank's fakes for D from the history pool: across processes the pool takes the global
+        batch, in order, on every rank (the same draws and the same stored images everywhere, as one
+        process's pool), and each rank keeps its slice."""
+        world = self.world
+        return world.local(pool.query(world.gather(fakes.detach())))
+
     # ---- logging ----------------------------------------------------------------------------
 
     def _flush(self) -> dict:
-        values = torch.stack(self._pending).cpu().double()  # one host sync per row
+        # the mean over ranks (equal slices: the global batch's); one host sync per row
+        values = self.world.mean(torch.stack(self._pending)).cpu().double()
         n = values.shape[0]
         first = self.step - n + 1
         bad = ~torch.isfinite(values[:, :5]).all(1)
@@ -278,6 +296,7 @@ class CycleGANTrainer(Trainer):
             "pool_a": self.pool_a.state_dict(), "pool_b": self.pool_b.state_dict(),
             "rng": rng,
             "rows": len(self.rows),
+            "world_size": self.world.size,
             "train_seconds": self._train_seconds(),
         }
         save_atomic(state, self.out / CHECKPOINT_NAME)

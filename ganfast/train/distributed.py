@@ -125,6 +125,15 @@ class World:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item() > 0)
 
+    def gather(self, t: torch.Tensor) -> torch.Tensor:
+        """The global batch of which t is this rank's slice (every rank's, in rank order): for what one
+        process computes over the whole batch in order, as CycleGAN's history pool of fakes."""
+        if not self.distributed:
+            return t
+        parts = [torch.empty_like(t) for _ in range(self.size)]
+        dist.all_gather(parts, t.contiguous())
+        return torch.cat(parts)
+
     def barrier(self) -> None:
         if self.distributed:
             dist.barrier()

@@ -185,7 +185,9 @@ def frechet_distance(real, fake, feature: Optional[torch.nn.Module] = None) -> f
         net = DigitFeatures()
         real, fake = net(real), net(fake)
     real, fake = _feature_pair(real, fake, "frechet_distance", ("real", "fake"), 2, "")
-    fid = FrechetInceptionDistance(feature=_Given(real.shape[1]))
+    # sync_on_compute off: torchmetrics would otherwise gather the states of every process of an
+    # initialised process group, and in data-parallel training rank 0 evaluates alone
+    fid = FrechetInceptionDistance(feature=_Given(real.shape[1]), sync_on_compute=False)
     fid.update(real, real=True)
     fid.update(fake, real=False)
     return float(fid.compute())
