@@ -193,6 +193,13 @@ def _check_op_edges(rank, count, gen):
     y2 = ops.batch_norm_act(x, None, None, rm2, rv2, True, MOMENTUM, EPS, "relu")
     assert count.take() == 0, "a group of one process must not all-reduce"
     assert torch.equal(y1, y2) and torch.equal(rm1, rm2) and torch.equal(rv1, rv2)
+    # training under no_grad (e.g. sampling a train-mode G): synchronised, no graph kept
+    with torch.no_grad():
+        y = ops.batch_norm_act(X[lo:hi], None, None, None, None, True, MOMENTUM, EPS, "relu", process_group=world)
+    assert count.take() == 1 and y.grad_fn is None
+    dims = (0, 2, 3)
+    expected = F.relu((X - X.mean(dims, keepdim=True)) / torch.sqrt(X.var(dims, unbiased=False, keepdim=True) + EPS))
+    assert_close(y, expected[lo:hi], **TOL, name="no_grad forward")
     # double backward raises (never a silently wrong gradient)
     x = X[lo:hi].clone().requires_grad_()
     w = torch.ones(C, dtype=torch.float64, requires_grad=True)

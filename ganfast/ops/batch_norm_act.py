@@ -206,11 +206,12 @@ class _SyncBatchNormAct(torch.autograd.Function):
     enable_grad on detached inputs; its graph is kept for the backward."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps, act, alpha, group):
+    def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps, act, alpha, group, grad):
         mean64, var64, total = _global_stats(x, group)
         compute = _args.batch_norm_compute_dtype(x.dtype)
         mean, var = mean64.to(compute), var64.to(compute)
-        detached = [None if t is None else t.detach().requires_grad_(need)
+        # grad: whether the caller records a graph (no graph kept under no_grad, e.g. sampling in train mode)
+        detached = [None if t is None else t.detach().requires_grad_(need and grad)
                     for t, need in zip((x, weight, bias), ctx.needs_input_grad[:3])]
         with torch.enable_grad():
             out = _dispatch(*detached, mean, var, False, 0.0, eps, act, alpha)
@@ -244,13 +245,14 @@ class _SyncBatchNormAct(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph: these gradients are not differentiable; say so when used
             err = torch._C._functions.DelayedError(_NO_DOUBLE_BACKWARD, 3)
             grads = err(*[None if g is None else g.detach().requires_grad_() for g in grads])
-        return tuple(grads) + (None,) * 7
+        return tuple(grads) + (None,) * 8
 
 
 def _sync_batch_norm_act(x, weight, bias, running_mean, running_var, momentum, eps, act, alpha, group):
     _args.check_batch_norm_act(SYNC_OP, x, weight, bias, running_mean, running_var, True, eps, synced=True)
     _args.parse_act(act)
-    return _SyncBatchNormAct.apply(x, weight, bias, running_mean, running_var, momentum, eps, act, alpha, group)
+    return _SyncBatchNormAct.apply(x, weight, bias, running_mean, running_var, momentum, eps, act, alpha, group,
+                                   torch.is_grad_enabled())
 
 
 # ---- entry point ---------------------------------------------------------------------------------
