@@ -334,6 +334,7 @@ def test_two_processes_match_one_process_and_sync_batchnorm(tmp_path):
             continue
         names.append(name)
     assert "cpu" in names and "reference" in names
+    print("implementations:", names)
     mp.spawn(_worker, args=(str(tmp_path), names), nprocs=2, join=True)
 
 
