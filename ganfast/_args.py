@@ -491,12 +491,14 @@ def batch_norm_per_sample(weight: Optional[torch.Tensor], bias: Optional[torch.T
 
 def check_batch_norm_act(op: str, input: torch.Tensor, weight: Optional[torch.Tensor],
                          bias: Optional[torch.Tensor], running_mean: Optional[torch.Tensor],
-                         running_var: Optional[torch.Tensor], training: bool, eps: float) -> int:
+                         running_var: Optional[torch.Tensor], training: bool, eps: float, *,
+                         synced: bool = False) -> int:
     """batch_norm_act's operands, in this order: input; weight, bias ((C,) or (N, C) each), running_mean,
     running_var;
     the running statistics given together and of one dtype; more than one value per channel and
     eps > 0 when training, the running statistics when not. Returns M, the values per channel. (The twin of
-    csrc/ganfast_common.h's check_batch_norm_act.)"""
+    csrc/ganfast_common.h's check_batch_norm_act.) synced: the statistics are over a process group's
+    global batch, whose count the caller checks after the all-reduce (a rank may hold one value or none)."""
     _check_input_nc(op, input)
     check_affine_operand(op, input, weight, "weight")
     check_affine_operand(op, input, bias, "bias")
@@ -509,7 +511,7 @@ def check_batch_norm_act(op: str, input: torch.Tensor, weight: Optional[torch.Te
                         f"{scalar_type_name(running_mean.dtype)} and {scalar_type_name(running_var.dtype)}")
     m = batch_norm_values_per_channel(input)
     if training:
-        if m == 1:
+        if m == 1 and not synced:
             raise ValueError(f"{op}: expected more than 1 value per channel when training; got input of shape "
                              f"{format_sizes(input.shape)}")
         if not eps > 0:  # %g prints the value as C++'s stream does

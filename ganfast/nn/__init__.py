@@ -7,6 +7,7 @@ from .fuse import BatchNorm2dParams, FusedConv2d, FusedConvTranspose2d, fuse
 from .infogan import InfoGANDiscriminator, InfoGANGenerator, InfoGANOutput
 from .norm import ConditionalBatchNorm2d, InstanceNormAct2d
 from .spectral_norm import SpectralNorm, spectral_norm
+from .sync_batchnorm import convert_sync_batchnorm
 from .attention import SelfAttention2d
 from .sagan import BigGANDiscriminator, BigGANGenerator, SAGANDiscriminator, SAGANGenerator
 
@@ -14,4 +15,5 @@ __all__ = ["BatchNorm2dParams", "BiasAct", "BigGANDiscriminator", "BigGANGenerat
            "Conv2dBlock", "ConvTransposeBlock", "DCGANDiscriminator", "DCGANGenerator", "FusedConv2d",
            "FusedConvTranspose2d", "InfoGANDiscriminator", "InfoGANGenerator", "InfoGANOutput", "InstanceNormAct2d",
            "LeakyReLU", "LinearBlock", "PatchDiscriminator", "ResnetGenerator", "SAGANDiscriminator", "SAGANGenerator",
-           "SelfAttention2d", "SpectralNorm", "cyclegan_init_", "dcgan_init_", "fuse", "spectral_norm"]
+           "SelfAttention2d", "SpectralNorm", "convert_sync_batchnorm", "cyclegan_init_", "dcgan_init_", "fuse",
+           "spectral_norm"]

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from .. import backend, ops
 from ..ops import conv_block as conv_block_ops
+from .sync_batchnorm import batch_norm_process_group
 
 _IntPair = Union[int, Tuple[int, int]]
 
@@ -109,7 +110,7 @@ def conv_transpose_forward(x: Tensor, weight: Tensor, bias: Optional[Tensor], bn
     return conv_block_ops.conv_transpose_block(
         x, weight, bias, bn.weight, bn.bias, running_mean, running_var, norm=True,
         training=use_batch_stats, momentum=factor, eps=bn.eps, stride=stride, padding=padding, act=act,
-        alpha=alpha)
+        alpha=alpha, process_group=batch_norm_process_group(bn))
 
 
 def _fold_conv2d(weight, bias, bn):
@@ -146,7 +147,7 @@ def conv2d_forward(x: Tensor, weight: Tensor, bias: Optional[Tensor], bn, stride
     y = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
     running_mean, running_var = _running(bn, use_batch_stats)
     return conv_block_ops._batch_norm_act()(y, bn.weight, bn.bias, running_mean, running_var, True,
-                                             factor, bn.eps, act, alpha)
+                                             factor, bn.eps, act, alpha, process_group=batch_norm_process_group(bn))
 
 
 class ConvTransposeBlock(nn.Module):
@@ -159,6 +160,8 @@ class ConvTransposeBlock(nn.Module):
     running_mean / running_var (unbiased) / num_batches_tracked (momentum None = cumulative
     average); eval uses the running statistics (folded into the convolution on the C++ backends).
     """
+
+    _ganfast_batchnorm_children = ("bn",)  # run by ganfast.ops (ganfast.nn.convert_sync_batchnorm marks it)
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: _IntPair = 4, stride: _IntPair = 2,
                  padding: _IntPair = 1, bias: bool = False, norm: Optional[str] = "batch",
@@ -194,6 +197,8 @@ class Conv2dBlock(nn.Module):
     BatchNorm is folded into the convolution and bias_act applies the activation.
     act: 'lrelu' (slope `alpha`, default 0.2), 'relu', 'tanh' or None.
     """
+
+    _ganfast_batchnorm_children = ("bn",)  # run by ganfast.ops (ganfast.nn.convert_sync_batchnorm marks it)
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: _IntPair = 4, stride: _IntPair = 2,
                  padding: _IntPair = 1, bias: bool = True, norm: Optional[str] = None,
@@ -235,13 +240,15 @@ def linear_forward(x: Tensor, weight: Tensor, bias: Optional[Tensor], bn, act: O
     y = F.linear(x, weight, bias)
     running_mean, running_var = _running(bn, use_batch_stats)
     return conv_block_ops._batch_norm_act()(y, bn.weight, bn.bias, running_mean, running_var, True,
-                                             factor, bn.eps, act, alpha)
+                                             factor, bn.eps, act, alpha, process_group=batch_norm_process_group(bn))
 
 
 class LinearBlock(nn.Module):
     """nn.Sequential(nn.Linear, [nn.BatchNorm1d], activation), fused as Conv2dBlock: the fully
     connected layers of the InfoGAN models. Parameters in `linear` (nn.Linear) and `bn`
     (nn.BatchNorm1d, norm='batch'); input (B, in_features)."""
+
+    _ganfast_batchnorm_children = ("bn",)  # run by ganfast.ops (ganfast.nn.convert_sync_batchnorm marks it)
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, norm: Optional[str] = None,
                  act: Optional[str] = "relu", momentum: Optional[float] = 0.1, eps: float = 1e-5, *,

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from . import blocks
 from .bias_act import LeakyReLU as GanfastLeakyReLU
+from .sync_batchnorm import _check_group, convert_sync_batchnorm
 
 
 def _activation(m: nn.Module):
@@ -64,6 +65,7 @@ class BatchNorm2dParams(nn.Module):
     stay), read by the fused convolution module before it. Its forward is the identity."""
 
     _version = 2  # nn.BatchNorm2d's state_dict version (num_batches_tracked present)
+    _ganfast_batchnorm = True  # run by the fused module (ganfast.nn.convert_sync_batchnorm marks it)
 
     def __init__(self, bn: nn.BatchNorm2d) -> None:
         super().__init__()
@@ -153,17 +155,28 @@ def _fuse_sequential(seq: nn.Sequential) -> None:
         i = j + 1
 
 
-def fuse(module: nn.Module) -> nn.Module:
+def fuse(module: nn.Module, sync_batchnorm: bool = False, process_group=None) -> nn.Module:
     """Replace, in place, the ConvTranspose2d/Conv2d -> [BatchNorm2d] -> activation runs inside
     every nn.Sequential of `module` (itself included) by fused modules sharing the very same
     Parameters and buffers; state_dict keys are unchanged, so a state_dict saved before fusing
     loads after, and the reverse. Returns `module`.
 
         G = fuse(Generator())   # e.g. PyTorch's DCGAN example, its layers in G.main
+
+    sync_batchnorm=True: then ganfast.nn.convert_sync_batchnorm(module, process_group): every
+    BatchNorm (fused or not) computes its training statistics over the process group's global batch
+    (None: the default group), as torch.nn.SyncBatchNorm; a no-op without torch.distributed or with
+    one process.
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"ganfast.nn.fuse: module must be a torch.nn.Module; got {type(module).__name__}")
+    if not isinstance(sync_batchnorm, bool):
+        raise TypeError(f"ganfast.nn.fuse: sync_batchnorm must be a bool; got {type(sync_batchnorm).__name__}")
+    if process_group is not None and not sync_batchnorm:
+        raise ValueError("ganfast.nn.fuse: process_group is given but sync_batchnorm is False; pass "
+                         "sync_batchnorm=True to synchronise the BatchNorms over it")
+    _check_group(process_group, "ganfast.nn.fuse")
     # Collect first: fusing changes the module tree being walked.
     for seq in [m for m in module.modules() if isinstance(m, nn.Sequential)]:
         _fuse_sequential(seq)
-    return module
+    return convert_sync_batchnorm(module, process_group) if sync_batchnorm else module

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from .. import ops
 from .._args import parse_act
 from .blocks import batch_norm_momentum
+from .sync_batchnorm import batch_norm_process_group
 
 
 class InstanceNormAct2d(nn.Module):
@@ -74,7 +75,10 @@ class ConditionalBatchNorm2d(nn.Module):
     chunk of z. Buffers running_mean / running_var / num_batches_tracked and momentum as
     nn.BatchNorm2d's (momentum None: cumulative average). act / alpha as ganfast.ops.batch_norm_act
     (alpha None: 0.2 for lrelu, 1.0 for elu; act None = "linear"). First derivatives only.
+    ganfast.nn.convert_sync_batchnorm synchronises its statistics over a process group.
     """
+
+    _ganfast_batchnorm = True  # a BatchNorm ganfast runs (ganfast.nn.convert_sync_batchnorm marks it)
 
     def __init__(self, num_features: int, cond_dim: int, act: Optional[str] = "relu", eps: float = 1e-5,
                  momentum: Optional[float] = 0.1, alpha: Optional[float] = None) -> None:
@@ -116,7 +120,7 @@ class ConditionalBatchNorm2d(nn.Module):
         gain = 1.0 + self.gain(cond)
         bias = self.bias(cond)
         return ops.batch_norm_act(x, gain, bias, self.running_mean, self.running_var, use_batch_stats, factor,
-                                  self.eps, self.act, self.alpha)
+                                  self.eps, self.act, self.alpha, process_group=batch_norm_process_group(self))
 
     def extra_repr(self) -> str:
         s = f"{self.num_features}, cond_dim={self.cond_dim}, act={self.act!r}, eps={self.eps}, momentum={self.momentum}"

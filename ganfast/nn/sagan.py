@@ -45,6 +45,7 @@ from .norm import ConditionalBatchNorm2d
 from .spectral_norm import spectral_norm
 from .attention import SN_EPS, SelfAttention2d
 from .blocks import _running, batch_norm_momentum
+from .sync_batchnorm import batch_norm_process_group
 
 RESOLUTIONS = (32, 64)
 BOTTOM_WIDTH = 4
@@ -176,6 +177,8 @@ class DBlock(nn.Module):
 class _Generator(nn.Module):
     """Shared trunk of SAGANGenerator and BigGANGenerator."""
 
+    _ganfast_batchnorm_children = ("output_bn",)  # run by ganfast.ops (convert_sync_batchnorm marks it)
+
     def _build(self, n_classes, z_dim, ch, resolution, channels, attn_res, cond_dim, z0) -> None:
         cls = type(self).__name__
         self.n_classes, self.z_dim, self.ch, self.resolution, self.channels = n_classes, z_dim, ch, resolution, channels
@@ -209,7 +212,8 @@ class _Generator(nn.Module):
         bn = self.output_bn
         use_batch_stats, factor = batch_norm_momentum(bn)
         rm, rv = _running(bn, use_batch_stats)
-        h = ops.batch_norm_act(h, bn.weight, bn.bias, rm, rv, use_batch_stats, factor, bn.eps, "relu")
+        h = ops.batch_norm_act(h, bn.weight, bn.bias, rm, rv, use_batch_stats, factor, bn.eps, "relu",
+                               process_group=batch_norm_process_group(bn))
         # the output conv's bias and tanh in one kernel
         h = F.conv2d(h, self.output_conv.weight, None, 1, 1)
         return ops.bias_act(h, self.output_conv.bias, 1, "tanh", 0.0, 1.0, None)

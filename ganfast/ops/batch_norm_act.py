@@ -130,15 +130,149 @@ def _backward_batch_norm_act_backward(ctx, *grads):
 _t_batch_norm_act_backward.register_autograd(_backward_batch_norm_act_backward)
 
 
+# ---- synchronised BatchNorm: the statistics of a process group's global batch ---------------------
+# As torch.nn.SyncBatchNorm, with no kernel of its own: the local per-channel count, sum and sum of
+# squares (one var_mean pass) all-reduced once in float64, the global mean / biased variance handed to
+# the fused op in eval mode (act((x - mean) * invstd * w + b)), so every backend's kernels normalise.
+# Backward: the eval-mode fused backward gives dx_eval = dL/dx_hat * invstd (the statistics held
+# constant); the two per-channel sums it lacks, A = sum(dx_eval) and B = sum(dx_eval * x_hat) over the
+# local values, are all-reduced once, and
+#     dx = dx_eval - (A + x_hat * B) / M_global
+# (BatchNorm's backward, dx = invstd * (g - mean(g) - x_hat * mean(g * x_hat)) with g = dL/dx_hat,
+# multiplied through by invstd). dweight / dbias are the eval backward's, local: DDP averages
+# parameter gradients itself, as with torch.nn.SyncBatchNorm.
+
+SYNC_OP = "ganfast.ops.batch_norm_act"
+_NO_DOUBLE_BACKWARD = ("derivative of ganfast.ops.batch_norm_act's synchronised backward (process_group) is not "
+                       "implemented: batch_norm_act has first derivatives only (no double backward)")
+
+
+def sync_process_group(process_group, training: bool, op: str = SYNC_OP):
+    """The group whose global batch gives the statistics, or None where no collective runs:
+    process_group None, training False (eval normalises with the running statistics), or a group of
+    one process (today's path exactly). TypeError naming `process_group` when it is neither None nor
+    a torch.distributed.ProcessGroup."""
+    if process_group is None:
+        return None
+    if not (torch.distributed.is_available() and isinstance(process_group, torch.distributed.ProcessGroup)):
+        raise TypeError(f"{op}: process_group must be None (no synchronisation) or a torch.distributed.ProcessGroup "
+                        f"(torch.distributed.group.WORLD for the default group); got {type(process_group).__name__}")
+    if not training or torch.distributed.get_world_size(process_group) <= 1:
+        return None
+    return process_group
+
+
+def _reduce_dims(x: Tensor) -> list:
+    return [0] + list(range(2, x.dim()))
+
+
+def _channel_view(t: Tensor, x: Tensor) -> Tensor:
+    return t.view((1, -1) + (1,) * (x.dim() - 2))
+
+
+def _global_stats(x: Tensor, group, op: str = SYNC_OP):
+    """(mean, biased var, count) per channel over the group's global batch, in float64 (count a 0-d
+    tensor); one all-reduce of [count * mean, count * (var + mean^2), count]."""
+    m, c = _args.batch_norm_values_per_channel(x), x.size(1)
+    packed = x.new_zeros((2 * c + 1,), dtype=torch.float64)
+    if m > 0:
+        var, mean = torch.var_mean(x.to(_args.batch_norm_compute_dtype(x.dtype)), _reduce_dims(x), correction=0)
+        mean, var = mean.to(torch.float64), var.to(torch.float64)
+        packed[:c] = mean * m
+        packed[c:2 * c] = (var + mean * mean) * m
+        packed[2 * c] = m
+    torch.distributed.all_reduce(packed, group=group)
+    total = packed[2 * c]
+    if m <= 1 and float(total) <= 1:  # read on the host only where this rank cannot tell (as torch does)
+        raise ValueError(f"{op}: expected more than 1 value per channel when training; got {int(float(total))} "
+                         f"over the process group (input of shape {_args.format_sizes(x.shape)} here)")
+    mean = packed[:c] / total
+    var = (packed[c:2 * c] / total - mean * mean).clamp_min(0)
+    return mean, var, total
+
+
+def _update_running(running_mean, running_var, mean, var, total, momentum: float) -> None:
+    """BatchNorm's update with the global mean and the global unbiased variance."""
+    if running_mean is None:
+        return
+    with torch.no_grad():
+        unbiased = var * (total / (total - 1))
+        running_mean.copy_(running_mean.to(torch.float64) * (1 - momentum) + mean * momentum)
+        running_var.copy_(running_var.to(torch.float64) * (1 - momentum) + unbiased * momentum)
+
+
+class _SyncBatchNormAct(torch.autograd.Function):
+    """The synchronised path, autograd included (see above). The eval-mode fused op runs under
+    enable_grad on detached inputs; its graph is kept for the backward."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps, act, alpha, group, grad):
+        mean64, var64, total = _global_stats(x, group)
+        compute = _args.batch_norm_compute_dtype(x.dtype)
+        mean, var = mean64.to(compute), var64.to(compute)
+        # grad: whether the caller records a graph (no graph kept under no_grad, e.g. sampling in train mode)
+        detached = [None if t is None else t.detach().requires_grad_(need and grad)
+                    for t, need in zip((x, weight, bias), ctx.needs_input_grad[:3])]
+        with torch.enable_grad():
+            out = _dispatch(*detached, mean, var, False, 0.0, eps, act, alpha)
+        _update_running(running_mean, running_var, mean64, var64, total, momentum)
+        ctx.graph = (out, detached)
+        ctx.group, ctx.total = group, total
+        ctx.save_for_backward(x, mean, torch.rsqrt(var + eps))
+        return out.detach()
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        out, detached = ctx.graph
+        wanted = [t for t in detached if t is not None and t.requires_grad]
+        grads = {}
+        if grad_out is not None and wanted and out.requires_grad:
+            with torch.no_grad():
+                found = torch.autograd.grad(out, wanted, grad_out, retain_graph=True, allow_unused=True)
+            grads = {id(t): g for t, g in zip(wanted, found)}
+        dx, dw, db = (None if t is None else grads.get(id(t)) for t in detached)
+        if dx is not None:
+            x, mean, invstd = ctx.saved_tensors
+            with torch.no_grad():
+                dims, c = _reduce_dims(x), x.size(1)
+                x_hat = (x.to(mean.dtype) - _channel_view(mean, x)) * _channel_view(invstd, x)
+                dxe = dx.to(mean.dtype)
+                sums = torch.cat([dxe.sum(dims), (dxe * x_hat).sum(dims)])
+                torch.distributed.all_reduce(sums, group=ctx.group)
+                a, b = _channel_view(sums[:c], x), _channel_view(sums[c:], x)
+                dx = (dxe - (a + x_hat * b) / ctx.total.to(mean.dtype)).to(x.dtype)
+        grads = (dx, dw, db)
+        if torch.is_grad_enabled():  # create_graph: these gradients are not differentiable; say so when used
+            err = torch._C._functions.DelayedError(_NO_DOUBLE_BACKWARD, 3)
+            grads = err(*[None if g is None else g.detach().requires_grad_() for g in grads])
+        return tuple(grads) + (None,) * 8
+
+
+def _sync_batch_norm_act(x, weight, bias, running_mean, running_var, momentum, eps, act, alpha, group):
+    _args.check_batch_norm_act(SYNC_OP, x, weight, bias, running_mean, running_var, True, eps, synced=True)
+    _args.parse_act(act)
+    return _SyncBatchNormAct.apply(x, weight, bias, running_mean, running_var, momentum, eps, act, alpha, group,
+                                   torch.is_grad_enabled())
+
+
 # ---- entry point ---------------------------------------------------------------------------------
 
 _cpp_batch_norm_act = _C.batch_norm_act.default
 
 
+def _dispatch(x, weight, bias, running_mean, running_var, training, momentum, eps, act, alpha):
+    impl = backend.resolve(x)
+    if impl == backend.CPP:
+        return _cpp_batch_norm_act(x, weight, bias, running_mean, running_var, training, momentum, eps, act, alpha)[0]
+    if impl == backend.TRITON:
+        return _TritonBatchNormAct.apply(x, weight, bias, running_mean, running_var, training, momentum, eps, act, alpha)
+    return reference.batch_norm_act(x, weight, bias, running_mean, running_var, training, momentum, eps, act, alpha)
+
+
 def batch_norm_act(x: Tensor, weight: Optional[Tensor] = None, bias: Optional[Tensor] = None,
                    running_mean: Optional[Tensor] = None, running_var: Optional[Tensor] = None,
                    training: bool = True, momentum: float = 0.1, eps: float = 1e-5, act: str = "relu",
-                   alpha: Optional[float] = None) -> Tensor:
+                   alpha: Optional[float] = None, *, process_group=None) -> Tensor:
     """act(F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)) fused.
 
     weight / bias: None, (C,), or (N, C) (one per sample: conditional BatchNorm, as BigGAN's class-
@@ -152,12 +286,17 @@ def batch_norm_act(x: Tensor, weight: Optional[Tensor] = None, bias: Optional[Te
     act: 'linear', 'relu', 'lrelu', 'tanh', 'sigmoid', 'elu', 'selu', 'softplus', 'swish' (gain 1);
     alpha: lrelu's negative slope (default 0.2) or elu's alpha (default 1.0). Differentiable once
     w.r.t. x, weight and bias; double backward raises.
+
+    process_group: None, or a torch.distributed.ProcessGroup (torch.distributed.group.WORLD for the
+    default group) to synchronise over, as torch.nn.SyncBatchNorm: in training the statistics (and
+    the running-statistics update, unbiased with the global count) are the group's global batch's,
+    and the backward's two per-channel sums are all-reduced too (one all-reduce each way; every rank
+    of the group must call). The gradients w.r.t. weight / bias stay local (DDP averages them). Eval
+    or a group of one process: no collective, exactly the unsynchronised op.
     """
     alpha = DEFAULT_ALPHA.get(act, 0.0) if alpha is None else float(alpha)
     momentum, eps = float(momentum), float(eps)
-    impl = backend.resolve(x)
-    if impl == backend.CPP:
-        return _cpp_batch_norm_act(x, weight, bias, running_mean, running_var, training, momentum, eps, act, alpha)[0]
-    if impl == backend.TRITON:
-        return _TritonBatchNormAct.apply(x, weight, bias, running_mean, running_var, training, momentum, eps, act, alpha)
-    return reference.batch_norm_act(x, weight, bias, running_mean, running_var, training, momentum, eps, act, alpha)
+    group = sync_process_group(process_group, training)
+    if group is not None:
+        return _sync_batch_norm_act(x, weight, bias, running_mean, running_var, momentum, eps, act, alpha, group)
+    return _dispatch(x, weight, bias, running_mean, running_var, training, momentum, eps, act, alpha)

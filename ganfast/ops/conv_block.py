@@ -174,7 +174,7 @@ def conv_transpose_block(x: Tensor, conv_weight: Tensor, conv_bias: Optional[Ten
                          running_mean: Optional[Tensor], running_var: Optional[Tensor], *,
                          norm: bool, training: bool, momentum: float, eps: float,
                          stride: Tuple[int, int], padding: Tuple[int, int], act: str,
-                         alpha: float) -> Tensor:
+                         alpha: float, process_group=None) -> Tensor:
     """act(BN(conv_transpose2d(x, conv_weight, conv_bias, stride, padding))).
 
     conv_weight (Cin, Cout, kh, kw) as nn.ConvTranspose2d's (groups 1, no dilation or
@@ -183,8 +183,21 @@ def conv_transpose_block(x: Tensor, conv_weight: Tensor, conv_bias: Optional[Ten
     (unbiased variance), as F.batch_norm; eval: running statistics. act: 'relu', 'lrelu' (slope
     alpha), 'tanh' or 'linear'. Differentiable w.r.t. x, conv_weight, conv_bias, bn_weight,
     bn_bias; double backward through the fused BatchNorm raises an error.
+    process_group: None, or a torch.distributed.ProcessGroup whose global batch gives the BatchNorm's
+    statistics in training (ganfast.ops.batch_norm_act's process_group): then the convolution runs
+    alone and the synchronised batch_norm_act after it (the fused statistics epilogue of the Triton
+    block sees one rank's batch only).
     """
-    check_block_args("ganfast.ops.conv_transpose_block", x, conv_weight, conv_bias, stride, padding, act)
+    op = "ganfast.ops.conv_transpose_block"
+    check_block_args(op, x, conv_weight, conv_bias, stride, padding, act)
+    from .batch_norm_act import sync_process_group
+
+    group = sync_process_group(process_group, norm and training, op)
+    if group is not None:
+        y = conv_transpose_block(x, conv_weight, conv_bias, None, None, None, None, norm=False, training=False,
+                                 momentum=0.0, eps=0.0, stride=stride, padding=padding, act="linear", alpha=0.0)
+        return _batch_norm_act()(y, bn_weight, bn_bias, running_mean, running_var, True, momentum, eps, act, alpha,
+                                 process_group=group)
     impl = block_impl(x)
     args = (x, conv_weight, conv_bias, bn_weight, bn_bias, running_mean, running_var)
     if impl == ATEN:
