@@ -269,10 +269,7 @@ class Trainer:
         the global batch's statistics (ganfast.nn.convert_sync_batchnorm), as one process would."""
         if not self.world.distributed or self.cfg.sync_bn is False:
             return
-        try:  # XXX-REMOVE until the sync-bn branch lands
-            from ..nn import convert_sync_batchnorm
-        except ImportError:
-            return
+        from ..nn import convert_sync_batchnorm
         for m in models or (self.G, self.D):
             convert_sync_batchnorm(m)
 
