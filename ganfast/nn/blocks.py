@@ -82,6 +82,10 @@ def _running(bn, use_batch_stats: bool):
     return None, None
 
 
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
 def keep_weight_channels_last(weight: Tensor, x: Tensor) -> None:
     """Store a convolution's weight Parameter in channels_last where the convolution runs that way
     (the CPU C++ path, ganfast.ops.conv_block.CPU_CHANNELS_LAST): it spares a layout copy of the
@@ -89,8 +93,11 @@ def keep_weight_channels_last(weight: Tensor, x: Tensor) -> None:
     shapes here. Same Parameter object, same values; only its strides change (state_dict loads,
     optimizers and checkpoints are unaffected)."""
     # Not while torch.compile traces: a parameter's strides are part of the compiled graph's guards.
-    if (x.is_cpu and conv_block_ops.CPU_CHANNELS_LAST and type(weight) is nn.Parameter and weight.dim() == 4
-            and not weight.is_contiguous(memory_format=torch.channels_last)
+    # Not under torch.distributed: DistributedDataParallel lays out its gradient buckets by the
+    # parameters' strides when it is built, and a weight re-laid out after that has its gradient
+    # reduced into the wrong elements, silently (seen with ganfast train --nproc 2 on the CPU).
+    if (x.is_cpu and not _distributed() and conv_block_ops.CPU_CHANNELS_LAST and type(weight) is nn.Parameter
+            and weight.dim() == 4 and not weight.is_contiguous(memory_format=torch.channels_last)
             and not torch.compiler.is_compiling() and backend.resolve(x) == backend.CPP):
         with torch.no_grad():
             weight.data = weight.data.contiguous(memory_format=torch.channels_last)
