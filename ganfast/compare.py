@@ -11,6 +11,9 @@ its own process (a crash in one cannot take the others down; --jobs of them run 
                                         seconds, every final metric of summary.json (flattened)
     DIR/compare.md                      per (model, objective): median, min and max over the seeds of
                                         each metric, and the best run
+    DIR/compare.json                    the settings (data, steps, budget, --train-args, objectives,
+                                        models, seeds, versions, command); --resume refuses other
+                                        data, steps, budget or --train-args
     DIR/compare.png                     box plots, one panel per metric, one box per (model, objective),
                                         the seeds as points (the layout of Lucic et al.'s figures)
 
@@ -338,6 +341,12 @@ def execute(run: Run, args: argparse.Namespace, threads: int) -> Run:
 # ---- the outputs ----------------------------------------------------------------------------------
 
 
+def _write_json_atomic(path: Path, value: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
 def rows_of(runs: list[Run]) -> tuple[list[dict], list[str]]:
     metric_names: list[str] = []
     rows = []
@@ -600,6 +609,36 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--seeds must be >= 1; got {args.seeds}")
 
 
+# What makes two calls the same comparison (compare.json): runs of a different data set, step count,
+# budget or engine flags must not be mixed into one table. The objectives, models and seeds may grow.
+SETTINGS_THAT_DEFINE_RUNS = ("data", "steps", "budget_minutes", "train_args")
+
+
+def settings_of(args: argparse.Namespace, runs: list) -> dict:
+    """The comparison's settings, as compare.json records them."""
+    import torch
+
+    from . import __version__
+
+    return {"data": args.data, "steps": runs[0].steps, "budget_minutes": args.budget_minutes,
+            "train_args": list(args.train_args), "objectives": sorted({r.objective for r in runs}),
+            "models": sorted({r.model for r in runs}), "seeds": sorted({r.seed for r in runs}),
+            "ganfast": __version__, "torch": torch.__version__}
+
+
+def check_resumed_settings(root: Path, settings: dict) -> None:
+    """--resume of a comparison made with other settings is an error naming them (compare.json)."""
+    path = root / "compare.json"
+    if not path.is_file():
+        return  # made before compare.json existed: nothing to check against
+    saved = json.loads(path.read_text())
+    diff = [f"{k}: {saved.get(k)!r} there, {settings[k]!r} now" for k in SETTINGS_THAT_DEFINE_RUNS
+            if saved.get(k) != settings[k]]
+    if diff:
+        raise ValueError(f"--resume: {root} is a comparison with other settings ({'; '.join(diff)}); its runs would "
+                         f"not compare with these. Resume with its settings, --overwrite it, or choose another --out")
+
+
 def run(args: argparse.Namespace) -> int:
     check_args(args)
     points = is_points(args.data)
@@ -610,6 +649,9 @@ def run(args: argparse.Namespace) -> int:
         if busy:
             raise ValueError(f"--out {root} already holds runs of a comparison (e.g. {busy[0].out}); pass --resume "
                              f"to continue it, --overwrite to start again, or choose another --out")
+    settings = settings_of(args, runs)
+    if args.resume:
+        check_resumed_settings(root, settings)
     jobs, threads = default_parallelism(points, args.jobs, args.threads)
     cores = os.cpu_count() or 1
     if jobs * threads > cores:
@@ -617,6 +659,7 @@ def run(args: argparse.Namespace) -> int:
               f"compete for the cores, and a --budget-minutes budget buys fewer steps", file=sys.stderr)
     root.mkdir(parents=True, exist_ok=True)
     command = "ganfast " + shlex.join(getattr(args, "_argv", None) or ["compare", "--out", str(root)])
+    _write_json_atomic(root / "compare.json", {**settings, "command": command})
     kind = "points" if points else "cyclegan" if args.data.startswith("cycle:") else "images"
     print(f"ganfast compare: {len(runs)} runs ({len({r.name for r in runs})} model-objective x {args.seeds} "
           f"seeds, {runs[0].steps} steps) in {root}, {jobs} at once x {threads} thread(s)", flush=True)

@@ -115,6 +115,25 @@ def test_resume_runs_only_the_missing_work(finished, tmp_path):
     assert "--resume" in (out / "logs" / "mlp-hinge-seed1.log").read_text()
 
 
+def test_compare_json_and_resume_with_other_settings_refused(finished, tmp_path, capsys):
+    src, _ = finished
+    saved = json.loads((src / "compare.json").read_text())
+    assert saved["data"] == "ring8" and saved["steps"] == STEPS and saved["train_args"] == TINY.split()
+    assert saved["objectives"] == ["hinge", "nonsaturating"] and saved["seeds"] == [0, 1]
+    assert saved["models"] == ["mlp"] and saved["command"].startswith("ganfast compare")
+    out = tmp_path / "ring8"
+    shutil.copytree(src, out)
+    capsys.readouterr()
+    rc = cli.main(["compare", "--data", "ring8", "--steps", str(STEPS), "--out", str(out), "--objectives", "hinge",
+                   "--seeds", "2", "--resume", "--train-args", "--eval-samples 300 --log-every 10"])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "is a comparison with other settings (train_args:" in err and "'--eval-samples', '300'" in err
+    # the same settings, fewer objectives: nothing to train, and compare.json says what this call compared
+    assert _compare(out, "--objectives", "hinge", "--seeds", "2", "--resume") == 0
+    assert json.loads((out / "compare.json").read_text())["objectives"] == ["hinge"]
+
+
 def test_failed_run_reported_and_exit_code(tmp_path, capsys):
     out = tmp_path / "fail"
     # label smoothing has no meaning for hinge: the engine rejects that run

@@ -136,6 +136,23 @@ def test_dcgan_with_synchronised_batchnorm(tmp_path):
         _assert_rows_close(_rows(one), _rows(unsynced))
 
 
+def test_sagan_two_processes_equal_one(tmp_path):
+    """SAGAN: the class-conditional step (real and fake through D in one pass, classes drawn for the
+    global batch), spectral norm's power-iteration buffers (not broadcast: equal because every rank
+    computes them from the same weights) and G's conditional BatchNorm synchronised. One step: after
+    Adam's first, sign-like update the 2-process run's weights differ by up to lr in the coordinates
+    whose gradient is ~0, and the second step's gradients inherit that (measured: moments within ~5e-3)."""
+    args = ["--data", "digits", "--model", "sagan", "--ngf", "8", "--ndf", "8", "--steps", "1", "--batch-size", "8",
+            "--log-every", "1", "--eval-every", "1", "--eval-samples", "100"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    _ok(_train([*args, "--out", str(one)]))
+    _ok(_train([*args, "--out", str(two)], nproc=2))
+    _assert_rows_close(_rows(one), _rows(two))
+    _assert_state_close(one, two, param_atol=1e-3)
+    # the power-iteration vectors were among the state compared
+    assert any(name.endswith("._u") for name in torch.load(two / "checkpoint.pt", weights_only=False)["D"])
+
+
 def test_cyclegan_two_processes_equal_one(tmp_path):
     """CycleGAN: four DDP models, each generator run three times before its backward, and the history
     pool of fakes (size 2 < the batch, so it swaps from the first step) fed the global batch on every
