@@ -68,6 +68,10 @@ class World:
         rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0))
         cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
         if cuda:
+            if local_rank >= torch.cuda.device_count():
+                raise RuntimeError(f"ganfast.train: process {local_rank} of this machine has no GPU of its own "
+                                   f"(torch sees {torch.cuda.device_count()}): start at most one process per GPU "
+                                   f"(--nproc / torchrun --nproc-per-node), or train on the CPU (--device cpu)")
             torch.cuda.set_device(local_rank)
         dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=timeout_minutes),
                                 device_id=torch.device("cuda", local_rank) if cuda else None)
