@@ -165,6 +165,7 @@ class Trainer:
         self.config = config
         self.explicit = set(explicit) if explicit is not None else None
         self.out = Path(config.out)
+        self.world = World()  # one process until fit() finds torchrun's environment
 
     # ---- the output directory ---------------------------------------------------------------
 
