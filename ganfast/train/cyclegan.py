@@ -82,10 +82,8 @@ class CycleGANTrainer(Trainer):
         cfg = given.resolve(points=False)
         self.cfg = cfg
         self.objective = get_objective(cfg.objective)
-        self.device = _resolve_device(cfg.device)
         world = self.world
-        if world.distributed and self.device.type == "cuda":
-            self.device = torch.device("cuda", world.local_rank)
+        self.device = world.device(_resolve_device(cfg.device))  # one GPU per process
         world.check_batch(cfg.batch_size)
         if cfg.amp != "none":
             raise ValueError("ganfast.train: cyclegan trains in float32 (amp 'none'); mixed precision is not "
@@ -110,7 +108,7 @@ class CycleGANTrainer(Trainer):
         d_params = list(self.D_A.parameters()) + list(self.D_B.parameters())
         self.opt_g = torch.optim.Adam(g_params, lr=cfg.lr_g, betas=cfg.betas)
         self.opt_d = torch.optim.Adam(d_params, lr=cfg.lr_d, betas=cfg.betas)
-        shard = world.shard(cfg.batch_size) if world.distributed else None
+        shard = world.shard(cfg.batch_size)
         self.sampler_a = DataSampler(data.a, cfg.batch_size, cfg.seed + 2, self.device, shard=shard)
         self.sampler_b = DataSampler(data.b, cfg.batch_size, cfg.seed + 5, self.device, shard=shard)
         self.pool_a = ImagePool(cfg.pool_size, seed=cfg.seed + 3)  # G_BA's images, for D_A

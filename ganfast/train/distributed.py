@@ -82,6 +82,12 @@ class World:
             dist.destroy_process_group()
             self.owns_group = False
 
+    def device(self, device: torch.device) -> torch.device:
+        """Where this rank trains: its own GPU (cuda:LOCAL_RANK) in a distributed CUDA run, else device."""
+        if self.distributed and device.type == "cuda":
+            return torch.device("cuda", self.local_rank)
+        return device
+
     # ---- the global batch, sliced ---------------------------------------------------------------
 
     def check_batch(self, batch_size: int, what: str = "--batch-size") -> None:
@@ -90,7 +96,7 @@ class World:
                              f"the {self.size} processes; choose a multiple of {self.size}")
 
     def shard(self, batch_size: int) -> slice:
-        """This rank's rows of a global batch of batch_size."""
+        """This rank's rows of a global batch of batch_size (all of them in one process)."""
         per = batch_size // self.size
         return slice(self.rank * per, (self.rank + 1) * per)
 

@@ -225,10 +225,8 @@ class Trainer:
         cfg = given.resolve(points=not self.dataset.is_image)
         self.cfg = cfg
         self.objective = get_objective(cfg.objective)
-        self.device = _resolve_device(cfg.device)
         world = self.world
-        if world.distributed and self.device.type == "cuda":
-            self.device = torch.device("cuda", world.local_rank)  # one GPU per process
+        self.device = world.device(_resolve_device(cfg.device))  # one GPU per process
         world.check_batch(cfg.batch_size)
         if cfg.amp == "fp16" and self.device.type != "cuda":
             raise ValueError("ganfast.train: amp 'fp16' needs a CUDA device; use 'bf16' on CPU")
@@ -249,7 +247,7 @@ class Trainer:
         self.opt_g = self._optimizer(self.G, cfg.lr_g)
         self.gen = torch.Generator(self.device).manual_seed(cfg.seed + 1)  # z and instance noise
         self.sampler = DataSampler(self.dataset, cfg.batch_size, cfg.seed + 2, self.device,
-                                   shard=world.shard(cfg.batch_size) if world.distributed else None)
+                                   shard=world.shard(cfg.batch_size))
         fp16 = cfg.amp == "fp16"
         self.scaler_d = torch.amp.GradScaler("cuda", enabled=fp16)
         self.scaler_g = torch.amp.GradScaler("cuda", enabled=fp16)
@@ -265,13 +263,13 @@ class Trainer:
         # themselves in one), built after the restore so every rank starts from the same weights
         self.G_train, self.D_train = wrap(self.G, world, self.device), wrap(self.D, world, self.device)
 
-    def _synchronise_batchnorm(self, *models: torch.nn.Module) -> None:
-        """Across processes (unless sync_bn is False): the fused BatchNorm of the trained models computes
-        the global batch's statistics (ganfast.nn.convert_sync_batchnorm), as one process would."""
+    def _synchronise_batchnorm(self) -> None:
+        """Across processes (unless sync_bn is False): the fused BatchNorm of G and D computes the global
+        batch's statistics (ganfast.nn.convert_sync_batchnorm), as one process would."""
         if not self.world.distributed or self.cfg.sync_bn is False:
             return
         from ..nn import convert_sync_batchnorm
-        for m in models or (self.G, self.D):
+        for m in (self.G, self.D):
             convert_sync_batchnorm(m)
 
     def _train_seconds(self) -> float:
