@@ -341,12 +341,6 @@ def execute(run: Run, args: argparse.Namespace, threads: int) -> Run:
 # ---- the outputs ----------------------------------------------------------------------------------
 
 
-def _write_json_atomic(path: Path, value: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def rows_of(runs: list[Run]) -> tuple[list[dict], list[str]]:
     metric_names: list[str] = []
     rows = []
@@ -659,7 +653,9 @@ def run(args: argparse.Namespace) -> int:
               f"compete for the cores, and a --budget-minutes budget buys fewer steps", file=sys.stderr)
     root.mkdir(parents=True, exist_ok=True)
     command = "ganfast " + shlex.join(getattr(args, "_argv", None) or ["compare", "--out", str(root)])
-    _write_json_atomic(root / "compare.json", {**settings, "command": command})
+    from .train.checkpoint import write_text_atomic  # the engine's (fsync, temp file removed on failure)
+
+    write_text_atomic(json.dumps({**settings, "command": command}, indent=2) + "\n", root / "compare.json")
     kind = "points" if points else "cyclegan" if args.data.startswith("cycle:") else "images"
     print(f"ganfast compare: {len(runs)} runs ({len({r.name for r in runs})} model-objective x {args.seeds} "
           f"seeds, {runs[0].steps} steps) in {root}, {jobs} at once x {threads} thread(s)", flush=True)
