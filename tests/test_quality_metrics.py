@@ -12,7 +12,7 @@ import torch
 from ganfast.train import TrainConfig, Trainer, load_dataset
 from ganfast.train import features as feat
 from ganfast.train.metrics import (DigitFeatures, digit_cnn, feature_network, frechet_distance, mode_kl,
-                                   mode_metrics, precision_recall)
+                                   mode_metrics, precision_recall, sample_quality)
 
 
 # tiny models: one intra-op thread (tests/conftest.py)
@@ -218,6 +218,118 @@ def test_folder_without_torchvision_weights_falls_back(monkeypatch):
     monkeypatch.setattr(feat, "_inception_weights_file", lambda: None)
     net = feature_network("folder:/somewhere")
     assert net.name == "digits-cnn" and "not found" in net.fallback
+
+
+# ---- Inception v3 for image folders (optional: torchvision and cached weights) -----------------------
+
+
+def _hub_weights(monkeypatch, tmp_path, url, state_dict):
+    """Put `state_dict` where the torch hub cache keeps the weights file of `url` (a temporary hub)."""
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    path = tmp_path / "hub" / "checkpoints" / url.rsplit("/", 1)[1]
+    path.parent.mkdir(parents=True)
+    torch.save(state_dict, path)
+    return path
+
+
+def _expected_input(images):
+    """What the Inception network must receive for images in [-1, 1] (before its transform_input):
+    RGB, 299x299, ImageNet-normalised."""
+    x = torch.nn.functional.interpolate(images.float().expand(-1, 3, -1, -1), size=(299, 299), mode="bilinear",
+                                        align_corners=False)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    return ((x + 1) / 2 - mean) / std
+
+
+class _FakeInception(torch.nn.Module):
+    """Stands in for torchvision's Inception3 where torchvision is not installed: records how it was
+    built and what it was given; 2,048 'pool features' from a fixed projection of the channel means."""
+
+    def __init__(self, **kwargs):
+        super().__init__()
+        self.kwargs, self.inputs = kwargs, []
+        self.proj = torch.nn.Linear(3, 2048)
+        self.fc = torch.nn.Linear(2048, 1000)
+
+    def forward(self, x):
+        self.inputs.append(x)
+        return self.fc(self.proj(x.mean((2, 3))))
+
+
+def test_inception_features_glue(monkeypatch, tmp_path):
+    # feature_network finds cached weights, builds the network as torchvision's weights builder does,
+    # loads them, drops the classifier, and feeds it the preprocessed images in batches of 100
+    import sys
+    import types
+
+    import torchmetrics.image.fid  # noqa: F401  (imported before the fake torchvision exists)
+
+    url = "https://download.example/models/inception_v3_fake.pth"
+    built = []
+
+    def inception_v3(**kwargs):
+        built.append(_FakeInception(**kwargs))
+        return built[-1]
+
+    models = types.ModuleType("torchvision.models")
+    models.inception_v3 = inception_v3
+    models.Inception_V3_Weights = types.SimpleNamespace(IMAGENET1K_V1=types.SimpleNamespace(url=url))
+    tv = types.ModuleType("torchvision")
+    tv.models = models
+    monkeypatch.setitem(sys.modules, "torchvision", tv)
+    monkeypatch.setitem(sys.modules, "torchvision.models", models)
+    monkeypatch.delenv("GANFAST_FD_FEATURES", raising=False)
+    saved = _FakeInception().state_dict()
+    _hub_weights(monkeypatch, tmp_path, url, saved)
+
+    net = feature_network("folder:/somewhere")
+    assert net.name == "inception-v3" and net.num_features == 2048 and not getattr(net, "fallback", None)
+    inner = built[-1]
+    assert inner.kwargs == dict(weights=None, aux_logits=True, init_weights=False, transform_input=True)
+    assert all(torch.equal(inner.state_dict()[k], v) for k, v in saved.items() if not k.startswith("fc."))
+    assert isinstance(inner.fc, torch.nn.Identity) and not any(p.requires_grad for p in inner.parameters())
+
+    images = torch.rand(150, 1, 20, 24, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    f = net(images)
+    assert f.shape == (150, 2048) and f.dtype == torch.float64
+    assert [x.shape[0] for x in inner.inputs] == [100, 50]
+    torch.testing.assert_close(torch.cat(inner.inputs), _expected_input(images))
+    assert net(images[:0]).shape == (0, 2048)
+    m = sample_quality(net(images[:60]), images[60:120], net, k=3)
+    assert m["fd_features"] == "inception-v3" and "fd_features_note" not in m and m["fd"] > 0
+
+    # GANFAST_FD_FEATURES: digits-cnn forces the digits CNN for a folder; inception-v3 forces Inception
+    monkeypatch.setenv("GANFAST_FD_FEATURES", "digits-cnn")
+    assert feature_network("folder:/somewhere").name == "digits-cnn"
+    monkeypatch.setenv("GANFAST_FD_FEATURES", "inception-v3")
+    assert feature_network("digits").name == "inception-v3"
+
+
+def test_inception_features_with_torchvision(monkeypatch, tmp_path):
+    # the real torchvision Inception v3 (random weights in the layout of the ImageNet file: nothing can
+    # be downloaded here): its first convolution sees the images on the [-1, 1] scale those ported
+    # weights were trained on, which is what transform_input=True restores from the ImageNet normalisation
+    models = pytest.importorskip("torchvision.models")
+    url = models.Inception_V3_Weights.IMAGENET1K_V1.url
+    reference = models.inception_v3(weights=None, aux_logits=True, init_weights=False, num_classes=1000)
+    _hub_weights(monkeypatch, tmp_path, url, reference.state_dict())
+    monkeypatch.delenv("GANFAST_FD_FEATURES", raising=False)
+
+    net = feature_network("folder:/somewhere")
+    assert net.name == "inception-v3"
+    seen = []
+    net.net.Conv2d_1a_3x3.register_forward_pre_hook(lambda mod, args: seen.append(args[0]))
+    images = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    f = net(images)
+    assert f.shape == (2, 2048) and f.dtype == torch.float64 and torch.isfinite(f).all()
+    scaled = torch.nn.functional.interpolate(images.expand(-1, 3, -1, -1), size=(299, 299), mode="bilinear",
+                                             align_corners=False)
+    torch.testing.assert_close(seen[0], scaled, atol=1e-5, rtol=1e-5)
+    # the pool features are the reference network's, with its classifier removed
+    reference.fc = torch.nn.Identity()
+    reference.transform_input = True
+    torch.testing.assert_close(f, reference.eval()(_expected_input(images)).double(), atol=1e-5, rtol=1e-5)
 
 
 # ---- the engine reports them -----------------------------------------------------------------------

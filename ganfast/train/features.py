@@ -229,7 +229,13 @@ def _inception_weights_file() -> Optional[Path]:
 
 class InceptionFeatures(nn.Module):
     """torchvision's Inception v3 pool features (2,048-d, float64) of images (N, C, H, W) in [-1, 1]:
-    greyscale repeated to RGB, resized to 299x299, ImageNet normalisation."""
+    greyscale repeated to RGB, resized to 299x299, ImageNet normalisation.
+
+    The network is built as torchvision's own `inception_v3(weights=IMAGENET1K_V1)` builds it, with
+    `transform_input=True`: those weights are a port of Google's, trained on inputs scaled to [-1, 1],
+    and transform_input maps the ImageNet-normalised input back to that scale. Without it the first
+    convolution would see inputs about 2.2x too large (the weights' own preset transforms normalise
+    for ImageNet and rely on this flag)."""
 
     name = "inception-v3"
     num_features = 2048
@@ -238,7 +244,7 @@ class InceptionFeatures(nn.Module):
         super().__init__()
         from torchvision.models import inception_v3
 
-        net = inception_v3(weights=None, aux_logits=True, init_weights=False)
+        net = inception_v3(weights=None, aux_logits=True, init_weights=False, transform_input=True)
         net.load_state_dict(torch.load(weights_file, map_location="cpu", weights_only=True))
         net.fc = nn.Identity()
         self.net = net.eval().requires_grad_(False)
@@ -253,7 +259,7 @@ class InceptionFeatures(nn.Module):
         x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
         x = ((x + 1) / 2 - self.mean) / self.std
         out = [self.net(x[i:i + 100]) for i in range(0, x.shape[0], 100)]
-        return torch.cat(out).double().cpu()
+        return (torch.cat(out) if out else x.new_zeros(0, self.num_features)).double().cpu()
 
 
 def feature_network(data: str = "digits") -> nn.Module:
