@@ -377,11 +377,11 @@ def test_fuse_sync_batchnorm_keeps_state_dict_and_without_dist_is_unchanged():
 
 def test_bad_process_group_names_the_argument():
     x = torch.randn(3, C, 2, 2)
-    with pytest.raises(TypeError, match="process_group"):
+    with pytest.raises(TypeError, match=r"process_group must be None \(no synchronisation.*got str"):
         ops.batch_norm_act(x, process_group="WORLD")
     with pytest.raises(TypeError, match="process_group"):
         ops.batch_norm_act(x, None, None, torch.zeros(C), torch.ones(C), False, process_group=1)
-    with pytest.raises(TypeError, match="process_group"):
+    with pytest.raises(TypeError, match=r"process_group must be None \(the default group.*got object"):
         convert_sync_batchnorm(nn.BatchNorm2d(3), process_group=object())
     with pytest.raises(TypeError, match="process_group"):
         ops.conv_transpose_block(x, torch.randn(C, 2, 4, 4), None, None, None, None, None, norm=False, training=True,

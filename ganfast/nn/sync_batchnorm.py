@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..ops.batch_norm_act import check_process_group
+
 _ATTR = "_ganfast_sync_bn"
 # convert_sync_batchnorm(process_group=None): the default group, looked up at forward time (it may not
 # exist yet when the model is converted). A string, so that deepcopy / pickle of the model keep it.
@@ -24,11 +26,7 @@ _WORLD = "WORLD"
 
 
 def _check_group(process_group, op: str) -> None:
-    if process_group is None:
-        return
-    if not (torch.distributed.is_available() and isinstance(process_group, torch.distributed.ProcessGroup)):
-        raise TypeError(f"{op}: process_group must be None (the default group, torch.distributed.group.WORLD) or a "
-                        f"torch.distributed.ProcessGroup; got {type(process_group).__name__}")
+    check_process_group(process_group, op, "the default group, torch.distributed.group.WORLD")
 
 
 def batch_norm_process_group(bn):

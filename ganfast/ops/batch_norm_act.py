@@ -147,16 +147,24 @@ _NO_DOUBLE_BACKWARD = ("derivative of ganfast.ops.batch_norm_act's synchronised 
                        "implemented: batch_norm_act has first derivatives only (no double backward)")
 
 
+def check_process_group(process_group, op: str, none_means: str) -> None:
+    """TypeError naming `process_group` unless it is None or a torch.distributed.ProcessGroup; the
+    message says what None means where `op` takes it (`none_means`)."""
+    if process_group is None:
+        return
+    if not (torch.distributed.is_available() and isinstance(process_group, torch.distributed.ProcessGroup)):
+        raise TypeError(f"{op}: process_group must be None ({none_means}) or a torch.distributed.ProcessGroup; "
+                        f"got {type(process_group).__name__}")
+
+
 def sync_process_group(process_group, training: bool, op: str = SYNC_OP):
     """The group whose global batch gives the statistics, or None where no collective runs:
     process_group None, training False (eval normalises with the running statistics), or a group of
     one process (today's path exactly). TypeError naming `process_group` when it is neither None nor
     a torch.distributed.ProcessGroup."""
+    check_process_group(process_group, op, "no synchronisation; torch.distributed.group.WORLD is the default group")
     if process_group is None:
         return None
-    if not (torch.distributed.is_available() and isinstance(process_group, torch.distributed.ProcessGroup)):
-        raise TypeError(f"{op}: process_group must be None (no synchronisation) or a torch.distributed.ProcessGroup "
-                        f"(torch.distributed.group.WORLD for the default group); got {type(process_group).__name__}")
     if not training or torch.distributed.get_world_size(process_group) <= 1:
         return None
     return process_group
