@@ -1,0 +1,69 @@
+"""Merge `ganfast compare` results made in separate invocations with the same settings into one
+compare.csv / compare.md / compare.png, through ganfast.compare's own writers.
+
+Why: a comparison's run directories are large and a session's disk is not kept, but compare.csv is;
+when a comparison is extended later (more objectives, the same data, steps and seeds), the published
+table is the union of the CSVs. Every input must come from the same data, steps and budget; the
+script checks what the CSVs record (steps requested) and that no run appears twice.
+
+    python benchmarks/merge_compare.py --data digits --seeds 3 --out benchmarks/results/compare-digits \\
+        --command "..." A/compare.csv B/compare.csv
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+from ganfast import compare
+
+
+def number(value: str):
+    """A CSV cell back to what rows_of wrote: int, float, or the string (empty stays empty)."""
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
+def read_rows(path: Path) -> tuple[list[dict], list[str]]:
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        metrics = [c for c in reader.fieldnames if c not in compare.BASE_COLUMNS]
+        rows = [{k: (number(v) if k not in ("run", "model", "objective", "status", "action", "error", "out", "log")
+                     else v) for k, v in row.items()} for row in reader]
+    return rows, metrics
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("csvs", nargs="+", type=Path)
+    p.add_argument("--data", required=True)
+    p.add_argument("--seeds", type=int, required=True)
+    p.add_argument("--seed-start", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--command", required=True, help="the commands that made the inputs, for compare.md")
+    args = p.parse_args()
+    args.budget_minutes = None
+    rows, metrics = [], []
+    for path in args.csvs:
+        r, m = read_rows(path)
+        rows += r
+        metrics += [k for k in m if k not in metrics]
+    labels = [r["run"] for r in rows]
+    if len(set(labels)) != len(labels):
+        raise SystemExit(f"merge_compare: a run appears twice: {sorted(x for x in labels if labels.count(x) > 1)}")
+    steps = {r["steps_requested"] for r in rows}
+    if len(steps) != 1:
+        raise SystemExit(f"merge_compare: the inputs were made with different --steps: {sorted(steps)}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    compare.write_csv(rows, metrics, args.out / "compare.csv")
+    compare.write_markdown(rows, metrics, "images", args, args.out / "compare.md", args.command)
+    compare.write_plot(rows, metrics, args.out / "compare.png",
+                       f"ganfast compare on {args.data}: {args.seeds} seeds, {steps.pop()} steps")
+
+
+if __name__ == "__main__":
+    main()
