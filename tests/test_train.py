@@ -72,8 +72,16 @@ def test_every_objective_trains_on_ring8(tmp_path, objective):
 
 
 def test_objective_defaults_resolved():
-    c = TrainConfig(objective="wgan-gp").resolve()
+    c = TrainConfig(objective="wgan-gp", data="digits").resolve()
     assert (c.d_steps, c.optimizer, c.lr_d, c.lr_g, c.betas, c.gp_weight) == (5, "adam", 1e-4, 1e-4, (0.0, 0.9), 10.0)
+    # on 2-D points, the WGAN-GP paper's toy settings; explicit values win
+    for data in ("ring8", "grid25"):
+        c = TrainConfig(objective="wgan-gp", data=data).resolve()
+        assert (c.lr_d, c.betas, c.gp_weight) == (1e-4, (0.5, 0.9), 0.1)
+    c = TrainConfig(objective="wgan-gp", data="ring8", gp_weight=10.0, betas=(0.0, 0.9)).resolve()
+    assert (c.betas, c.gp_weight) == ((0.0, 0.9), 10.0)
+    assert TrainConfig(objective="wgan-gp", data="grid25", gp_weight=0.0).resolve().gp_weight == 0.0
+    assert TrainConfig(objective="wgan-gp", data="npy:x.npy").resolve(points=True).gp_weight == 0.1
     c = TrainConfig(objective="nonsaturating", data="digits").resolve()
     assert (c.d_steps, c.optimizer, c.lr_d, c.betas, c.gp_weight, c.clip) == (1, "adam", 2e-4, (0.5, 0.999), 0.0, 0.0)
     # the 2-D MLPs: 1e-3 for the Adam-2e-4 objectives (measured, see objectives.py)

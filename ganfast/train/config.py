@@ -376,8 +376,10 @@ class TrainConfig:
         # improving at the end
         if c.lr_decay is None:
             c.lr_decay = not (infogan or cond)
-        c.betas = tuple(c.betas) if c.betas is not None else obj.betas
-        c.gp_weight = obj.gp_weight if c.gp_weight is None else c.gp_weight
+        obj_betas = obj.betas_2d if two_d and obj.betas_2d is not None else obj.betas
+        c.betas = tuple(c.betas) if c.betas is not None else obj_betas
+        if c.gp_weight is None:
+            c.gp_weight = obj.gp_weight_2d if two_d and obj.gp_weight_2d is not None else obj.gp_weight
         c.clip = obj.clip if c.clip is None else c.clip
         c.r1_gamma = obj.r1_gamma if c.r1_gamma is None else c.r1_gamma
         c.eval_every = c.eval_every or max(1, c.steps // 5)
