@@ -4,7 +4,8 @@ compare.csv / compare.md / compare.png, through ganfast.compare's own writers.
 Why: a comparison's run directories are large and a session's disk is not kept, but compare.csv is;
 when a comparison is extended later (more objectives, the same data, steps and seeds), the published
 table is the union of the CSVs. Every input must come from the same data, steps and budget; the
-script checks what the CSVs record (steps requested) and that no run appears twice.
+script checks what the CSVs record (steps requested) and that no run appears twice. --drop leaves
+out the rows of a model-objective that a later input re-made (e.g. after its defaults changed).
 
     python benchmarks/merge_compare.py --data digits --seeds 3 --out benchmarks/results/compare-digits \\
         --command "..." A/compare.csv B/compare.csv
@@ -45,12 +46,15 @@ def main() -> None:
     p.add_argument("--seed-start", type=int, default=0)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--command", required=True, help="the commands that made the inputs, for compare.md")
+    p.add_argument("--drop", action="append", default=[], metavar="MODEL-OBJECTIVE",
+                   help="leave this model-objective's rows of the inputs out (repeatable): the runs an input "
+                        "made with settings that later inputs replace")
     args = p.parse_args()
     args.budget_minutes = None
     rows, metrics = [], []
     for path in args.csvs:
         r, m = read_rows(path)
-        rows += r
+        rows += [row for row in r if f"{row['model']}-{row['objective']}" not in args.drop]
         metrics += [k for k in m if k not in metrics]
     labels = [r["run"] for r in rows]
     if len(set(labels)) != len(labels):
@@ -60,7 +64,8 @@ def main() -> None:
         raise SystemExit(f"merge_compare: the inputs were made with different --steps: {sorted(steps)}")
     args.out.mkdir(parents=True, exist_ok=True)
     compare.write_csv(rows, metrics, args.out / "compare.csv")
-    compare.write_markdown(rows, metrics, "images", args, args.out / "compare.md", args.command)
+    kind = "points" if "ema.modes" in metrics else "images"
+    compare.write_markdown(rows, metrics, kind, args, args.out / "compare.md", args.command)
     compare.write_plot(rows, metrics, args.out / "compare.png",
                        f"ganfast compare on {args.data}: {args.seeds} seeds, {steps.pop()} steps")
 

@@ -19,6 +19,7 @@ floating-point reductions (tests/test_distributed.py states and checks the toler
 from __future__ import annotations
 
 import datetime
+import gc
 import inspect
 import os
 import sys
@@ -169,6 +170,23 @@ def wrap(module: torch.nn.Module, world: World, device: torch.device) -> torch.n
                       if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
                       else {"broadcast_buffers": False})
     return DistributedDataParallel(module, device_ids=ids, output_device=ids[0] if ids else None, **no_buffer_sync)
+
+
+def unwrap_all(owner) -> None:
+    """Replace every DistributedDataParallel attribute of `owner` by its module and collect the
+    garbage, before the process group is destroyed. A wrapper otherwise lives on in reference cycles
+    (its hooks) until the interpreter's exit, and freeing gloo's pending work then, with the
+    interpreter half gone, aborts the finished process (SIGABRT, 'terminate called without an active
+    exception'; seen intermittently on a loaded machine, and pytorch/pytorch#179291 describes it)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    found = False
+    for name, value in list(vars(owner).items()):
+        if isinstance(value, DistributedDataParallel):
+            setattr(owner, name, value.module)
+            found = True
+    if found:
+        gc.collect()
 
 
 # ---- `ganfast train --nproc N`: torchrun's launcher from the command itself ---------------------------

@@ -30,7 +30,7 @@ from .checkpoint import (CHECKPOINT_NAME, CheckpointError, first_line, load_chec
                          write_text_atomic)
 from .config import RESUMABLE_CHANGES, TrainConfig
 from .data import DataSampler, load_dataset
-from .distributed import World, wrap
+from .distributed import World, unwrap_all, wrap
 from .metrics import (DigitClassifier, class_agreement, class_metrics, code_agreement, feature_network, knn_radii,
                       mode_metrics, precision_recall, sample_quality)
 from .models import (balanced_labels, build_models, is_conditional, is_infogan, model_spec, sample_codes,
@@ -209,6 +209,7 @@ class Trainer:
                 return self._fit(until)
         finally:
             torch.set_num_threads(threads)  # _fit sets the run's own (cfg.threads)
+            unwrap_all(self)  # the DDP wrappers go before their process group
             self.world.close()
 
     def _setup(self, ckpt: Optional[dict]) -> None:
