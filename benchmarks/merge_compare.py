@@ -4,8 +4,8 @@ compare.csv / compare.md / compare.png, through ganfast.compare's own writers.
 Why: a comparison's run directories are large and a session's disk is not kept, but compare.csv is;
 when a comparison is extended later (more objectives, the same data, steps and seeds), the published
 table is the union of the CSVs. Every input must come from the same data, steps and budget; the
-script checks what the CSVs record (steps requested) and that no run appears twice. --drop leaves
-out the rows of a model-objective that a later input re-made (e.g. after its defaults changed).
+script checks what the CSVs record (steps requested) and that no run appears twice; with --replace
+a later input's run replaces the earlier one's row (an objective re-run after its defaults changed).
 
     python benchmarks/merge_compare.py --data digits --seeds 3 --out benchmarks/results/compare-digits \\
         --command "..." A/compare.csv B/compare.csv
@@ -46,19 +46,21 @@ def main() -> None:
     p.add_argument("--seed-start", type=int, default=0)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--command", required=True, help="the commands that made the inputs, for compare.md")
-    p.add_argument("--drop", action="append", default=[], metavar="MODEL-OBJECTIVE",
-                   help="leave this model-objective's rows of the inputs out (repeatable): the runs an input "
-                        "made with settings that later inputs replace")
+    p.add_argument("--replace", action="store_true",
+                   help="a run that a later input made again replaces the earlier row (e.g. an objective re-run "
+                        "after its defaults changed); without it a run found twice is an error")
     args = p.parse_args()
     args.budget_minutes = None
-    rows, metrics = [], []
+    by_run: dict = {}
+    metrics: list = []
     for path in args.csvs:
         r, m = read_rows(path)
-        rows += [row for row in r if f"{row['model']}-{row['objective']}" not in args.drop]
+        for row in r:
+            if row["run"] in by_run and not args.replace:
+                raise SystemExit(f"merge_compare: run {row['run']} appears twice (pass --replace to keep the later)")
+            by_run[row["run"]] = row
         metrics += [k for k in m if k not in metrics]
-    labels = [r["run"] for r in rows]
-    if len(set(labels)) != len(labels):
-        raise SystemExit(f"merge_compare: a run appears twice: {sorted(x for x in labels if labels.count(x) > 1)}")
+    rows = list(by_run.values())
     steps = {r["steps_requested"] for r in rows}
     if len(steps) != 1:
         raise SystemExit(f"merge_compare: the inputs were made with different --steps: {sorted(steps)}")
