@@ -115,7 +115,8 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lr", type=float, default=S,
                    help="learning rate of both optimizers (default: the objective's: 2e-4 with Adam "
                         "betas (0.5, 0.999), 1e-3 on ring8 / grid25 / 2-D .npy points; wgan-gp 1e-4 with "
-                        "(0, 0.9), on 2-D points (0.5, 0.9); wgan RMSprop 5e-5; sagan and biggan: constant rates, the papers' D rates and "
+                        "(0, 0.9), on 2-D points (0.5, 0.9); wgan RMSprop 5e-5; sagan and biggan: constant "
+                        "rates, the papers' D rates and "
                         "G 2e-4 (measured on digits, faster than their G 1e-4 / 5e-5 in a short run): "
                         f"sagan D {MODEL_DEFAULTS['sagan']['lr_d']:g} / G {MODEL_DEFAULTS['sagan']['lr_g']:g} with "
                         f"betas {MODEL_DEFAULTS['sagan']['betas']}, biggan D {MODEL_DEFAULTS['biggan']['lr_d']:g} / "
@@ -199,7 +200,8 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"strided layers of each PatchGAN discriminator (default: {d.d_layers}: 70x70 patches)")
 
     g = p.add_argument_group("objective options")
-    g.add_argument("--gp-weight", type=float, default=S, help="wgan-gp's lambda (default: 10; 0.1 on 2-D points, the paper's toy setting)")
+    g.add_argument("--gp-weight", type=float, default=S,
+                   help="wgan-gp's lambda (default: 10; 0.1 on 2-D points, the paper's toy setting)")
     g.add_argument("--clip", type=float, default=S, help="wgan's weight clipping bound (default: 0.01)")
     g.add_argument("--r1-gamma", type=float, default=S,
                    help="R1 penalty gamma/2 E||grad D(x)||^2 on real data, any objective (default: 1 for "
