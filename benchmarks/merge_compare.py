@@ -7,7 +7,7 @@ table is the union of the CSVs. Every input must come from the same data, steps 
 script checks what the CSVs record (steps requested) and that no run appears twice; with --replace
 a later input's run replaces the earlier one's row (an objective re-run after its defaults changed).
 
-    python benchmarks/merge_compare.py --data digits --seeds 3 --out benchmarks/results/compare-digits \\
+    python benchmarks/merge_compare.py --data digits --out benchmarks/results/compare-digits \\
         --command "..." A/compare.csv B/compare.csv
 """
 from __future__ import annotations
@@ -42,8 +42,6 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("csvs", nargs="+", type=Path)
     p.add_argument("--data", required=True)
-    p.add_argument("--seeds", type=int, required=True)
-    p.add_argument("--seed-start", type=int, default=0)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--command", required=True, help="the commands that made the inputs, for compare.md")
     p.add_argument("--replace", action="store_true",
@@ -61,6 +59,8 @@ def main() -> None:
             by_run[row["run"]] = row
         metrics += [k for k in m if k not in metrics]
     rows = list(by_run.values())
+    seeds = sorted({r["seed"] for r in rows})
+    args.seeds, args.seed_start = len(seeds), seeds[0]  # what compare.md's header reports
     steps = {r["steps_requested"] for r in rows}
     if len(steps) != 1:
         raise SystemExit(f"merge_compare: the inputs were made with different --steps: {sorted(steps)}")
